@@ -1,0 +1,27 @@
+"""gunicorn settings: gthread workers, no preload (CUDA must not be initialised before fork)."""
+
+import os
+
+bind = os.environ.get("VOICEFORGE_BIND", "0.0.0.0:8000")
+# Each worker holds its own model (about 4 GB of RAM on CPU, 2 GB on a GPU): keep workers few.
+workers = int(os.environ.get("VOICEFORGE_WORKERS", "1"))
+worker_class = "gthread"
+threads = int(os.environ.get("VOICEFORGE_THREADS", "8"))
+preload_app = False
+# Synthesis of long text on a CPU can take minutes; a worker is not hung while it speaks.
+timeout = int(os.environ.get("VOICEFORGE_TIMEOUT", "600"))
+graceful_timeout = 30
+accesslog = None  # the app logs one line per request itself, without bodies
+errorlog = "-"
+loglevel = os.environ.get("VOICEFORGE_LOG_LEVEL", "info").lower()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+                             "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "voiceforge": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False},
+        "gunicorn.error": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False},
+    },
+}

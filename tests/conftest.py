@@ -1,0 +1,77 @@
+"""Shared fixtures: an app on a fresh migrated database, its clients, and a tiny real XTTS-v2 checkpoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from tests.xtts_checkpoint import build_checkpoint
+from voiceforge import create_app
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see only the configuration they set, never the developer's shell."""
+    for name in list(os.environ):
+        if name.startswith("VOICEFORGE_") or name == "COQUI_TOS_AGREED":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight XTTS-v2 checkpoint in the release layout, built once per test session."""
+    return build_checkpoint(tmp_path_factory.mktemp("xtts") / "xtts_v2")
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, checkpoint_dir: Path) -> Callable[..., Flask]:
+    """Build an app on a fresh, migrated SQLite database in tmp_path; keyword args override config."""
+
+    def build(**overrides: object) -> Flask:
+        config = {
+            "TESTING": True,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'test.db'}",
+            "DATA_DIR": str(tmp_path / "voices"),
+            "MODEL_DIR": str(checkpoint_dir),
+            **overrides,
+        }
+        app = create_app(config)
+        with app.app_context():
+            from flask_migrate import upgrade
+
+            upgrade()
+        return app
+
+    return build
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Iterator[Flask]:
+    yield make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def data_dir(app: Flask) -> Path:
+    return Path(app.config["DATA_DIR"])
+
+
+def files_under(directory: Path) -> list[str]:
+    """Every file below `directory`, relative, sorted (empty when it does not exist)."""
+    if not directory.exists():
+        return []
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())

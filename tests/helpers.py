@@ -1,0 +1,24 @@
+"""Test helpers shared by several test modules."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from voiceforge.models import Voice, VoiceKind
+from voiceforge.services import voices
+
+
+def add_stored_voice(data_dir: Path, name: str = "Stored Voice", language: str = "en") -> Voice:
+    """A registry voice with placeholder files, for tests of the registry itself (not of speech)."""
+    voice_id = voices.new_voice_id(name)
+    directory = data_dir / voice_id
+    directory.mkdir(parents=True)
+    (directory / "reference.wav").write_bytes(b"RIFF")
+    (directory / "latents.pth").write_bytes(b"latents")
+    return voices.add_ready_voice(voice_id, name, language, VoiceKind.cloned,
+                                  f"{voice_id}/reference.wav", f"{voice_id}/latents.pth")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -1,0 +1,67 @@
+"""The flask CLI: voice admin through Flask's test runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import files_under
+from tests.helpers import add_stored_voice
+
+
+def test_voices_list_as_table_and_json(app, runner, data_dir: Path) -> None:
+    assert "No voices." in runner.invoke(args=["voices", "list"]).output
+    with app.app_context():
+        voice = add_stored_voice(data_dir, "Narrator")
+    table = runner.invoke(args=["voices", "list"])
+    assert table.exit_code == 0
+    header, row = table.output.splitlines()[:2]
+    assert header.split() == ["ID", "NAME", "LANGUAGE", "KIND", "STATUS", "CREATEDAT"]
+    assert row.startswith(voice.id) and "Narrator" in row and "ready" in row
+    listed = json.loads(runner.invoke(args=["voices", "list", "--json"]).output)
+    assert [v["id"] for v in listed] == [voice.id]
+    with_builtin = json.loads(runner.invoke(args=["voices", "list", "--builtin", "--json"]).output)
+    assert "default-ana-florence" in {v["id"] for v in with_builtin}
+
+
+def test_voices_show_rename_remove(app, runner, data_dir: Path) -> None:
+    with app.app_context():
+        voice = add_stored_voice(data_dir, "Narrator")
+    shown = json.loads(runner.invoke(args=["voices", "show", voice.id, "--json"]).output)
+    assert shown["name"] == "Narrator" and shown["latentsPath"] == f"{voice.id}/latents.pth"
+    assert "Narrator" in runner.invoke(args=["voices", "show", voice.id]).output
+
+    renamed = runner.invoke(args=["voices", "rename", voice.id, "Storyteller"])
+    assert renamed.exit_code == 0
+    shown = json.loads(runner.invoke(args=["voices", "show", voice.id, "--json"]).output)
+    assert shown["name"] == "Storyteller"
+
+    declined = runner.invoke(args=["voices", "remove", voice.id], input="n\n")
+    assert declined.exit_code != 0 and files_under(data_dir)
+    removed = runner.invoke(args=["voices", "remove", voice.id, "--yes"])
+    assert removed.exit_code == 0 and files_under(data_dir) == []
+
+
+def test_cli_errors_are_clear(runner) -> None:
+    missing = runner.invoke(args=["voices", "show", "nope-00000000"])
+    assert missing.exit_code == 1 and "not found" in missing.output
+    assert runner.invoke(args=["voices", "rename", "nope-00000000", "x"]).exit_code == 1
+
+
+def test_reconcile_command_reports_and_repairs(app, runner, data_dir: Path) -> None:
+    with app.app_context():
+        voice = add_stored_voice(data_dir, "Narrator")
+    (data_dir / voice.id / "latents.pth").unlink()
+    (data_dir / "stray-00000000").mkdir()
+    dry = runner.invoke(args=["voices", "reconcile", "--dry-run"])
+    assert voice.id in dry.output and "stray-00000000" in dry.output
+    assert (data_dir / "stray-00000000").exists()
+    fixed = runner.invoke(args=["voices", "reconcile"])
+    assert fixed.exit_code == 0 and not (data_dir / "stray-00000000").exists()
+    assert "Registry and files agree." in runner.invoke(args=["voices", "reconcile"]).output
+
+
+def test_model_info_does_not_load_the_model(runner, checkpoint_dir: Path) -> None:
+    info = json.loads(runner.invoke(args=["model", "info", "--json"]).output)
+    assert info["modelDir"] == str(checkpoint_dir) and info["available"] is True
+    assert info["builtinSpeakers"] >= 1

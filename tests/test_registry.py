@@ -1,0 +1,57 @@
+"""The registry service: ids, names and crash reconciliation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import files_under
+from tests.helpers import add_stored_voice
+from voiceforge.errors import Unprocessable
+from voiceforge.models import VoiceStatus
+from voiceforge.services import voices
+
+
+@pytest.mark.parametrize(("name", "prefix"), [
+    ("My Voice", "my-voice-"), ("Ünïcödé Nàme!", "unicode-name-"), ("   ", "voice-"), ("日本語", "voice-"),
+    ("default", "voice-default-"), ("Default Male", "voice-default-male-"), ("x" * 100, "x" * 40 + "-"),
+])
+def test_ids_are_url_safe_slugs_with_a_random_suffix(name: str, prefix: str) -> None:
+    voice_id = voices.new_voice_id(name)
+    assert voice_id.startswith(prefix)
+    assert re.fullmatch(r"[a-z0-9-]+-[0-9a-f]{8}", voice_id)
+    assert voices.is_valid_id(voice_id)
+    assert voice_id != voices.new_voice_id(name)
+
+
+def test_names_are_trimmed_and_validated() -> None:
+    assert voices.clean_name("  Rose  ") == "Rose"
+    for bad in ("", " ", "a\x00b", "x" * 101, "\u202eevil"):
+        with pytest.raises(Unprocessable):
+            voices.clean_name(bad)
+
+
+def test_reconcile_repairs_rows_without_files_and_files_without_rows(app, data_dir: Path) -> None:
+    with app.app_context():
+        intact = add_stored_voice(data_dir, "Intact")
+        broken = add_stored_voice(data_dir, "Broken")
+        (data_dir / broken.id / "latents.pth").unlink()
+        (data_dir / "orphan-12345678").mkdir()
+        (data_dir / "orphan-12345678" / "reference.wav").write_bytes(b"x")
+        (data_dir / ".tmp-half-written").mkdir()
+
+        dry = voices.reconcile(data_dir, repair=False)
+        assert dry.missing_files == [broken.id]
+        assert voices.get_voice(broken.id).status == VoiceStatus.ready  # dry run changed nothing
+
+        report = voices.reconcile(data_dir)
+        assert report.missing_files == [broken.id]
+        assert report.orphan_dirs == ["orphan-12345678"]
+        assert report.temp_dirs == [".tmp-half-written"]
+        assert voices.get_voice(broken.id).status == VoiceStatus.failed
+        assert voices.get_voice(intact.id).status == VoiceStatus.ready
+        assert files_under(data_dir) == [f"{broken.id}/reference.wav", f"{intact.id}/latents.pth",
+                                         f"{intact.id}/reference.wav"]
+        assert not voices.reconcile(data_dir).changed

@@ -1,0 +1,293 @@
+"""Enrolment and synthesis end to end through the real XTTS-v2 code (tiny random-weight checkpoint)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.audio_samples import FORMATS, data_uri, encode_audio, speech_like
+from tests.conftest import files_under
+from voiceforge.models import Voice, VoiceStatus
+from voiceforge.services import engine as engine_module
+from voiceforge.services.engine import Engine, Latents
+
+RATE = 22050
+
+
+def read_wav(audio_data_uri: str) -> tuple[wave._wave_params, np.ndarray]:
+    """Decode the API's data URI: (WAV parameters, int16 samples)."""
+    prefix = "data:audio/wav;base64,"
+    assert audio_data_uri.startswith(prefix)
+    raw = base64.b64decode(audio_data_uri[len(prefix):], validate=True)
+    with wave.open(io.BytesIO(raw)) as wav:
+        params = wav.getparams()
+        frames = wav.readframes(params.nframes)
+    return params, np.frombuffer(frames, dtype="<i2")
+
+
+def recording(fmt: str = "wav", seconds: float = 4.0) -> str:
+    data, mime = encode_audio(speech_like(seconds, 48000), 48000, fmt)
+    return data_uri(data, mime)
+
+
+def enrol(client, name: str = "Test Voice", fmt: str = "wav", **extra: object) -> str:
+    response = client.post("/api/train-voice", json={"modelName": name, "audioDataUri": recording(fmt),
+                                                     **extra})
+    assert response.status_code == 200, response.json
+    assert response.json["trainingStatus"] == "completed"
+    return response.json["modelId"]
+
+
+def speak(client, voice_id: str, text: str = "Hello there, this is a test.", **extra: object):
+    return client.post("/api/tts", json={"text": text, "voiceId": voice_id, "variability": 0, **extra})
+
+
+def db_voices(app) -> list[Voice]:
+    from voiceforge.services import voices
+
+    with app.app_context():
+        return voices.list_voices()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_enrolment_accepts_what_browsers_upload(app, client, data_dir: Path, fmt: str) -> None:
+    voice_id = enrol(client, f"Voice from {fmt}", fmt)
+    voice = client.get(f"/api/voices/{voice_id}").json
+    assert voice["status"] == "ready" and voice["kind"] == "cloned" and voice["language"] == "en"
+    assert files_under(data_dir) == [f"{voice_id}/latents.pth", f"{voice_id}/reference.wav"]
+    with wave.open(str(data_dir / voice_id / "reference.wav")) as reference:
+        assert reference.getnchannels() == 1 and reference.getframerate() == RATE
+        assert 3.0 <= reference.getnframes() / RATE <= 4.5
+
+
+def test_enrolment_takes_a_language_and_ignores_unknown_fields(client) -> None:
+    voice_id = enrol(client, "Русский голос", language="ru", somethingElse=True)
+    assert client.get(f"/api/voices/{voice_id}").json["language"] == "ru"
+
+
+def _upload(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
+REJECTIONS = [
+    ({"modelName": "x", "audioDataUri": "not a data uri"}, 400),
+    ({"modelName": "x", "audioDataUri": "data:audio/wav;base64,@@@not-base64@@@"}, 400),
+    ({"modelName": "x", "audioDataUri": "data:audio/wav;base64,"}, 400),
+    ({"modelName": "x", "audioDataUri": _upload("audio/wav", PNG)}, 415),
+    ({"modelName": "x", "audioDataUri": _upload("audio/mpeg", np.random.default_rng(1).bytes(5000))}, 415),
+    ({"modelName": "x", "audioDataUri": _upload("audio/wav", b"")}, 400),
+    ({"modelName": "x"}, 400),
+    ({"audioDataUri": "data:audio/wav;base64,AAAA"}, 400),
+    ({"modelName": 7, "audioDataUri": "data:audio/wav;base64,AAAA"}, 400),
+    ({"modelName": "", "audioDataUri": "data:audio/wav;base64,AAAA"}, 422),
+]
+
+
+@pytest.mark.parametrize(("body", "status"), REJECTIONS)
+def test_bad_uploads_are_rejected_and_leave_nothing(app, client, data_dir: Path, body: dict,
+                                                    status: int) -> None:
+    response = client.post("/api/train-voice", json=body)
+    assert response.status_code == status, response.json
+    assert response.json["detail"]
+    assert db_voices(app) == [] and files_under(data_dir) == []
+
+
+@pytest.mark.parametrize(("samples", "expected"), [
+    (np.zeros(RATE * 5, dtype=np.float32), "speech"),  # pure silence
+    (speech_like(1.5, RATE), "3"),  # too short: the detail names the minimum
+])
+def test_silent_or_short_recordings_are_422(app, client, data_dir: Path, samples: np.ndarray,
+                                            expected: str) -> None:
+    data, mime = encode_audio(samples, RATE, "wav")
+    response = client.post("/api/train-voice", json={"modelName": "x", "audioDataUri": data_uri(data, mime)})
+    assert response.status_code == 422
+    assert expected in response.json["detail"]
+    assert db_voices(app) == [] and files_under(data_dir) == []
+
+
+def test_unsupported_language_is_422_with_the_list(app, client, data_dir: Path) -> None:
+    response = client.post("/api/train-voice", json={"modelName": "x", "audioDataUri": recording(),
+                                                     "language": "tlh"})
+    assert response.status_code == 422
+    assert "zh-cn" in response.json["detail"] and "en" in response.json["supportedLanguages"]
+    assert db_voices(app) == [] and files_under(data_dir) == []
+
+
+def test_a_failed_database_write_leaves_no_files(app, client, data_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from voiceforge.services import voices
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(voices, "add_ready_voice", broken)
+    response = client.post("/api/train-voice", json={"modelName": "x", "audioDataUri": recording()})
+    assert response.status_code == 500 and response.json["detail"]
+    assert files_under(data_dir) == []
+
+
+def test_tts_with_a_cloned_voice_returns_24khz_mono_16bit_wav(client) -> None:
+    voice_id = enrol(client)
+    response = speak(client, voice_id)
+    assert response.status_code == 200
+    assert set(response.json) == {"audioDataUri"}
+    params, samples = read_wav(response.json["audioDataUri"])
+    assert (params.nchannels, params.sampwidth, params.framerate) == (1, 2, 24000)
+    assert samples.size > 2400 and np.abs(samples).max() > 0
+
+
+@pytest.mark.parametrize("voice_id", ["default-ana-florence", "default-claribel-dervla", "default-male",
+                                      "default-female", "default-anything-else"])
+def test_tts_with_builtin_voices_and_aliases(client, voice_id: str) -> None:
+    response = speak(client, voice_id)
+    assert response.status_code == 200, response.json
+    params, samples = read_wav(response.json["audioDataUri"])
+    assert params.framerate == 24000 and samples.size > 0
+
+
+def test_aliases_resolve_to_their_speakers(client) -> None:
+    male = speak(client, "default-male").json["audioDataUri"]
+    assert male == speak(client, "default-damien-black").json["audioDataUri"]
+    assert male != speak(client, "default-ana-florence").json["audioDataUri"]
+
+
+@pytest.mark.parametrize("language", ["en", "de", "ru", "es", "zh-cn", "ja"])
+def test_tts_in_several_languages(client, language: str) -> None:
+    texts = {"en": "Good morning.", "de": "Guten Morgen, wie geht's?", "ru": "Доброе утро, друзья.",
+             "es": "Buenos días, amigos.", "zh-cn": "早上好，朋友们。", "ja": "おはようございます。"}
+    response = speak(client, "default-female", texts[language], language=language)
+    assert response.status_code == 200, response.json
+    assert read_wav(response.json["audioDataUri"])[1].size > 0
+
+
+def test_speed_changes_the_duration_in_the_right_direction(client) -> None:
+    lengths = {speed: read_wav(speak(client, "default-female", speed=speed).json["audioDataUri"])[1].size
+               for speed in (0.5, 1.0, 2.0)}
+    assert lengths[0.5] > lengths[1.0] > lengths[2.0]
+
+
+def test_variability_zero_repeats_exactly_and_sampling_varies(client) -> None:
+    first = speak(client, "default-female").json["audioDataUri"]
+    assert speak(client, "default-female").json["audioDataUri"] == first
+    varied = {speak(client, "default-female", variability=1.0).json["audioDataUri"] for _ in range(3)}
+    assert len(varied) > 1
+
+
+def test_long_text_is_split_into_sentences_and_joined(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    spoken: list[str] = []
+    original = Engine.synthesize
+
+    def recording_synthesize(self: Engine, text: str, *args: object, **kwargs: object) -> np.ndarray:
+        spoken.append(text)
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "synthesize", recording_synthesize)
+    sentence = "This sentence is about sixty characters long, give or take. "
+    response = speak(client, "default-female", sentence * 12)
+    assert response.status_code == 200
+    assert len(spoken) >= 3 and all(len(chunk) <= 250 for chunk in spoken)
+    assert " ".join(spoken) == (sentence * 12).strip()
+
+
+def test_latents_are_computed_once_per_voice_not_per_request(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"compute": 0, "load": 0}
+    compute, load = Engine.compute_latents, Latents.load.__func__
+
+    def counting_compute(self: Engine, samples: np.ndarray) -> Latents:
+        calls["compute"] += 1
+        return compute(self, samples)
+
+    def counting_load(cls: type[Latents], path: Path) -> Latents:
+        calls["load"] += 1
+        return load(cls, path)
+
+    monkeypatch.setattr(Engine, "compute_latents", counting_compute)
+    monkeypatch.setattr(Latents, "load", classmethod(counting_load))
+    voice_id = enrol(client)
+    for _ in range(3):
+        assert speak(client, voice_id).status_code == 200
+    assert calls == {"compute": 1, "load": 1}
+
+
+@pytest.mark.parametrize(("body", "status", "detail"), [
+    ({"text": "Hi", "voiceId": "nobody-00000000"}, 404, "not found"),
+    ({"text": "Hi", "voiceId": "../../etc/passwd"}, 404, "not found"),
+    ({"text": "", "voiceId": "default-female"}, 422, "nothing to speak"),
+    ({"text": "  \u200b\u200f ", "voiceId": "default-female"}, 422, "nothing to speak"),
+    ({"text": "?!… 🙂", "voiceId": "default-female"}, 422, "nothing to speak"),
+    ({"text": "x" * 5001, "voiceId": "default-female"}, 422, "5000"),
+    ({"text": "Hi", "voiceId": "default-female", "language": "xx"}, 422, "supported"),
+    ({"text": "Hi", "voiceId": "default-female", "speed": 3}, 422, "speed"),
+    ({"text": "Hi", "voiceId": "default-female", "speed": 0.1}, 422, "speed"),
+    ({"text": "Hi", "voiceId": "default-female", "variability": -0.1}, 422, "variability"),
+    ({"text": "Hi", "voiceId": "default-female", "speed": "fast"}, 400, "speed"),
+    ({"text": "Hi", "voiceId": "default-female", "speed": True}, 400, "speed"),
+    ({"text": ["Hi"], "voiceId": "default-female"}, 400, "text"),
+    ({"voiceId": "default-female"}, 400, "text"),
+    ({"text": "Hi"}, 400, "voiceId"),
+])
+def test_bad_tts_requests_get_clear_4xx(client, body: dict, status: int, detail: str) -> None:
+    response = client.post("/api/tts", json=body)
+    assert response.status_code == status, response.json
+    assert detail in response.json["detail"]
+
+
+def test_nan_and_infinity_are_rejected(client) -> None:
+    for raw in ('{"text":"Hi","voiceId":"default-female","speed":NaN}',
+                '{"text":"Hi","voiceId":"default-female","variability":Infinity}',
+                '{"text":"Hi","voiceId":"default-female","speed":1e999}'):
+        response = client.post("/api/tts", data=raw, content_type="application/json")
+        assert 400 <= response.status_code < 500 and response.json["detail"], raw
+
+
+def test_a_voice_that_is_not_ready_is_409(app, client) -> None:
+    from voiceforge.db import db
+    from voiceforge.services import voices
+
+    voice_id = enrol(client)
+    with app.app_context():
+        voices.get_voice(voice_id).status = VoiceStatus.processing
+        db.session.commit()
+    response = speak(client, voice_id)
+    assert response.status_code == 409 and "not ready" in response.json["detail"]
+
+
+def test_without_a_model_speech_and_cloning_answer_503_with_instructions(make_app, tmp_path: Path) -> None:
+    client = make_app(MODEL_DIR=str(tmp_path / "no-model-here")).test_client()
+    for path, body in (("/api/tts", {"text": "Hi", "voiceId": "default-female"}),
+                       ("/api/train-voice", {"modelName": "x", "audioDataUri": recording()})):
+        response = client.post(path, json=body)
+        assert response.status_code == 503
+        assert "VOICEFORGE_MODEL_DIR" in response.json["detail"]
+        assert "COQUI_TOS_AGREED" in response.json["detail"]
+    unconfigured = make_app(MODEL_DIR=None).test_client()
+    response = unconfigured.post("/api/tts", json={"text": "Hi", "voiceId": "default-female"})
+    assert response.status_code == 503 and "COQUI_TOS_AGREED" in response.json["detail"]
+
+
+def test_readyz_shows_the_loaded_model_and_device(client) -> None:
+    assert speak(client, "default-female").status_code == 200
+    model = client.get("/readyz").json["model"]
+    assert model["loaded"] is True and model["device"] == "cpu"
+
+
+def test_the_engine_loads_the_model_once_per_process(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[Path] = []
+    real = engine_module.load_xtts
+
+    def counting(checkpoint: Path, device: str):
+        loads.append(checkpoint)
+        return real(checkpoint, device)
+
+    monkeypatch.setattr(engine_module, "load_xtts", counting)
+    monkeypatch.setattr(engine_module, "_engines", {})
+    for _ in range(2):
+        client = make_app().test_client()
+        assert speak(client, "default-female").status_code == 200
+    assert len(loads) == 1

@@ -1,0 +1,86 @@
+"""GET/PATCH/DELETE /api/voices: the registry over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import files_under
+from tests.helpers import add_stored_voice
+from voiceforge.models import Voice
+from voiceforge.services import voices
+
+
+@pytest.fixture
+def stored(app, data_dir: Path) -> Voice:
+    with app.app_context():
+        voice = add_stored_voice(data_dir, "Grandma Rose")
+        return voices.get_voice(voice.id)
+
+
+def test_list_has_cloned_voices_then_builtin_speakers(client, stored: Voice) -> None:
+    listed = client.get("/api/voices").json["voices"]
+    assert listed[0]["id"] == stored.id
+    assert listed[0]["name"] == "Grandma Rose" and listed[0]["kind"] == "cloned"
+    assert listed[0]["status"] == "ready" and listed[0]["language"] == "en"
+    builtin = {v["id"]: v for v in listed if v["kind"] == "builtin"}
+    assert "default-ana-florence" in builtin
+    assert {"default-female", "default-male"} <= set(builtin)
+
+
+def test_show_one_voice(client, stored: Voice) -> None:
+    body = client.get(f"/api/voices/{stored.id}").json
+    assert body["id"] == stored.id and body["createdAt"]
+
+
+@pytest.mark.parametrize("voice_id", ["nope", "..", "%2e%2e", "a" * 3000, "UPPER", "x%00y"])
+def test_unknown_or_hostile_ids_are_404(client, voice_id: str) -> None:
+    for method in ("get", "delete"):
+        response = getattr(client, method)(f"/api/voices/{voice_id}")
+        assert response.status_code == 404, (method, voice_id)
+        assert response.json["detail"]
+
+
+def test_rename(client, stored: Voice) -> None:
+    response = client.patch(f"/api/voices/{stored.id}", json={"name": "  Nana Rose "})
+    assert response.status_code == 200
+    assert response.json["name"] == "Nana Rose"
+    assert client.get(f"/api/voices/{stored.id}").json["name"] == "Nana Rose"
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"name": ""}, 422), ({"name": "   "}, 422), ({"name": "x" * 101}, 422), ({"name": "a\u200bb"}, 422),
+    ({}, 400), ({"name": 5}, 400), ([], 400),
+])
+def test_bad_rename_changes_nothing(client, stored: Voice, body: object, status: int) -> None:
+    response = client.patch(f"/api/voices/{stored.id}", json=body)
+    assert response.status_code == status
+    assert response.json["detail"]
+    assert client.get(f"/api/voices/{stored.id}").json["name"] == "Grandma Rose"
+
+
+def test_malformed_json_is_400(client, stored: Voice) -> None:
+    response = client.patch(f"/api/voices/{stored.id}", data="{nope", content_type="application/json")
+    assert response.status_code == 400
+    assert "JSON" in response.json["detail"]
+
+
+def test_delete_removes_row_and_files_together(client, stored: Voice, data_dir: Path) -> None:
+    assert files_under(data_dir / stored.id)
+    response = client.delete(f"/api/voices/{stored.id}")
+    assert response.status_code == 204
+    assert client.get(f"/api/voices/{stored.id}").status_code == 404
+    assert files_under(data_dir) == []
+    assert client.delete(f"/api/voices/{stored.id}").status_code == 404
+
+
+def test_delete_keeps_files_when_the_row_cannot_be_deleted(app, stored: Voice, data_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_commit() -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(voices, "commit", broken_commit)
+    with app.app_context(), pytest.raises(RuntimeError):
+        voices.delete_voice(stored.id, data_dir)
+    assert files_under(data_dir) == [f"{stored.id}/latents.pth", f"{stored.id}/reference.wav"]

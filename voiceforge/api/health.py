@@ -1,0 +1,37 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from flask import current_app
+from sqlalchemy import text
+
+from voiceforge.api import ApiBlueprint
+from voiceforge.db import db
+from voiceforge.schemas import HealthSchema, ReadySchema
+from voiceforge.services.engine import get_engine
+
+blp = ApiBlueprint("health", __name__, description="Health probes.")
+
+
+@blp.route("/healthz")
+@blp.response(200, HealthSchema)
+def healthz() -> dict:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@blp.route("/readyz")
+@blp.response(200, ReadySchema)
+@blp.alt_response(503, schema=ReadySchema, description="The database is unreachable.")
+def readyz() -> tuple[dict, int]:
+    """Database reachable; reports the model state without loading it."""
+    try:
+        db.session.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception as error:  # noqa: BLE001 - any failure means "not ready"
+        current_app.logger.warning("readiness: database unreachable: %s", error)
+        database = "unreachable"
+    ready = database == "ok"
+    body = {"status": "ready" if ready else "unavailable", "database": database,
+            "model": get_engine().describe()}
+    return body, 200 if ready else 503

@@ -1,0 +1,47 @@
+"""/api/voices: list, show, rename and delete voices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import current_app
+
+from voiceforge.api import ApiBlueprint
+from voiceforge.schemas import ErrorSchema, VoiceListSchema, VoiceRenameSchema, VoiceSchema
+from voiceforge.services import voices
+from voiceforge.services.synthesis import builtin_voices
+
+blp = ApiBlueprint("voices", __name__, url_prefix="/api/voices", description="The voice registry.")
+
+
+@blp.route("")
+@blp.response(200, VoiceListSchema)
+def list_voices() -> dict:
+    """Cloned voices from the registry, then the model's built-in speakers."""
+    return {"voices": [*voices.list_voices(), *builtin_voices()]}
+
+
+@blp.route("/<string:voice_id>")
+@blp.response(200, VoiceSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="Unknown voice.")
+def get_voice(voice_id: str):
+    """One voice."""
+    return voices.get_voice(voice_id)
+
+
+@blp.route("/<string:voice_id>", methods=["PATCH"])
+@blp.arguments(VoiceRenameSchema)
+@blp.response(200, VoiceSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="Unknown voice.")
+@blp.alt_response(422, schema=ErrorSchema, description="Invalid name.")
+def rename_voice(body: dict, voice_id: str):
+    """Rename a voice."""
+    return voices.rename_voice(voice_id, body["name"])
+
+
+@blp.route("/<string:voice_id>", methods=["DELETE"])
+@blp.response(204)
+@blp.alt_response(404, schema=ErrorSchema, description="Unknown voice.")
+def delete_voice(voice_id: str) -> None:
+    """Delete a voice with its files."""
+    voices.delete_voice(voice_id, Path(current_app.config["DATA_DIR"]))

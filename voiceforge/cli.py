@@ -1,0 +1,214 @@
+"""`flask voices …` and `flask model …`: voice admin and model management on the same services."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from voiceforge.errors import VoiceForgeError
+from voiceforge.schemas import VoiceSchema
+
+voices_cli = AppGroup("voices", help="Manage the voice registry.")
+model_cli = AppGroup("model", help="Inspect, download and warm up the XTTS-v2 model.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def register_cli(app: Flask) -> None:
+    app.cli.add_command(voices_cli)
+    app.cli.add_command(model_cli)
+
+
+def _data_dir() -> Path:
+    return Path(current_app.config["DATA_DIR"])
+
+
+def _fail(error: VoiceForgeError) -> None:
+    raise click.ClickException(error.detail)
+
+
+def _echo_voices(rows: list[Any], as_json: bool) -> None:
+    dumped = VoiceSchema(many=True).dump(rows)
+    if as_json:
+        click.echo(json.dumps(dumped, indent=2))
+        return
+    if not dumped:
+        click.echo("No voices.")
+        return
+    columns = ("id", "name", "language", "kind", "status", "createdAt")
+    table = [[str(row.get(column) or "") for column in columns] for row in dumped]
+    widths = [max(len(column), *(len(line[i]) for line in table)) for i, column in enumerate(columns)]
+    click.echo("  ".join(column.upper().ljust(width) for column, width in zip(columns, widths, strict=True)))
+    for line in table:
+        click.echo("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip())
+
+
+@voices_cli.command("list")
+@click.option("--builtin", is_flag=True, help="Include the model's built-in speakers.")
+@json_option
+def voices_list(builtin: bool, as_json: bool) -> None:
+    """List voices."""
+    from voiceforge.services import voices
+    from voiceforge.services.synthesis import builtin_voices
+
+    rows = voices.list_voices() + (builtin_voices() if builtin else [])
+    _echo_voices(rows, as_json)
+
+
+@voices_cli.command("show")
+@click.argument("voice_id")
+@json_option
+def voices_show(voice_id: str, as_json: bool) -> None:
+    """Show one voice."""
+    from voiceforge.services import voices
+
+    try:
+        voice = voices.get_voice(voice_id)
+    except VoiceForgeError as error:
+        _fail(error)
+    dumped = VoiceSchema().dump(voice)
+    dumped["referencePath"] = voice.reference_path
+    dumped["latentsPath"] = voice.latents_path
+    if as_json:
+        click.echo(json.dumps(dumped, indent=2))
+    else:
+        for key, value in dumped.items():
+            click.echo(f"{key:>13}: {'' if value is None else value}")
+
+
+@voices_cli.command("rename")
+@click.argument("voice_id")
+@click.argument("name")
+def voices_rename(voice_id: str, name: str) -> None:
+    """Rename a voice."""
+    from voiceforge.services import voices
+
+    try:
+        voice = voices.rename_voice(voice_id, name)
+    except VoiceForgeError as error:
+        _fail(error)
+    click.echo(f"Renamed {voice.id} to {voice.name!r}.")
+
+
+@voices_cli.command("remove")
+@click.argument("voice_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def voices_remove(voice_id: str, yes: bool) -> None:
+    """Delete a voice and its files."""
+    from voiceforge.services import voices
+
+    try:
+        voice = voices.get_voice(voice_id)
+        if not yes:
+            click.confirm(f"Delete voice {voice.id} ({voice.name!r}) and its files?", abort=True)
+        voices.delete_voice(voice_id, _data_dir())
+    except VoiceForgeError as error:
+        _fail(error)
+    click.echo(f"Removed {voice_id}.")
+
+
+@voices_cli.command("add")
+@click.argument("name")
+@click.argument("audio_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--language", default=None, help="The voice's language (XTTS code, e.g. en, ru, zh-cn).")
+@json_option
+def voices_add(name: str, audio_file: Path, language: str | None, as_json: bool) -> None:
+    """Clone a voice from an audio file (any format FFmpeg reads, at least 3 s of speech)."""
+    from voiceforge.services.training import enrol_voice
+
+    limit = int(current_app.config["MAX_AUDIO_BYTES"])
+    if audio_file.stat().st_size > limit:
+        raise click.ClickException(f"{audio_file} is larger than {limit} bytes (VOICEFORGE_MAX_AUDIO_BYTES).")
+    try:
+        voice = enrol_voice(name, audio_file.read_bytes(), language)
+    except VoiceForgeError as error:
+        _fail(error)
+    if as_json:
+        click.echo(json.dumps(VoiceSchema().dump(voice), indent=2))
+    else:
+        click.echo(f"Added voice {voice.id} ({voice.name!r}, {voice.language}).")
+
+
+@voices_cli.command("reconcile")
+@click.option("--dry-run", is_flag=True, help="Report only; change nothing.")
+def voices_reconcile(dry_run: bool) -> None:
+    """Make the registry and the voice files agree after a crash."""
+    from voiceforge.services import voices
+
+    report = voices.reconcile(_data_dir(), repair=not dry_run)
+    verb = "found" if dry_run else "repaired"
+    click.echo(f"rows missing files ({verb}: marked failed): {', '.join(report.missing_files) or '-'}")
+    click.echo(f"interrupted rows ({verb}: marked failed): {', '.join(report.stale_rows) or '-'}")
+    click.echo(f"orphan directories ({verb}: removed): {', '.join(report.orphan_dirs) or '-'}")
+    click.echo(f"unfinished writes ({verb}: removed): {', '.join(report.temp_dirs) or '-'}")
+    if not report.changed:
+        click.echo("Registry and files agree.")
+
+
+@model_cli.command("info")
+@json_option
+def model_info(as_json: bool) -> None:
+    """Where the model comes from and whether it is available (does not load it)."""
+    from voiceforge.services.engine import get_engine
+
+    engine = get_engine()
+    info = {**engine.describe(), "deviceSetting": engine.settings.device,
+            "modelDir": engine.settings.model_dir, "modelName": engine.settings.model_name,
+            "licenceAgreed": os.environ.get("COQUI_TOS_AGREED") == "1",
+            "builtinSpeakers": len(engine.builtin_speakers())}
+    try:
+        info["checkpoint"] = str(engine.resolve_checkpoint()) if engine.settings.model_dir else None
+        info["available"] = bool(engine.settings.model_dir) or info["licenceAgreed"]
+    except VoiceForgeError as error:
+        info["available"], info["problem"] = False, error.detail
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:>16}: {value}")
+
+
+@model_cli.command("download")
+@click.option("--agree-license", is_flag=True,
+              help="Accept the Coqui Public Model License (non-commercial) without a prompt.")
+def model_download(agree_license: bool) -> None:
+    """Download the official XTTS-v2 (about 1.8 GB) with a progress bar."""
+    from voiceforge.services.engine import download_official
+
+    if os.environ.get("COQUI_TOS_AGREED") != "1":
+        if not agree_license:
+            click.confirm("XTTS-v2 is under the Coqui Public Model License (non-commercial use; "
+                          "https://coqui.ai/cpml). Do you agree?", abort=True)
+        os.environ["COQUI_TOS_AGREED"] = "1"
+    try:
+        path = download_official(current_app.config["MODEL_NAME"], progress=True)
+    except VoiceForgeError as error:
+        _fail(error)
+    click.echo(f"Model ready in {path}")
+    click.echo(f"Run the service with VOICEFORGE_MODEL_DIR={path} (or keep COQUI_TOS_AGREED=1).")
+
+
+@model_cli.command("warmup")
+@click.option("--text", default="Hello, this is VoiceForge.", show_default=True)
+@click.option("--language", default=None)
+def model_warmup(text: str, language: str | None) -> None:
+    """Load the model and speak one short sentence with the default speaker."""
+    from voiceforge.services.synthesis import synthesize
+
+    started = time.perf_counter()
+    try:
+        wav = synthesize(text, "default-speaker", speed=1.0, variability=0.0, language=language)
+    except VoiceForgeError as error:
+        _fail(error)
+    from voiceforge.services.engine import get_engine
+
+    click.echo(f"Warm: {len(wav)} bytes of audio in {time.perf_counter() - started:.1f} s "
+               f"on {get_engine().describe()['device']}.")
+    sys.stdout.flush()

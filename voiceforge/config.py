@@ -1,0 +1,94 @@
+"""Configuration: defaults in code < instance/config.py < VOICEFORGE_* environment < create_app(config)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+ENV_PREFIX = "VOICEFORGE_"
+OFFICIAL_MODEL = "tts_models/multilingual/multi-dataset/xtts_v2"
+
+# Every setting an operator may change. Names are the Flask config keys; the environment variable
+# is the same name with the VOICEFORGE_ prefix. The type of the default decides how the
+# environment string is parsed.
+DEFAULTS: dict[str, Any] = {
+    "DATABASE_URL": None,  # None = sqlite file in the instance folder
+    "DATA_DIR": None,  # None = <instance>/voices
+    "CORS_ORIGINS": ["http://localhost:9002", "http://127.0.0.1:9002"],
+    "MODEL_DIR": None,  # a local XTTS-v2 checkpoint directory; None = official model by name
+    "MODEL_NAME": OFFICIAL_MODEL,
+    "DEVICE": "auto",  # auto | cpu | cuda | cuda:N
+    "DEFAULT_LANGUAGE": "en",
+    "MAX_BODY_BYTES": 32 * 1024 * 1024,
+    "MAX_AUDIO_BYTES": 20 * 1024 * 1024,  # decoded size of the uploaded audio file
+    "MAX_REFERENCE_SECONDS": 60.0,  # decoding stops here; XTTS conditions on 30 s at most anyway
+    "MIN_SPEECH_SECONDS": 3.0,
+    "MAX_TEXT_CHARS": 5000,
+    "SENTENCE_PAUSE_MS": 180,
+    "VOICE_ALIASES": {"default-female": "Ana Florence", "default-male": "Damien Black"},
+    "DEFAULT_SPEAKER": "Ana Florence",  # what any other default-… id falls back to
+    "LATENT_CACHE_SIZE": 64,
+    "INFERENCE_QUEUE_SIZE": 8,  # requests waiting for the model per process; beyond: 503
+    "DB_BUSY_TIMEOUT_MS": 5000,
+    "API_KEYS": [],
+    "API_KEYS_FILE": None,
+    "LOG_LEVEL": "INFO",
+}
+
+
+def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
+    """Fill app.config from defaults, instance/config.py, the environment and explicit overrides."""
+    app.config.update(DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.update(read_environment(os.environ))
+    if overrides:
+        app.config.update(overrides)
+    derive(app)
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse VOICEFORGE_* variables, typed by the default they replace."""
+    values: dict[str, Any] = {}
+    for key, default in DEFAULTS.items():
+        raw = environ.get(ENV_PREFIX + key)
+        if raw is None:
+            continue
+        values[key] = parse_value(key, raw, default)
+    return values
+
+
+def parse_value(key: str, raw: str, default: Any) -> Any:
+    """Turn one environment string into the type of its default; fail loudly on nonsense."""
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, list):
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        if isinstance(default, dict):
+            # "alias=Speaker Name,other=Name"
+            pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)
+            return {name.strip(): value.strip() for name, value in pairs}
+    except ValueError as error:
+        raise ValueError(f"{ENV_PREFIX}{key}={raw!r} is not valid: {error}") from None
+    return raw.strip() or None
+
+
+def derive(app: Flask) -> None:
+    """Compute settings that depend on others (paths, Flask/SQLAlchemy names)."""
+    config = app.config
+    instance = Path(app.instance_path)
+    if not config["DATABASE_URL"]:
+        config["DATABASE_URL"] = f"sqlite:///{instance / 'voiceforge.db'}"
+    config["DATA_DIR"] = str(Path(config["DATA_DIR"] or instance / "voices").resolve())
+    config["SQLALCHEMY_DATABASE_URI"] = config["DATABASE_URL"]
+    config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
+    if isinstance(config["CORS_ORIGINS"], str):
+        config["CORS_ORIGINS"] = [o.strip() for o in config["CORS_ORIGINS"].split(",") if o.strip()]

@@ -1,0 +1,43 @@
+"""Cross-cutting HTTP concerns: CORS, request ids and the one-line access log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+from flask_cors import CORS
+
+access_log = logging.getLogger("voiceforge.access")
+REQUEST_ID_HEADER = "X-Request-ID"
+SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def register_cors(app: Flask) -> None:
+    """Only the configured origins (the Next.js app by default) get CORS headers."""
+    CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+         expose_headers=[REQUEST_ID_HEADER, "Retry-After"], max_age=600)
+
+
+def register_request_logging(app: Flask) -> None:
+    """Give every request an id (echoed in X-Request-ID) and log one line: never the body."""
+    logging.getLogger("voiceforge").setLevel(app.config["LOG_LEVEL"])
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = incoming if SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        request_id = g.get("request_id") or uuid.uuid4().hex
+        response.headers[REQUEST_ID_HEADER] = request_id
+        elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        route = request.url_rule.rule if request.url_rule else "<unmatched>"
+        access_log.info("method=%s route=%s status=%s latency_ms=%.1f request_id=%s bytes=%s",
+                        request.method, route, response.status_code, elapsed_ms, request_id,
+                        response.calculate_content_length())
+        return response

@@ -1,0 +1,79 @@
+"""Marshmallow schemas of the HTTP API (camelCase on the wire, unknown fields ignored)."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+
+class RequestSchema(Schema):
+    """Base of request bodies: the web app may send extra fields, which are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+class TtsRequestSchema(RequestSchema):
+    text = fields.String(required=True, metadata={"description": "Text to speak (non-empty)."})
+    voiceId = fields.String(required=True, validate=validate.Length(min=1, max=200), metadata={
+        "description": "A cloned voice's id, or `default-…` for a built-in voice."})
+    speed = fields.Float(load_default=1.0, validate=validate.Range(min=0.5, max=2.0),
+                         metadata={"description": "Speaking rate, 0.5–2.0."})
+    variability = fields.Float(load_default=0.5, validate=validate.Range(min=0.0, max=1.0), metadata={
+        "description": "0 = deterministic, 0.5 = the model's default sampling, 1 = most varied."})
+    language = fields.String(load_default=None, validate=validate.Length(min=2, max=10), metadata={
+        "description": "XTTS language code (en, ru, zh-cn, …); default: the voice's, then the server's."})
+
+
+class TtsResponseSchema(Schema):
+    audioDataUri = fields.String(required=True, metadata={
+        "description": "data:audio/wav;base64,… (mono 16-bit PCM, 24 kHz)."})
+
+
+class TrainVoiceRequestSchema(RequestSchema):
+    modelName = fields.String(required=True, validate=validate.Length(min=1, max=100),
+                              metadata={"description": "Display name of the voice."})
+    audioDataUri = fields.String(required=True, metadata={
+        "description": "data:<audio mime>;base64,<data>: wav, mp3, ogg, webm, m4a or flac, ≥ 3 s of speech."})
+    language = fields.String(load_default=None, validate=validate.Length(min=2, max=10),
+                             metadata={"description": "The voice's language (default: server's)."})
+
+
+class TrainVoiceResponseSchema(Schema):
+    trainingStatus = fields.String(required=True, metadata={"description": "`completed`."})
+    modelId = fields.String(required=True, metadata={"description": "The new voice's id (a voiceId)."})
+
+
+class VoiceSchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    language = fields.String(allow_none=True)
+    kind = fields.Function(lambda v: v.kind.value, metadata={"enum": ["builtin", "cloned", "finetuned"]})
+    status = fields.Function(lambda v: v.status.value,
+                             metadata={"enum": ["pending", "processing", "ready", "failed"]})
+    error = fields.String(allow_none=True)
+    createdAt = fields.DateTime(attribute="created_at", allow_none=True)
+    updatedAt = fields.DateTime(attribute="updated_at", allow_none=True)
+
+
+class VoiceListSchema(Schema):
+    voices = fields.List(fields.Nested(VoiceSchema), required=True)
+
+
+class VoiceRenameSchema(RequestSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+
+
+class ErrorSchema(Schema):
+    detail = fields.String(required=True, metadata={"description": "Human-readable explanation."})
+    code = fields.String(required=True, metadata={"description": "Stable machine-readable code."})
+    errors = fields.Dict(metadata={"description": "Field errors, by location and field."})
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadySchema(Schema):
+    status = fields.String(required=True, metadata={"description": "`ready` or `unavailable`."})
+    database = fields.String(required=True)
+    model = fields.Dict(required=True, metadata={"description": "loaded, device, source."})

@@ -1,0 +1,1 @@
+"""Service layer: the rules of the product, independent of HTTP and CLI."""

@@ -1,0 +1,280 @@
+"""The XTTS-v2 holder: one model per process, loaded lazily, thread-safe, inference serialised."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flask import current_app
+
+from voiceforge.errors import Busy, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+OUTPUT_RATE = 24000  # XTTS-v2 vocoder output
+CONDITIONING_RATE = 22050  # XTTS-v2 conditioning input
+CHECKPOINT_FILES = ("config.json", "model.pth", "vocab.json")
+HOW_TO_PROVIDE = (
+    "Set VOICEFORGE_MODEL_DIR to an XTTS-v2 checkpoint directory (config.json, model.pth, vocab.json, "
+    "speakers_xtts.pth), or accept the Coqui Public Model License with COQUI_TOS_AGREED=1 so the "
+    "service can download the official xtts_v2 (`flask --app voiceforge model download`)."
+)
+
+
+@dataclass(frozen=True)
+class Latents:
+    """A voice for XTTS: the GPT conditioning latent and the speaker embedding (torch tensors, CPU)."""
+
+    gpt_cond_latent: Any
+    speaker_embedding: Any
+
+    def to_bytes(self) -> bytes:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({"gpt_cond_latent": self.gpt_cond_latent.cpu().contiguous(),
+                    "speaker_embedding": self.speaker_embedding.cpu().contiguous()}, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def load(cls, path: Path) -> Latents:
+        import torch
+
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(data["gpt_cond_latent"], data["speaker_embedding"])
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How XTTS picks audio tokens; `greedy` makes identical requests give identical audio."""
+
+    greedy: bool
+    temperature: float = 0.75
+    top_p: float = 0.85
+    top_k: int = 50
+    repetition_penalty: float = 10.0
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model_dir: str | None
+    model_name: str
+    device: str
+    queue_size: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> EngineSettings:
+        return cls(model_dir=config.get("MODEL_DIR"), model_name=config["MODEL_NAME"],
+                   device=config["DEVICE"], queue_size=int(config["INFERENCE_QUEUE_SIZE"]))
+
+
+class Engine:
+    """Owns one XTTS-v2 model. Loading happens once, on first use; model calls run one at a time."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self._model: Any = None
+        self._device: str | None = None
+        self._source: str | None = None
+        self._load_lock = threading.Lock()
+        # The model is not safe to call from two threads at once (mixed or broken audio).
+        self._model_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(1, settings.queue_size))
+        self._speakers: dict[str, Latents] | None = None
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def describe(self) -> dict[str, Any]:
+        """What /readyz and `flask model info` report; never loads the model."""
+        return {"loaded": self.loaded, "device": self._device, "source": self._source or self.source_hint()}
+
+    def source_hint(self) -> str:
+        return self.settings.model_dir or self.settings.model_name
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.model.config.languages)
+
+    # -- loading -----------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self.load()
+        return self._model
+
+    def load(self) -> None:
+        """Load the checkpoint (idempotent, thread-safe); 503 with instructions when there is none."""
+        with self._load_lock:
+            if self._model is not None:
+                return
+            checkpoint = self.resolve_checkpoint()
+            started = time.perf_counter()
+            try:
+                model, device = load_xtts(checkpoint, self.settings.device)
+            except (OSError, RuntimeError, ValueError, KeyError) as error:
+                log.exception("loading XTTS-v2 from %s failed", checkpoint)
+                raise ServiceUnavailable(f"The XTTS-v2 model at {checkpoint} could not be loaded ({error}). "
+                                         + HOW_TO_PROVIDE) from error
+            self._model, self._device, self._source = model, device, str(checkpoint)
+            log.info("XTTS-v2 loaded from %s on %s in %.1f s", checkpoint, device,
+                     time.perf_counter() - started)
+
+    def resolve_checkpoint(self) -> Path:
+        """The checkpoint directory: VOICEFORGE_MODEL_DIR, else the official model once licensed."""
+        if self.settings.model_dir:
+            directory = Path(self.settings.model_dir)
+            missing = [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
+            if missing:
+                raise ServiceUnavailable(
+                    f"VOICEFORGE_MODEL_DIR={directory} has no {', '.join(missing)}. " + HOW_TO_PROVIDE)
+            return directory
+        if os.environ.get("COQUI_TOS_AGREED") != "1":
+            raise ServiceUnavailable("No XTTS-v2 model is configured. " + HOW_TO_PROVIDE)
+        return download_official(self.settings.model_name)
+
+    # -- voices ------------------------------------------------------------------------------
+    def builtin_speakers(self) -> list[str]:
+        """Speakers shipped in the checkpoint, without loading the model or downloading anything.
+
+        Reads speakers_xtts.pth from VOICEFORGE_MODEL_DIR or the loaded model; empty otherwise.
+        """
+        if self._speakers is None and (self.loaded or self.settings.model_dir):
+            try:
+                self._speakers = read_speakers(Path(self._source or self.settings.model_dir or ""))
+            except (OSError, RuntimeError) as error:
+                log.warning("cannot read built-in speakers: %s", error)
+                return []
+        return list(self._speakers or {})
+
+    def speaker_latents(self, name: str) -> Latents | None:
+        """Latents of a built-in speaker (loads the model: it is needed to speak anyway)."""
+        self.load()
+        return self._builtin_latents().get(name)
+
+    def _builtin_latents(self) -> dict[str, Latents]:
+        if self._speakers is None:
+            self._speakers = read_speakers(Path(self._source or ""))
+        return self._speakers
+
+    def compute_latents(self, samples: np.ndarray) -> Latents:
+        """Conditioning latents of a mono float32 reference at 22.05 kHz (done once per voice)."""
+        import torch
+
+        audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).unsqueeze(0)
+        model = self.model
+        with self._exclusive(), torch.inference_mode():
+            gpt_cond_latent = model.get_gpt_cond_latents(audio, CONDITIONING_RATE)
+            speaker_embedding = model.get_speaker_embedding(audio, CONDITIONING_RATE)
+        return Latents(gpt_cond_latent.detach().cpu(), speaker_embedding.detach().cpu())
+
+    # -- synthesis ---------------------------------------------------------------------------
+    def synthesize(self, text: str, language: str, latents: Latents, sampling: Sampling,
+                   speed: float = 1.0) -> np.ndarray:
+        """Speak one chunk of text (under the language's limit): float32 mono at 24 kHz."""
+        import torch
+
+        model = self.model
+        with self._exclusive(), torch.inference_mode():
+            if sampling.greedy:
+                # Seeding is belt and braces: greedy decoding does not draw random numbers.
+                torch.manual_seed(0)
+            result = model.inference(
+                text, language, latents.gpt_cond_latent, latents.speaker_embedding,
+                temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                repetition_penalty=sampling.repetition_penalty, do_sample=not sampling.greedy,
+                speed=speed, enable_text_splitting=False)
+        wav = result["wav"]
+        wav = wav.numpy() if hasattr(wav, "numpy") else np.asarray(wav)
+        return wav.astype(np.float32, copy=False).reshape(-1)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Take a place in the bounded queue (503 when full), then the model, one caller at a time."""
+        if not self._slots.acquire(blocking=False):
+            raise Busy("The speech engine is busy with other requests; retry shortly.", retry_after=2)
+        try:
+            with self._model_lock:
+                yield
+        finally:
+            self._slots.release()
+
+
+def load_xtts(checkpoint: Path, device_setting: str) -> tuple[Any, str]:
+    """Build XTTS-v2 from a release-layout directory, exactly as for the official model."""
+    import torch
+    from TTS.tts.configs.xtts_config import XttsConfig
+    from TTS.tts.models.xtts import Xtts
+
+    device = choose_device(device_setting)
+    config = XttsConfig()
+    config.load_json(str(checkpoint / "config.json"))
+    model = Xtts(config)
+    model.load_checkpoint(config, checkpoint_dir=str(checkpoint), use_deepspeed=False, eval=True)
+    model.to(torch.device(device))
+    return model, device
+
+
+def choose_device(setting: str) -> str:
+    """`auto` picks CUDA when present; asking for CUDA without it is a configuration error."""
+    import torch
+
+    setting = (setting or "auto").strip().lower()
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ServiceUnavailable(f"VOICEFORGE_DEVICE={setting} but CUDA is not available; use auto or cpu.")
+    return setting
+
+
+def read_speakers(checkpoint: Path) -> dict[str, Latents]:
+    """Built-in speakers from speakers_xtts.pth (name -> latents); empty when the file is absent."""
+    import torch
+
+    path = checkpoint / "speakers_xtts.pth"
+    if not path.is_file():
+        return {}
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return {name: Latents(item["gpt_cond_latent"], item["speaker_embedding"]) for name, item in data.items()}
+
+
+def download_official(model_name: str, *, progress: bool = False) -> Path:
+    """Fetch (or find in the cache) the official model through coqui-tts's model manager."""
+    from TTS.utils.manage import ModelManager
+
+    try:
+        model_path, _config_path, _item = ModelManager(progress_bar=progress).download_model(model_name)
+    except Exception as error:
+        log.exception("downloading %s failed", model_name)
+        raise ServiceUnavailable(f"Could not download {model_name} ({error}). " + HOW_TO_PROVIDE) from error
+    path = Path(model_path)
+    return path if path.is_dir() else path.parent
+
+
+_engines: dict[EngineSettings, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(settings: EngineSettings) -> Engine:
+    """The process's engine for these settings (one model per process, shared by every app)."""
+    with _engines_lock:
+        engine = _engines.get(settings)
+        if engine is None:
+            engine = _engines[settings] = Engine(settings)
+        return engine
+
+
+def get_engine() -> Engine:
+    """The engine of the current app."""
+    return engine_for(EngineSettings.from_config(current_app.config))

@@ -1,0 +1,68 @@
+"""Text preparation for XTTS: Unicode clean-up and sentence chunks under the language's limit."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from voiceforge.errors import Unprocessable
+from voiceforge.services.languages import CHAR_LIMITS
+
+# Sentence ends, Latin and CJK; the split keeps the punctuation with its sentence.
+SENTENCE_END = re.compile(r"(?<=[.!?…。！？；;])\s+|(?<=[。！？])")
+CLAUSE_END = re.compile(r"(?<=[,，、:：—–])\s*")
+# Unicode categories dropped before speaking: controls, invisible formatting (zero-width,
+# bidi marks), unassigned/private code points, and pictographs such as emoji.
+DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "So", "Sk"}
+
+
+def clean_text(text: str, *, max_chars: int) -> str:
+    """NFKC-normalise, drop invisible and pictographic characters, collapse whitespace; 422 if empty."""
+    if len(text) > max_chars:
+        raise Unprocessable(f"Text is {len(text)} characters long; the limit is {max_chars}.")
+    normalised = unicodedata.normalize("NFKC", text)
+    kept = "".join(" " if ch.isspace() else ch for ch in normalised
+                   if ch.isspace() or unicodedata.category(ch) not in DROPPED_CATEGORIES)
+    cleaned = re.sub(r"\s+", " ", kept).strip()
+    if not any(ch.isalnum() for ch in cleaned):
+        raise Unprocessable("Text has nothing to speak: it needs at least one letter or digit.")
+    return cleaned
+
+
+def split_text(text: str, language: str) -> list[str]:
+    """Chunks under the language's character limit: whole sentences, merged while they fit."""
+    limit = CHAR_LIMITS[language]
+    pieces: list[str] = []
+    for sentence in SENTENCE_END.split(text):
+        pieces.extend(_fit(sentence.strip(), limit))
+    chunks: list[str] = []
+    for piece in pieces:
+        if not piece:
+            continue
+        if chunks and len(chunks[-1]) + 1 + len(piece) <= limit:
+            chunks[-1] = f"{chunks[-1]} {piece}"
+        else:
+            chunks.append(piece)
+    # A chunk of punctuation alone would make XTTS babble: fold it into its neighbour.
+    return [chunk for chunk in chunks if any(ch.isalnum() for ch in chunk)] or [text[:limit]]
+
+
+def _fit(sentence: str, limit: int) -> list[str]:
+    """Split one over-long sentence at clause marks, then spaces, then hard at the limit."""
+    if len(sentence) <= limit:
+        return [sentence]
+    parts: list[str] = []
+    for clause in CLAUSE_END.split(sentence):
+        while len(clause) > limit:
+            cut = clause.rfind(" ", 0, limit)
+            cut = cut if cut > limit // 2 else limit
+            parts.append(clause[:cut].strip())
+            clause = clause[cut:].strip()
+        parts.append(clause)
+    merged: list[str] = []
+    for part in parts:
+        if merged and len(merged[-1]) + 1 + len(part) <= limit:
+            merged[-1] = f"{merged[-1]} {part}"
+        elif part:
+            merged.append(part)
+    return merged
