@@ -223,6 +223,7 @@ def test_latents_are_computed_once_per_voice_not_per_request(client, monkeypatch
     ({"text": "?!… 🙂", "voiceId": "default-female"}, 422, "nothing to speak"),
     ({"text": "x" * 5001, "voiceId": "default-female"}, 422, "5000"),
     ({"text": "Hi", "voiceId": "default-female", "language": "xx"}, 422, "supported"),
+    ({"text": "मेरे पास 5 सेब हैं", "voiceId": "default-female", "language": "hi"}, 422, "spell out"),
     ({"text": "Hi", "voiceId": "default-female", "speed": 3}, 422, "speed"),
     ({"text": "Hi", "voiceId": "default-female", "speed": 0.1}, 422, "speed"),
     ({"text": "Hi", "voiceId": "default-female", "variability": -0.1}, 422, "variability"),

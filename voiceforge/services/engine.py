@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from flask import current_app
 
-from voiceforge.errors import Busy, ServiceUnavailable
+from voiceforge.errors import Busy, ServiceUnavailable, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,11 @@ class Sampling:
     """How XTTS picks audio tokens; `greedy` makes identical requests give identical audio."""
 
     greedy: bool
+    # The official xtts_v2 config.json's values (model.inference's own defaults differ).
     temperature: float = 0.75
     top_p: float = 0.85
     top_k: int = 50
-    repetition_penalty: float = 10.0
+    repetition_penalty: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -187,14 +188,19 @@ class Engine:
 
         model = self.model
         with self._exclusive(), torch.inference_mode():
-            if sampling.greedy:
-                # Seeding is belt and braces: greedy decoding does not draw random numbers.
-                torch.manual_seed(0)
-            result = model.inference(
-                text, language, latents.gpt_cond_latent, latents.speaker_embedding,
-                temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                repetition_penalty=sampling.repetition_penalty, do_sample=not sampling.greedy,
-                speed=speed, enable_text_splitting=False)
+            try:
+                result = model.inference(
+                    text, language, latents.gpt_cond_latent, latents.speaker_embedding,
+                    temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                    repetition_penalty=sampling.repetition_penalty, do_sample=not sampling.greedy,
+                    speed=speed, enable_text_splitting=False)
+            except NotImplementedError as error:
+                # coqui's number expansion has gaps (digits in hi, ordinals in cs): the text's fault.
+                raise Unprocessable(f"This text cannot be spoken in {language!r}: {error or 'unsupported'}; "
+                                    "spell out numbers and symbols.") from error
+            except AssertionError as error:
+                # XTTS asserts when a chunk exceeds 400 text tokens.
+                raise Unprocessable("A sentence is too long for the model; add punctuation.") from error
         wav = result["wav"]
         wav = wav.numpy() if hasattr(wav, "numpy") else np.asarray(wav)
         return wav.astype(np.float32, copy=False).reshape(-1)
@@ -218,6 +224,8 @@ def load_xtts(checkpoint: Path, device_setting: str) -> tuple[Any, str]:
     from TTS.tts.models.xtts import Xtts
 
     device = choose_device(device_setting)
+    # coqui's tokenizer logs the start of over-long text at WARNING; the text to speak stays private.
+    logging.getLogger("TTS.tts.layers.xtts.tokenizer").setLevel(logging.ERROR)
     config = XttsConfig()
     config.load_json(str(checkpoint / "config.json"))
     model = Xtts(config)

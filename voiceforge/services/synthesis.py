@@ -31,7 +31,8 @@ def sampling_for(variability: float) -> Sampling:
     (temperature 0.75, top-p 0.85); 1 -> temperature 1.0, top-p 0.95. Linear in between.
     """
     if variability <= 0:
-        return Sampling(greedy=True)
+        # Neutral values: transformers warns about sampling flags that greedy decoding ignores.
+        return Sampling(greedy=True, temperature=1.0, top_p=1.0)
     if variability <= 0.5:
         share = variability / 0.5
         return Sampling(greedy=False, temperature=max(0.05, 0.75 * share), top_p=0.5 + 0.35 * share)
