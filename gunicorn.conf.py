@@ -25,3 +25,14 @@ logconfig_dict = {
         "gunicorn.error": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False},
     },
 }
+
+
+def on_starting(server) -> None:
+    """Repair the registry once, in the master, before any worker can be in the middle of a write.
+
+    Only the database and the voice files are touched here: no torch, no model, no CUDA.
+    """
+    from voiceforge import create_app
+    from voiceforge.services.voices import reconcile_at_startup
+
+    reconcile_at_startup(create_app())

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,17 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:
         return http_error_response(error)
+
+    @app.errorhandler(OperationalError)
+    def _database(error: OperationalError) -> Response:
+        # SQLite answers "database is locked" once busy_timeout has passed; other errors mean
+        # the database is unreachable. Both are the server's state, not the client's fault.
+        log.warning("database error on %s %s: %s", request.method, request.path, error.orig)
+        if "locked" in str(error.orig).lower() or "busy" in str(error.orig).lower():
+            return error_response(503, "The database is busy; retry shortly.", "busy",
+                                  headers={"Retry-After": "2"})
+        return error_response(503, "The database is unavailable; retry later.", "database_unavailable",
+                              headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

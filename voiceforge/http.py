@@ -10,6 +10,8 @@ import uuid
 from flask import Flask, Response, g, request
 from flask_cors import CORS
 
+from voiceforge.errors import PayloadTooLarge
+
 access_log = logging.getLogger("voiceforge.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -19,6 +21,21 @@ def register_cors(app: Flask) -> None:
     """Only the configured origins (the Next.js app by default) get CORS headers."""
     CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
          expose_headers=[REQUEST_ID_HEADER, "Retry-After"], max_age=600)
+
+
+def register_body_limit(app: Flask) -> None:
+    """413 for streamed (chunked) bodies over MAX_CONTENT_LENGTH too.
+
+    Werkzeug rejects a declared Content-Length over the limit itself, but silently truncates a
+    body without one at the limit, which would surface as a confusing "invalid JSON" 400.
+    """
+
+    @app.before_request
+    def _limit_streamed_body() -> None:
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        if limit and request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
+            if len(request.get_data(cache=True)) >= limit:
+                raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
 
 
 def register_request_logging(app: Flask) -> None:

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from flask import Flask
+from sqlalchemy import inspect, select
 
 from voiceforge.db import db
-from voiceforge.errors import Busy, NotFound, Unprocessable
+from voiceforge.errors import NotFound, Unprocessable
 from voiceforge.models import Voice, VoiceKind, VoiceStatus
 
 log = logging.getLogger(__name__)
@@ -148,13 +148,11 @@ def delete_voice(voice_id: str, data_dir: Path) -> None:
 
 
 def commit() -> None:
-    """Commit, turning a database that stays locked past its timeout into a retryable 503."""
+    """Commit, or roll back and re-raise (the error handler turns a locked database into a 503)."""
     try:
         db.session.commit()
-    except OperationalError as error:
+    except BaseException:
         db.session.rollback()
-        if "locked" in str(error.orig).lower() or "busy" in str(error.orig).lower():
-            raise Busy("The database is busy; retry shortly.", retry_after=2) from error
         raise
 
 
@@ -199,3 +197,16 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def reconcile_at_startup(app: Flask) -> ReconcileReport | None:
+    """Run reconcile once before serving (gunicorn's master calls this before forking workers)."""
+    with app.app_context():
+        if not inspect(db.engine).has_table(Voice.__tablename__):
+            log.warning("voices table missing: run `flask --app voiceforge db upgrade`")
+            return None
+        report = reconcile(Path(app.config["DATA_DIR"]))
+    if report.changed:
+        log.warning("startup reconcile repaired: missing files %s, interrupted %s, orphans %s, temp %s",
+                    report.missing_files, report.stale_rows, report.orphan_dirs, report.temp_dirs)
+    return report

@@ -1,0 +1,212 @@
+"""End to end behind a real gunicorn on loopback: the deployment path, and concurrency."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.audio_samples import data_uri, encode_audio, speech_like
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY_LIMIT = 2 * 1024 * 1024
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def post(self, path: str, body: dict, **kwargs: object) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=120, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(tmp: Path, checkpoint_dir: Path, port: int | None = None, **env: str) -> Server:
+    port = port or free_port()
+    environment = {
+        **os.environ,
+        "VOICEFORGE_DATABASE_URL": f"sqlite:///{tmp / 'e2e.db'}",
+        "VOICEFORGE_DATA_DIR": str(tmp / "voices"),
+        "VOICEFORGE_MODEL_DIR": str(checkpoint_dir),
+        "VOICEFORGE_INSTANCE_PATH": str(tmp),
+        "VOICEFORGE_BIND": f"127.0.0.1:{port}",
+        "VOICEFORGE_WORKERS": "1",
+        "VOICEFORGE_THREADS": "8",
+        **env,
+    }
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "flask"), "--app", "voiceforge", "db", "upgrade"], cwd=ROOT,
+                   env=environment, check=True, capture_output=True)
+    log = tmp / f"gunicorn-{port}.log"
+    # Its own process group, so a test can kill -9 the master and its workers together.
+    process = subprocess.Popen([str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+                               cwd=ROOT, env=environment, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited: {log.read_text()}")
+        try:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                return Server(url, process, log)
+        except (requests.ConnectionError, requests.Timeout):
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"gunicorn did not start: {log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("e2e"), checkpoint_dir,
+                           VOICEFORGE_MAX_BODY_BYTES=str(BODY_LIMIT))
+    yield running
+    stop_server(running)
+
+
+def test_health_readiness_and_cors_behind_gunicorn(server: Server) -> None:
+    assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(server.url + "/readyz", timeout=5).json()
+    assert ready["status"] == "ready" and ready["database"] == "ok"
+    allowed = requests.get(server.url + "/api/voices", headers={"Origin": "http://localhost:9002"}, timeout=5)
+    assert allowed.headers["Access-Control-Allow-Origin"] == "http://localhost:9002"
+    denied = requests.get(server.url + "/api/voices", headers={"Origin": "https://evil.example"}, timeout=5)
+    assert "Access-Control-Allow-Origin" not in denied.headers
+
+
+def test_malformed_requests_are_4xx_json_behind_gunicorn(server: Server) -> None:
+    cases = [
+        requests.post(server.url + "/api/tts", data="{oops", timeout=5,
+                      headers={"Content-Type": "application/json"}),
+        requests.post(server.url + "/api/tts", data="text=hi", timeout=5,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"}),
+        requests.post(server.url + "/api/train-voice", json={"modelName": "x", "audioDataUri": "data:,"},
+                      timeout=5),
+        requests.get(server.url + "/api/voices/..%2f..%2fetc%2fpasswd", timeout=5),
+    ]
+    for response in cases:
+        assert 400 <= response.status_code < 500, response.text
+        assert response.json()["detail"]
+
+
+def test_enrol_then_speak_behind_gunicorn(server: Server) -> None:
+    data, mime = encode_audio(speech_like(4.0, 48000), 48000, "webm/opus")
+    enrolled = server.post("/api/train-voice", {"modelName": "Browser Voice",
+                                                "audioDataUri": data_uri(data, mime)})
+    assert enrolled.status_code == 200, enrolled.text
+    voice_id = enrolled.json()["modelId"]
+    spoken = server.post("/api/tts", {"text": "Hello from gunicorn.", "voiceId": voice_id})
+    assert spoken.status_code == 200
+    assert spoken.json()["audioDataUri"].startswith("data:audio/wav;base64,")
+
+
+def test_concurrent_requests_give_the_same_audio_as_sequential_ones(server: Server) -> None:
+    requests_ = [{"text": f"Sentence number {i} for the concurrency check.", "variability": 0,
+                  "voiceId": ("default-female", "default-male")[i % 2]} for i in range(8)]
+    sequential = [server.post("/api/tts", body).json()["audioDataUri"] for body in requests_]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda body: server.post("/api/tts", body), requests_))
+    assert [r.status_code for r in responses] == [200] * 8
+    assert [r.json()["audioDataUri"] for r in responses] == sequential
+    assert len(set(sequential)) == 8
+
+
+def test_mixed_concurrent_load_has_no_errors_beyond_documented_503s(server: Server) -> None:
+    """16 simultaneous speech and enrolment requests: every answer is 200 or a 503 to retry."""
+    speech = [{"text": f"Load test sentence {i}.", "voiceId": "default-female", "variability": 0}
+              for i in range(12)]
+    alone = [server.post("/api/tts", body).json()["audioDataUri"] for body in speech]
+    recordings = []
+    for i in range(4):
+        data, mime = encode_audio(speech_like(3.5 + i * 0.25, 48000, seed=i), 48000, "ogg/opus")
+        recordings.append({"modelName": f"Concurrent {i}", "audioDataUri": data_uri(data, mime)})
+    jobs = [("/api/tts", body) for body in speech] + [("/api/train-voice", body) for body in recordings]
+    statuses: list[int] = []
+
+    def call_until_served(job: tuple[str, dict]) -> requests.Response:
+        deadline = time.monotonic() + 120
+        while True:
+            response = server.post(*job)
+            statuses.append(response.status_code)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                return response
+            assert response.headers["Retry-After"]
+            time.sleep(0.2)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        responses = list(pool.map(call_until_served, jobs))
+    assert set(statuses) <= {200, 503}
+    assert [r.status_code for r in responses] == [200] * len(jobs)
+    assert [r.json()["audioDataUri"] for r in responses[:12]] == alone
+    enrolled = [r.json()["modelId"] for r in responses[12:]]
+    listed = {v["id"]: v for v in requests.get(server.url + "/api/voices", timeout=10).json()["voices"]}
+    assert all(listed[voice_id]["status"] == "ready" for voice_id in enrolled)
+    assert "database is locked" not in server.log.read_text()
+
+
+def test_the_server_log_never_holds_the_text_to_speak(server: Server) -> None:
+    canary = "CANARY-e2e-51c0 please do not log me"
+    assert server.post("/api/tts", {"text": canary, "voiceId": "default-male"}).status_code == 200
+    server.post("/api/tts", {"text": canary, "voiceId": "missing-00000000"})
+    time.sleep(0.2)
+    log = server.log.read_text()
+    assert "route=/api/tts status=200" in log and "route=/api/tts status=404" in log
+    assert "CANARY" not in log
+
+
+def raw_request(server: Server, head: str, body_chunks: list[bytes]) -> tuple[int, bytes]:
+    """Send bytes exactly as given (lying headers included) and read the status line and body."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode())
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before reading everything: that is the point
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    status = int(received.split(b" ", 2)[1])
+    return status, received.split(b"\r\n\r\n", 1)[1]
+
+
+def test_body_limit_holds_with_chunked_and_lying_lengths(server: Server) -> None:
+    big = b'{"text": "' + b"a" * (BODY_LIMIT + 1000) + b'", "voiceId": "default-female"}'
+    declared = server.post("/api/tts", {"text": "a" * (BODY_LIMIT + 1000), "voiceId": "default-female"})
+    assert declared.status_code == 413 and declared.json()["detail"]
+
+    chunks = [b"%x\r\n%s\r\n" % (len(part), part) for part in
+              (big[i:i + 65536] for i in range(0, len(big), 65536))] + [b"0\r\n\r\n"]
+    status, body = raw_request(server, "POST /api/tts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                               "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", chunks)
+    assert status == 413 and b"detail" in body, body
+
+    small = b'{"text": "Hi", "voiceId": "default-female"}'
+    status, body = raw_request(server, "POST /api/tts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 10\r\n\r\n", [small])
+    assert status == 400 and b"detail" in body  # only the declared 10 bytes are read: not JSON

@@ -1,0 +1,87 @@
+"""API keys and privacy: no key, no access; the text to speak never reaches the logs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+KEY = "s3cret-key-for-tests"
+NEXT_ORIGIN = "http://localhost:9002"
+
+
+@pytest.fixture
+def locked_client(make_app):
+    return make_app(API_KEYS=[KEY]).test_client()
+
+
+PROTECTED = [("get", "/api/voices", None), ("get", "/api/voices/someone-00000000", None),
+             ("post", "/api/tts", {"text": "Hi", "voiceId": "default-female"}),
+             ("post", "/api/train-voice", {"modelName": "x", "audioDataUri": "data:audio/wav;base64,AAAA"}),
+             ("patch", "/api/voices/someone-00000000", {"name": "x"}),
+             ("delete", "/api/voices/someone-00000000", None), ("get", "/api/nope", None)]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}, {"X-API-Key": "wrong"},
+    {"Authorization": "Bearer "}, {"X-API-Key": KEY[:-1]}, {"X-API-Key": KEY + "x"},
+])
+def test_requests_without_a_valid_key_are_401(locked_client, method: str, path: str, body: object,
+                                               headers: dict) -> None:
+    response = getattr(locked_client, method)(path, json=body, headers=headers)
+    assert response.status_code == 401
+    assert "API key" in response.json["detail"]
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {KEY}"},
+                                     {"X-API-Key": KEY}])
+def test_a_valid_key_lets_the_request_in(locked_client, headers: dict) -> None:
+    response = locked_client.get("/api/voices", headers=headers)
+    assert response.status_code == 200
+
+
+def test_health_docs_and_preflight_stay_open(locked_client) -> None:
+    assert locked_client.get("/healthz").status_code == 200
+    assert locked_client.get("/readyz").status_code == 200
+    assert locked_client.get("/api/openapi.json").status_code == 200
+    preflight = locked_client.options("/api/tts", headers={
+        "Origin": NEXT_ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == NEXT_ORIGIN
+    denied = locked_client.get("/api/voices", headers={"Origin": NEXT_ORIGIN})
+    assert denied.status_code == 401
+    assert denied.headers["Access-Control-Allow-Origin"] == NEXT_ORIGIN  # the web app can read the error
+
+
+def test_keys_can_come_from_a_file(make_app, tmp_path: Path) -> None:
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("# studio\nfile-key-1\n\nfile-key-2\n")
+    client = make_app(API_KEYS_FILE=str(key_file)).test_client()
+    assert client.get("/api/voices", headers={"X-API-Key": "file-key-2"}).status_code == 200
+    assert client.get("/api/voices", headers={"X-API-Key": "# studio"}).status_code == 401
+    assert client.get("/api/voices").status_code == 401
+
+
+def test_without_keys_the_api_is_open(client) -> None:
+    assert client.get("/api/voices").status_code == 200
+
+
+def test_access_log_has_one_line_per_request_and_never_the_text(
+        client, caplog: pytest.LogCaptureFixture) -> None:
+    canary = "CANARY-7f3a9 the secret words"
+    caplog.set_level(logging.DEBUG)
+    response = client.post("/api/tts", json={"text": canary, "voiceId": "default-female", "variability": 0},
+                           headers={"X-Request-ID": "req-canary-1"})
+    assert response.status_code == 200
+    client.post("/api/tts", json={"text": canary, "voiceId": "nobody-00000000"})
+    client.post("/api/train-voice",
+                json={"modelName": canary, "audioDataUri": f"data:audio/wav;base64,{canary}"})
+    access = [r.getMessage() for r in caplog.records if r.name == "voiceforge.access"]
+    assert len(access) == 3
+    assert "method=POST route=/api/tts status=200" in access[0] and "request_id=req-canary-1" in access[0]
+    info_and_up = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert "CANARY" not in info_and_up
