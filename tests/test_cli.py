@@ -65,3 +65,37 @@ def test_model_info_does_not_load_the_model(runner, checkpoint_dir: Path) -> Non
     info = json.loads(runner.invoke(args=["model", "info", "--json"]).output)
     assert info["modelDir"] == str(checkpoint_dir) and info["available"] is True
     assert info["builtinSpeakers"] >= 1
+
+
+def test_voices_add_clones_from_an_audio_file(runner, tmp_path: Path, data_dir: Path) -> None:
+    from tests.audio_samples import encode_audio, speech_like
+
+    recording = tmp_path / "me.mp3"
+    recording.write_bytes(encode_audio(speech_like(4.0, 44100), 44100, "mp3")[0])
+    added = runner.invoke(args=["voices", "add", "Me Myself", str(recording), "--language", "de", "--json"])
+    assert added.exit_code == 0, added.output
+    voice = json.loads(added.output)
+    assert voice["name"] == "Me Myself" and voice["language"] == "de" and voice["status"] == "ready"
+    assert files_under(data_dir) == [f"{voice['id']}/latents.pth", f"{voice['id']}/reference.wav"]
+
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_text("just text")
+    rejected = runner.invoke(args=["voices", "add", "Nope", str(not_audio)])
+    assert rejected.exit_code == 1 and "text" in rejected.output.lower()
+    assert len(json.loads(runner.invoke(args=["voices", "list", "--json"]).output)) == 1
+
+
+def test_model_warmup_loads_and_speaks(runner) -> None:
+    result = runner.invoke(args=["model", "warmup"])
+    assert result.exit_code == 0, result.output
+    assert "Warm:" in result.output and "cpu" in result.output
+
+
+def test_model_commands_without_a_model_say_how_to_get_one(make_app, tmp_path: Path) -> None:
+    runner = make_app(MODEL_DIR=None).test_cli_runner()
+    info = json.loads(runner.invoke(args=["model", "info", "--json"]).output)
+    assert info["available"] is False and "COQUI_TOS_AGREED" in info["problem"]
+    warm = runner.invoke(args=["model", "warmup"])
+    assert warm.exit_code == 1 and "VOICEFORGE_MODEL_DIR" in warm.output
+    declined = runner.invoke(args=["model", "download"], input="n\n")
+    assert declined.exit_code != 0 and "License" in declined.output

@@ -163,11 +163,10 @@ def model_info(as_json: bool) -> None:
             "modelDir": engine.settings.model_dir, "modelName": engine.settings.model_name,
             "licenceAgreed": os.environ.get("COQUI_TOS_AGREED") == "1",
             "builtinSpeakers": len(engine.builtin_speakers())}
-    try:
-        info["checkpoint"] = str(engine.resolve_checkpoint()) if engine.settings.model_dir else None
-        info["available"] = bool(engine.settings.model_dir) or info["licenceAgreed"]
-    except VoiceForgeError as error:
-        info["available"], info["problem"] = False, error.detail
+    problem = engine.problem()
+    info["available"] = problem is None
+    if problem:
+        info["problem"] = problem
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:

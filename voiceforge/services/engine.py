@@ -132,6 +132,16 @@ class Engine:
             log.info("XTTS-v2 loaded from %s on %s in %.1f s", checkpoint, device,
                      time.perf_counter() - started)
 
+    def problem(self) -> str | None:
+        """Why the model could not be loaded, checked without loading or downloading it; None if fine."""
+        if self.loaded or (self.settings.model_dir is None and os.environ.get("COQUI_TOS_AGREED") == "1"):
+            return None
+        try:
+            self.resolve_checkpoint()
+        except ServiceUnavailable as error:
+            return error.detail
+        return None
+
     def resolve_checkpoint(self) -> Path:
         """The checkpoint directory: VOICEFORGE_MODEL_DIR, else the official model once licensed."""
         if self.settings.model_dir:
