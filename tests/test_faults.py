@@ -80,7 +80,7 @@ def test_a_full_inference_queue_answers_503_with_retry_after(make_app) -> None:
     release = threading.Event()
 
     def hold_the_only_slot() -> None:
-        with engine._exclusive():
+        with engine.reserve():
             held.set()
             release.wait(30)
 

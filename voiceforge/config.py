@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "VOICE_ALIASES": {"default-female": "Ana Florence", "default-male": "Damien Black"},
     "DEFAULT_SPEAKER": "Ana Florence",  # what any other default-… id falls back to
     "LATENT_CACHE_SIZE": 64,
-    "INFERENCE_QUEUE_SIZE": 8,  # requests waiting for the model per process; beyond: 503
+    "INFERENCE_QUEUE_SIZE": 8,  # requests using or waiting for the model per process; beyond: 503
     "DB_BUSY_TIMEOUT_MS": 5000,
     "API_KEYS": [],
     "API_KEYS_FILE": None,

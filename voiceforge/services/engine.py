@@ -99,14 +99,8 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """What /readyz and `flask model info` report; never loads the model."""
-        return {"loaded": self.loaded, "device": self._device, "source": self._source or self.source_hint()}
-
-    def source_hint(self) -> str:
-        return self.settings.model_dir or self.settings.model_name
-
-    @property
-    def languages(self) -> list[str]:
-        return list(self.model.config.languages)
+        source = self._source or self.settings.model_dir or self.settings.model_name
+        return {"loaded": self.loaded, "device": self._device, "source": source}
 
     # -- loading -----------------------------------------------------------------------------
     @property
@@ -185,7 +179,7 @@ class Engine:
 
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).unsqueeze(0)
         model = self.model
-        with self._exclusive(), torch.inference_mode():
+        with self._model_lock, torch.inference_mode():
             gpt_cond_latent = model.get_gpt_cond_latents(audio, CONDITIONING_RATE)
             speaker_embedding = model.get_speaker_embedding(audio, CONDITIONING_RATE)
         return Latents(gpt_cond_latent.detach().cpu(), speaker_embedding.detach().cpu())
@@ -197,7 +191,7 @@ class Engine:
         import torch
 
         model = self.model
-        with self._exclusive(), torch.inference_mode():
+        with self._model_lock, torch.inference_mode():
             try:
                 result = model.inference(
                     text, language, latents.gpt_cond_latent, latents.speaker_embedding,
@@ -216,13 +210,15 @@ class Engine:
         return wav.astype(np.float32, copy=False).reshape(-1)
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Take a place in the bounded queue (503 when full), then the model, one caller at a time."""
+    def reserve(self) -> Iterator[None]:
+        """A place in the bounded queue for one request's model calls; 503 + Retry-After when full.
+
+        Held for the whole request, so a long text is never turned away between its sentences.
+        """
         if not self._slots.acquire(blocking=False):
             raise Busy("The speech engine is busy with other requests; retry shortly.", retry_after=2)
         try:
-            with self._model_lock:
-                yield
+            yield
         finally:
             self._slots.release()
 

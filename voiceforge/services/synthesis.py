@@ -124,9 +124,10 @@ def synthesize(text: str, voice_id: str, *, speed: float, variability: float,
     chunks = split_text(cleaned, lang)
     pause = np.zeros(int(OUTPUT_RATE * config["SENTENCE_PAUSE_MS"] / 1000), dtype=np.float32)
     pieces: list[np.ndarray] = []
-    for index, chunk in enumerate(chunks):
-        if index:
-            pieces.append(pause)
-        pieces.append(engine.synthesize(chunk, lang, latents, sampling, speed))
+    with engine.reserve():
+        for index, chunk in enumerate(chunks):
+            if index:
+                pieces.append(pause)
+            pieces.append(engine.synthesize(chunk, lang, latents, sampling, speed))
     log.info("synthesised %d chunk(s), %d chars, voice %s, %s", len(chunks), len(cleaned), voice_id, lang)
     return encode_wav(np.concatenate(pieces), OUTPUT_RATE)

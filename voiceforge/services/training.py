@@ -48,7 +48,9 @@ def enrol_voice(name: str, audio: bytes, language: str | None = None) -> Voice:
                            max_seconds=float(config["MAX_REFERENCE_SECONDS"]))
     reference = prepare_reference(samples, CONDITIONING_RATE,
                                   min_speech_seconds=float(config["MIN_SPEECH_SECONDS"]))
-    latents = get_engine().compute_latents(reference)
+    engine = get_engine()
+    with engine.reserve():
+        latents = engine.compute_latents(reference)
 
     data_dir = Path(config["DATA_DIR"])
     voice_id = voices.new_voice_id(display_name)
