@@ -67,6 +67,13 @@ class ErrorSchema(Schema):
     detail = fields.String(required=True, metadata={"description": "Human-readable explanation."})
     code = fields.String(required=True, metadata={"description": "Stable machine-readable code."})
     errors = fields.Dict(metadata={"description": "Field errors, by location and field."})
+    # The extras domain errors add (services/languages.py, services/synthesis.py): the document
+    # forbids undeclared properties, so each must be declared here to describe answers truthfully.
+    supportedLanguages = fields.List(fields.String(), metadata={
+        "description": "With an unsupported language (422): the language codes this server speaks."})
+    status = fields.String(metadata={
+        "description": "With a voice that is not ready (409): its status.",
+        "enum": ["pending", "processing", "ready", "failed"]})
 
 
 class HealthSchema(Schema):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Flask
 from flask_smorest import Api, Blueprint
 from marshmallow import Schema, ValidationError
+from webargs import core
 from webargs.flaskparser import FlaskParser, abort
 
 from voiceforge.errors import UnsupportedMedia
@@ -23,24 +25,23 @@ class JsonParser(FlaskParser):
         mimetype = req.mimetype or ""
         if not (req.is_json or mimetype in LENIENT_JSON_TYPES):
             raise UnsupportedMedia(f"Send a JSON body (Content-Type: application/json), not {mimetype!r}.")
-        return super()._raw_load_json(_ForceJson(req)) if not req.is_json else super()._raw_load_json(req)
+        # Parse here rather than through FlaskParser._raw_load_json: that one checks the
+        # mimetype again and silently drops text/plain bodies (every field then read as missing).
+        try:
+            return core.parse_json(req.get_data(cache=True))
+        except json.JSONDecodeError:
+            raise  # webargs' load_json answers 400 (and reads an empty body as missing fields)
+        except RecursionError:
+            # `[[[[…` nested thousands deep exhausts the parser's recursion limit: not a 500.
+            return _invalid_json("it is nested too deeply")
+        except ValueError:
+            # Python refuses integer literals over 4300 digits (the CVE-2020-10735 limit).
+            return _invalid_json("a number in it is too long")
 
     def handle_error(self, error: ValidationError, req: Any, schema: Schema, *,
                      error_status_code: int | None, error_headers: dict | None) -> None:
         status = error_status_code or (400 if is_structural(error, schema) else 422)
         abort(status, exc=error, messages=error.messages, schema=schema, headers=error_headers)
-
-
-class _ForceJson:
-    """Presents a text/plain request to webargs as JSON (it checks `is_json` before parsing)."""
-
-    def __init__(self, req: Any) -> None:
-        self._req = req
-
-    is_json = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._req, name)
 
 
 def is_structural(error: ValidationError, schema: Schema) -> bool:
@@ -67,6 +68,10 @@ def _flatten(messages: Any) -> list[str]:
     return [str(messages)]
 
 
+def _invalid_json(reason: str) -> Any:
+    abort(400, messages={"json": [f"Invalid JSON body: {reason}."]})
+
+
 class ApiBlueprint(Blueprint):
     """Blueprint whose request bodies go through JsonParser."""
 
@@ -90,13 +95,28 @@ API_SETTINGS = {
 }
 
 
+# How a client presents a key (voiceforge/auth.py); documented when keys are configured.
+SECURITY_SCHEMES = {
+    "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "BearerKey": {"type": "http", "scheme": "bearer"},
+}
+
+
 def register_api(app: Flask) -> VoiceForgeApi:
     """Create the OpenAPI-documented API and mount every blueprint."""
     from voiceforge.api import health, training, tts, voices
+    from voiceforge.auth import load_api_keys
 
     for key, value in API_SETTINGS.items():
         app.config.setdefault(key, value)
-    api = VoiceForgeApi(app)
+    # With keys configured every /api operation requires one (the health probes opt out with
+    # `security=[]`): the document says so, so clients and fuzzers know to send it.
+    requires_key = bool(load_api_keys(app.config))
+    spec_kwargs = {"security": [{name: []} for name in SECURITY_SCHEMES]} if requires_key else {}
+    api = VoiceForgeApi(app, spec_kwargs=spec_kwargs)
+    if requires_key:
+        for name, scheme in SECURITY_SCHEMES.items():
+            api.spec.components.security_scheme(name, scheme)
     for module in (health, voices, tts, training):
         api.register_blueprint(module.blp)
     return api

@@ -14,6 +14,7 @@ blp = ApiBlueprint("health", __name__, description="Health probes.")
 
 
 @blp.route("/healthz")
+@blp.doc(security=[])  # open even when the API requires keys
 @blp.response(200, HealthSchema)
 def healthz() -> dict:
     """The process is up."""
@@ -21,6 +22,7 @@ def healthz() -> dict:
 
 
 @blp.route("/readyz")
+@blp.doc(security=[])
 @blp.response(200, ReadySchema)
 @blp.alt_response(503, schema=ReadySchema, description="The database is unreachable.")
 def readyz() -> tuple[dict, int]:

@@ -12,6 +12,7 @@ blp = ApiBlueprint("training", __name__, url_prefix="/api", description="Voice c
 @blp.route("/train-voice", methods=["POST"])
 @blp.arguments(TrainVoiceRequestSchema)
 @blp.response(200, TrainVoiceResponseSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
 @blp.alt_response(400, schema=ErrorSchema, description="Malformed request or data URI.")
 @blp.alt_response(413, schema=ErrorSchema, description="Body or audio too large.")
 @blp.alt_response(415, schema=ErrorSchema, description="Not audio, or an undecodable format.")

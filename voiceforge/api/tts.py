@@ -13,6 +13,7 @@ blp = ApiBlueprint("tts", __name__, url_prefix="/api", description="Speech synth
 @blp.route("/tts", methods=["POST"])
 @blp.arguments(TtsRequestSchema)
 @blp.response(200, TtsResponseSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
 @blp.alt_response(400, schema=ErrorSchema, description="Malformed request.")
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown voice.")
 @blp.alt_response(409, schema=ErrorSchema, description="Voice not ready.")

@@ -113,8 +113,11 @@ def _decode_base64(payload: str, *, max_bytes: int) -> bytes:
 
 def _check_size(size: int, max_bytes: int) -> None:
     if size > max_bytes:
-        raise PayloadTooLarge(f"The audio is {_megabytes(size)}; the limit is "
-                              f"{_megabytes(max_bytes)}.")
+        shown, limit = _megabytes(size), _megabytes(max_bytes)
+        if shown == limit:
+            # Just over the limit both round alike ("21.0 MB; the limit is 21.0 MB"): be exact.
+            shown, limit = f"{size:,} bytes", f"{max_bytes:,} bytes"
+        raise PayloadTooLarge(f"The audio is {shown}; the limit is {limit}.")
 
 
 def _check_base64_alphabet(compact: str) -> None:

@@ -1,0 +1,1 @@
+"""Operator scripts that run against a live VoiceForge server and print figures (hostile.py, ...)."""
