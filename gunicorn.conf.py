@@ -11,6 +11,8 @@ preload_app = False
 # Synthesis of long text on a CPU can take minutes; a worker is not hung while it speaks.
 timeout = int(os.environ.get("VOICEFORGE_TIMEOUT", "600"))
 graceful_timeout = 30
+# gunicorn's largest request line, so long (hostile) voice ids still reach the app's JSON 404.
+limit_request_line = 8190
 accesslog = None  # the app logs one line per request itself, without bodies
 errorlog = "-"
 loglevel = os.environ.get("VOICEFORGE_LOG_LEVEL", "info").lower()

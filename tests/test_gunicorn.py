@@ -210,3 +210,11 @@ def test_body_limit_holds_with_chunked_and_lying_lengths(server: Server) -> None
     status, body = raw_request(server, "POST /api/tts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                                "Content-Type: application/json\r\nContent-Length: 10\r\n\r\n", [small])
     assert status == 400 and b"detail" in body  # only the declared 10 bytes are read: not JSON
+
+
+def test_an_early_rejection_keeps_the_connection_usable(server: Server) -> None:
+    with requests.Session() as session:
+        rejected = session.post(server.url + "/api/tts", data=b"\0" * 200_000, timeout=10,
+                                headers={"Content-Type": "audio/wav"})
+        assert rejected.status_code == 415
+        assert session.get(server.url + "/healthz", timeout=10).status_code == 200  # same connection

@@ -52,7 +52,8 @@ def test_migrations_round_trip_and_match_the_models_on_postgres(postgres_url: st
         db.engine.dispose()
 
 
-def test_voice_registry_over_http_on_postgres(postgres_url: str, tmp_path: Path, checkpoint_dir: Path) -> None:
+def test_voice_registry_over_http_on_postgres(postgres_url: str, tmp_path: Path,
+                                             checkpoint_dir: Path) -> None:
     app = create_app({"DATABASE_URL": postgres_url, "DATA_DIR": str(tmp_path / "voices"),
                       "MODEL_DIR": str(checkpoint_dir)}, instance_path=str(tmp_path))
     with app.app_context():

@@ -84,3 +84,14 @@ def test_delete_keeps_files_when_the_row_cannot_be_deleted(app, stored: Voice, d
     with app.app_context(), pytest.raises(RuntimeError):
         voices.delete_voice(stored.id, data_dir)
     assert files_under(data_dir) == [f"{stored.id}/latents.pth", f"{stored.id}/reference.wav"]
+
+
+def test_builtin_voices_can_be_shown_but_not_changed(client) -> None:
+    shown = client.get("/api/voices/default-ana-florence")
+    assert shown.status_code == 200
+    assert shown.json["kind"] == "builtin" and shown.json["name"] == "Ana Florence"
+    assert client.get("/api/voices/default-male").json["name"] == "Damien Black (default-male)"
+    assert client.get("/api/voices/default-nobody").status_code == 404
+    for response in (client.patch("/api/voices/default-ana-florence", json={"name": "Mine"}),
+                     client.delete("/api/voices/default-ana-florence")):
+        assert response.status_code == 409 and "built-in" in response.json["detail"]

@@ -9,6 +9,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
 
 from voiceforge.errors import PayloadTooLarge
 
@@ -36,6 +37,23 @@ def register_body_limit(app: Flask) -> None:
         if limit and request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
             if len(request.get_data(cache=True)) >= limit:
                 raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+
+    @app.after_request
+    def _drain_unread_body(response: Response) -> Response:
+        # A request answered before its body was read (401, 404, 415…) leaves the body on the
+        # socket; gunicorn discards only 64 KiB of it and then drops the keep-alive connection it
+        # promised. Reading the rest (never more than the body limit) keeps the connection usable.
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        length = request.content_length
+        if not length or (limit and length > limit):
+            return response  # nothing to read, or too much: let the server close the connection
+        try:
+            exhaust = getattr(request.stream, "exhaust", None)
+            if exhaust:
+                exhaust()
+        except (OSError, HTTPException):
+            pass  # the client went away: nothing left to keep open
+        return response
 
 
 def register_request_logging(app: Flask) -> None:

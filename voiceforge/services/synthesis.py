@@ -11,18 +11,15 @@ import numpy as np
 from flask import current_app
 
 from voiceforge.errors import Conflict, NotFound
-from voiceforge.models import VoiceStatus
+from voiceforge.models import Voice, VoiceStatus
 from voiceforge.services import voices
 from voiceforge.services.audio import encode_wav
 from voiceforge.services.engine import OUTPUT_RATE, Engine, Latents, Sampling, get_engine
 from voiceforge.services.languages import normalise_language
 from voiceforge.services.text import clean_text, split_text
-from voiceforge.services.voices import BuiltinVoice, slugify
+from voiceforge.services.voices import BUILTIN_PREFIX, BuiltinVoice, slugify
 
 log = logging.getLogger(__name__)
-
-BUILTIN_PREFIX = "default-"
-
 
 def sampling_for(variability: float) -> Sampling:
     """Map variability 0..1 monotonically onto XTTS sampling.
@@ -109,6 +106,16 @@ def builtin_voices() -> list[BuiltinVoice]:
     aliases = [BuiltinVoice(id=alias, name=f"{speaker} ({alias})")
                for alias, speaker in current_app.config["VOICE_ALIASES"].items() if speaker in names]
     return aliases + listed
+
+
+def find_voice(voice_id: str) -> Voice | BuiltinVoice:
+    """A registry voice, or a built-in speaker or alias as listed by GET /api/voices; 404 otherwise."""
+    if voice_id.startswith(BUILTIN_PREFIX):
+        for voice in builtin_voices():
+            if voice.id == voice_id:
+                return voice
+        raise NotFound(f"Voice {voice_id[:80]!r} not found.")
+    return voices.get_voice(voice_id)
 
 
 def synthesize(text: str, voice_id: str, *, speed: float, variability: float,

@@ -15,13 +15,14 @@ from flask import Flask
 from sqlalchemy import inspect, select
 
 from voiceforge.db import db
-from voiceforge.errors import NotFound, Unprocessable
+from voiceforge.errors import Conflict, NotFound, Unprocessable
 from voiceforge.models import Voice, VoiceKind, VoiceStatus
 
 log = logging.getLogger(__name__)
 
 VOICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 MAX_NAME_LENGTH = 100
+BUILTIN_PREFIX = "default-"  # ids of the model's own speakers; cloned ids never start with it
 TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 
@@ -76,7 +77,7 @@ def slugify(text: str, max_length: int = 40) -> str:
 def new_voice_id(name: str) -> str:
     """URL-safe id from the name plus a random suffix; never in the built-in `default-` namespace."""
     slug = slugify(name) or "voice"
-    if slug == "default" or slug.startswith("default-"):
+    if slug == "default" or slug.startswith(BUILTIN_PREFIX):
         slug = f"voice-{slug}"[:40].rstrip("-")
     return f"{slug}-{secrets.token_hex(4)}"
 
@@ -120,7 +121,14 @@ def add_ready_voice(voice_id: str, name: str, language: str, kind: VoiceKind,
     return voice
 
 
+def refuse_builtin(voice_id: str) -> None:
+    """Built-in speakers live in the model checkpoint: they cannot be renamed or deleted."""
+    if voice_id.startswith(BUILTIN_PREFIX):
+        raise Conflict(f"{voice_id[:80]!r} is a built-in voice of the model; it cannot be changed.")
+
+
 def rename_voice(voice_id: str, name: str) -> Voice:
+    refuse_builtin(voice_id)
     voice = get_voice(voice_id)
     voice.name = clean_name(name)
     commit()
@@ -129,6 +137,7 @@ def rename_voice(voice_id: str, name: str) -> Voice:
 
 def delete_voice(voice_id: str, data_dir: Path) -> None:
     """Remove the row and its files together: files move aside first and return if the row stays."""
+    refuse_builtin(voice_id)
     voice = get_voice(voice_id)
     directory = voice_dir(data_dir, voice_id)
     trash = data_dir / f"{TRASH_PREFIX}{voice_id}-{secrets.token_hex(3)}"
