@@ -1,4 +1,4 @@
-"""Cross-cutting HTTP concerns: CORS, request ids and the one-line access log."""
+"""Cross-cutting HTTP concerns: CORS, body limits, request ids and the one-line access log."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from voiceforge.services.voices import BUILTIN_PREFIX, BuiltinVoice, slugify
 
 log = logging.getLogger(__name__)
 
+
 def sampling_for(variability: float) -> Sampling:
     """Map variability 0..1 monotonically onto XTTS sampling.
 
