@@ -42,6 +42,8 @@ def key_matches(candidate: str, keys: list[bytes]) -> bool:
 def register_auth(app: Flask) -> None:
     """Require a key on /api/* when keys are configured; health probes and CORS preflight stay open."""
     keys = load_api_keys(app.config)
+    # register_api reads this to document the security schemes (the key file is read once).
+    app.extensions["voiceforge_api_keys_required"] = bool(keys)
     if not keys:
         return
 
