@@ -20,12 +20,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.audio_samples import data_uri, encode_audio, speech_like  # noqa: E402
-from tests.test_gunicorn import start_server, stop_server  # noqa: E402
-from tests.xtts_checkpoint import build_checkpoint  # noqa: E402
+from tests.support.audio import data_uri, encode_audio, speech_like  # noqa: E402
+from tests.support.checkpoint import build_checkpoint  # noqa: E402
+from tests.support.server import start_server, stop_server  # noqa: E402
 from voiceforge import create_app  # noqa: E402
-from voiceforge.services.audio import decode_audio, prepare_reference  # noqa: E402
-from voiceforge.services.engine import CONDITIONING_RATE, Latents, get_engine  # noqa: E402
+from voiceforge.audio.decode import decode_audio  # noqa: E402
+from voiceforge.audio.reference import prepare_reference  # noqa: E402
+from voiceforge.runtime import get_runtime  # noqa: E402
+from voiceforge.services.engine import CONDITIONING_RATE, Latents  # noqa: E402
 from voiceforge.services.synthesis import sampling_for  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog."
@@ -65,7 +67,7 @@ def main() -> None:
             app = create_app({"MODEL_DIR": str(checkpoint), "DATABASE_URL": f"sqlite:///{tmp / 'e2e.db'}",
                               "DATA_DIR": str(tmp / "voices")}, instance_path=str(tmp))
             with app.app_context():
-                engine = get_engine()
+                engine = get_runtime(app).engine
                 latents = Latents.load(tmp / "voices" / voice_id / "latents.pth")
                 greedy = sampling_for(0)
 

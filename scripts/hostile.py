@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.audio_samples import compressed_silence, encode_audio, speech_like  # noqa: E402
+from tests.support.audio import compressed_silence, encode_audio, speech_like  # noqa: E402
 
 FOUR_XX = "4xx"  # only a client error is acceptable
 OK_OR_4XX = "ok-or-4xx"  # a correct answer (e.g. speech for text with emoji in it) is fine too

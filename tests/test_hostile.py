@@ -18,8 +18,9 @@ import requests
 from flask.testing import FlaskClient
 
 from scripts import hostile
-from tests.conftest import files_under
-from tests.test_gunicorn import start_server, stop_server
+from tests.support.registry import files_under
+from tests.support.reporting import show
+from tests.support.server import start_server, stop_server
 
 BATTERY = {case.name: case for case in hostile.cases()}
 MAX_SECONDS = 30.0  # per case; the slowest (two sentences of speech on the tiny model) takes ~2 s
@@ -45,15 +46,6 @@ def _warm_engine(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path)
         upgrade()
     response = app.test_client().post("/api/tts", json={"text": "Warm up.", "voiceId": "default-female"})
     assert response.status_code == 200, response.json
-
-
-def show(request: pytest.FixtureRequest, line: str) -> None:
-    """Write figures to the terminal even while pytest captures output (as -s would show them)."""
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if capture is not None and reporter is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\n{line}")
 
 
 def cloned_voices(client: FlaskClient) -> list[str]:
@@ -128,6 +120,7 @@ def worker_pid(master_pid: int) -> int:
     return int(children[0])
 
 
+@pytest.mark.slow
 def test_the_battery_behind_gunicorn_has_no_server_errors(server: tuple,
                                                           request: pytest.FixtureRequest) -> None:
     running, tmp = server
@@ -179,8 +172,8 @@ def test_pathological_json_is_400(client: FlaskClient, body: bytes, detail: str)
 
 
 def test_an_upload_just_over_the_limit_states_exact_sizes() -> None:
+    from voiceforge.audio.datauri import parse_data_uri
     from voiceforge.errors import PayloadTooLarge
-    from voiceforge.services.audio import parse_data_uri
 
     # 1,000,005 and 1,000,000 bytes both round to "1.0 MB": the detail used to say 1.0 > 1.0.
     with pytest.raises(PayloadTooLarge) as caught:

@@ -18,7 +18,7 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from tests.helpers import add_stored_voice
+from tests.support.registry import add_stored_voice
 from voiceforge import create_app
 from voiceforge.db import db
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import files_under
-from tests.helpers import add_stored_voice
+from tests.support.registry import add_stored_voice, files_under
 from voiceforge.errors import Unprocessable
 from voiceforge.models import VoiceStatus
 from voiceforge.services import voices

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import files_under
-from tests.helpers import add_stored_voice
+from tests.support.registry import add_stored_voice, files_under
 from voiceforge.models import Voice
 from voiceforge.services import voices
 

@@ -1,4 +1,4 @@
-"""Test helpers shared by several test modules."""
+"""Registry helpers for tests: stored placeholder voices and listing the files under a directory."""
 
 from __future__ import annotations
 
@@ -22,3 +22,10 @@ def add_stored_voice(data_dir: Path, name: str = "Stored Voice", language: str =
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def files_under(directory: Path) -> list[str]:
+    """Every file below `directory`, relative, sorted (empty when it does not exist)."""
+    if not directory.exists():
+        return []
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())

@@ -1,0 +1,93 @@
+"""A real gunicorn on loopback for end-to-end tests and benchmarks: start, stop, raw requests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def post(self, path: str, body: dict, **kwargs: object) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=120, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(tmp: Path, checkpoint_dir: Path, port: int | None = None, **env: str) -> Server:
+    """Migrate a SQLite database in `tmp` and start gunicorn (one worker) on it; wait until healthy."""
+    port = port or free_port()
+    environment = {
+        **os.environ,
+        "VOICEFORGE_DATABASE_URL": f"sqlite:///{tmp / 'e2e.db'}",
+        "VOICEFORGE_DATA_DIR": str(tmp / "voices"),
+        "VOICEFORGE_MODEL_DIR": str(checkpoint_dir),
+        "VOICEFORGE_INSTANCE_PATH": str(tmp),
+        "VOICEFORGE_BIND": f"127.0.0.1:{port}",
+        "VOICEFORGE_WORKERS": "1",
+        "VOICEFORGE_THREADS": "8",
+        **env,
+    }
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "flask"), "--app", "voiceforge", "db", "upgrade"], cwd=ROOT,
+                   env=environment, check=True, capture_output=True)
+    log = tmp / f"gunicorn-{port}.log"
+    # Its own process group, so a test can kill -9 the master and its workers together.
+    process = subprocess.Popen([str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+                               cwd=ROOT, env=environment, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited: {log.read_text()}")
+        try:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                return Server(url, process, log)
+        except (requests.ConnectionError, requests.Timeout):
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"gunicorn did not start: {log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+def raw_request(server: Server, head: str, body_chunks: list[bytes]) -> tuple[int, bytes]:
+    """Send bytes exactly as given (lying headers included) and read the status line and body."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode())
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before reading everything: that is the point
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    status = int(received.split(b" ", 2)[1])
+    return status, received.split(b"\r\n\r\n", 1)[1]
