@@ -20,7 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.audio_samples import FORMATS, compressed_silence, data_uri, encode_audio, speech_like
+from tests.support.audio import FORMATS, compressed_silence, data_uri, encode_audio, speech_like
+from voiceforge.audio import datauri
+from voiceforge.audio.datauri import DataUri, parse_data_uri, wav_data_uri
+from voiceforge.audio.decode import decode_audio
+from voiceforge.audio.encode import encode_wav
+from voiceforge.audio.reference import prepare_reference
 from voiceforge.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -28,16 +33,8 @@ from voiceforge.errors import (
     UnsupportedMedia,
     VoiceForgeError,
 )
-from voiceforge.services import audio
-from voiceforge.services.audio import (
-    DataUri,
-    decode_audio,
-    encode_wav,
-    parse_data_uri,
-    prepare_reference,
-    wav_data_uri,
-    write_file_atomic,
-)
+from voiceforge.services import storage
+from voiceforge.services.storage import write_file_atomic
 
 RATE = 22050
 MAX_BYTES = 5_000_000
@@ -164,7 +161,7 @@ def test_oversized_payload_is_413_before_any_decoding(monkeypatch: pytest.Monkey
 
     exact = data_uri(b"\0" * 1000, "audio/wav")
     assert len(parse_data_uri(exact, max_bytes=1000).data) == 1000
-    monkeypatch.setattr(audio.base64, "b64decode", must_not_decode)
+    monkeypatch.setattr(datauri.base64, "b64decode", must_not_decode)
     with pytest.raises(PayloadTooLarge) as caught:
         parse_data_uri(data_uri(b"\0" * 1001, "audio/wav"), max_bytes=1000)
     assert caught.value.status == 413
@@ -288,7 +285,7 @@ def test_an_hour_of_compressed_silence_stops_at_max_seconds(
         caplog: pytest.LogCaptureFixture) -> None:
     bomb = compressed_silence(3600)
     assert len(bomb) < 1_000_000  # about 150 bytes per second of "audio"
-    caplog.set_level(logging.INFO, logger="voiceforge.services.audio")
+    caplog.set_level(logging.INFO, logger="voiceforge.audio.decode")
     tracemalloc.start()
     started = time.perf_counter()
     try:
@@ -377,7 +374,7 @@ def test_write_file_atomic_leaves_no_temp_file_on_disk_full(
     def disk_full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(audio.os, failing, disk_full)
+    monkeypatch.setattr(storage.os, failing, disk_full)
     with pytest.raises(OSError) as caught:
         write_file_atomic(target, b"new" * 1000)
     assert caught.value.errno == errno.ENOSPC

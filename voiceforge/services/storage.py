@@ -1,0 +1,131 @@
+"""Voice files on disk: atomic writes, staged directories renamed into place, and a trash for deletes.
+
+A voice's files appear all at once (a `.tmp-…` directory is filled, fsynced and renamed) and leave
+all at once (renamed to `.trash-…` before the row goes). A crash can therefore leave only a staging
+or trash directory, which the start-up reconcile removes, never a half-written voice.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from voiceforge.errors import InsufficientStorage, NotFound, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+# A voice id is also a directory name: lower-case ASCII, digits and hyphens, so no id can escape.
+VOICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+def is_valid_id(voice_id: str) -> bool:
+    return bool(VOICE_ID.match(voice_id))
+
+
+def voice_dir(data_dir: Path, voice_id: str) -> Path:
+    """The directory of a voice's files; refuses ids that could escape DATA_DIR."""
+    if not is_valid_id(voice_id):
+        raise NotFound(f"Voice {voice_id[:80]!r} not found.")
+    return data_dir / voice_id
+
+
+def store_voice_files(data_dir: Path, voice_id: str, files: Mapping[str, bytes]) -> Path:
+    """Write `files` (name -> bytes) as the voice's directory, all or nothing; return the directory.
+
+    A failed write leaves nothing behind and answers 507 (disk full) or 503 (other storage errors).
+    """
+    final_dir = voice_dir(data_dir, voice_id)
+    staging = data_dir / f"{TEMP_PREFIX}{voice_id}"
+    try:
+        staging.mkdir(parents=True)
+        for name, data in files.items():
+            write_file_atomic(staging / name, data)
+        staging.rename(final_dir)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise storage_error(error) from error
+    return final_dir
+
+
+def move_to_trash(data_dir: Path, voice_id: str) -> Path | None:
+    """Move a voice's directory aside (one rename); None when it has no directory."""
+    directory = voice_dir(data_dir, voice_id)
+    if not directory.exists():
+        return None
+    trash = data_dir / f"{TRASH_PREFIX}{voice_id}-{secrets.token_hex(3)}"
+    directory.rename(trash)
+    return trash
+
+
+def restore_from_trash(data_dir: Path, voice_id: str, trash: Path | None) -> None:
+    """Undo move_to_trash (the row was not deleted after all)."""
+    if trash is not None:
+        trash.rename(voice_dir(data_dir, voice_id))
+
+
+def empty_trash(trash: Path | None) -> None:
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree (never following a symlink out of the data directory)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def storage_error(error: OSError) -> Exception:
+    """A deliberate answer for a failed write: 507 when the disk is full, 503 otherwise."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage("The server's disk is full; the voice was not saved.")
+    log.error("writing voice files failed: %s", error)
+    return ServiceUnavailable("The voice could not be saved (storage error); retry later.")
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part.
+
+    The temporary file lives in the same directory (os.replace is only atomic within one file
+    system) and is removed on any failure; the error, ENOSPC included, propagates unchanged.
+    The file is created owner-only (mkstemp's 0600): voice recordings are personal data.
+    """
+    path = Path(path)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist the rename itself; best effort, since some file systems refuse directory fsync."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        log.debug("could not fsync directory %s: %s", directory, exc)
+    finally:
+        os.close(fd)
