@@ -1,6 +1,7 @@
 """gunicorn settings: gthread workers, no preload (CUDA must not be initialised before fork)."""
 
 import os
+import sys
 
 bind = os.environ.get("VOICEFORGE_BIND", "0.0.0.0:8000")
 # Each worker holds its own model (about 4 GB of RAM on CPU, 2 GB on a GPU): keep workers few.
@@ -15,7 +16,10 @@ graceful_timeout = 30
 limit_request_line = 8190
 accesslog = None  # the app logs one line per request itself, without bodies
 errorlog = "-"
-loglevel = os.environ.get("VOICEFORGE_LOG_LEVEL", "info").lower()
+# Any case works (`info`, `INFO`). A nonsense level is reported by create_app in on_starting below, as
+# one line naming the variable; gunicorn's own logging must not crash on it first.
+_level = os.environ.get("VOICEFORGE_LOG_LEVEL", "info").strip().lower()
+loglevel = _level if _level in ("debug", "info", "warning", "error", "critical") else "info"
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -30,11 +34,19 @@ logconfig_dict = {
 
 
 def on_starting(server) -> None:
-    """Repair the registry once, in the master, before any worker can be in the middle of a write.
+    """Check the settings and repair the registry once, in the master, before any worker starts.
 
-    Only the database and the voice files are touched here: no torch, no model, no CUDA.
+    A bad setting stops the server here with one line naming it (exit status 1), instead of every
+    worker failing to boot. Only the database and the voice files are touched: no model, no CUDA.
     """
     from voiceforge import create_app
+    from voiceforge.config import ConfigError
+    from voiceforge.runtime import get_runtime, warn_if_no_model
     from voiceforge.services.voices import reconcile_at_startup
 
-    reconcile_at_startup(create_app())
+    try:
+        app = create_app()
+    except ConfigError as error:
+        sys.exit(f"voiceforge: {error.message}")
+    reconcile_at_startup(app)
+    warn_if_no_model(get_runtime(app))

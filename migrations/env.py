@@ -9,10 +9,11 @@ from flask import current_app
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-# Keep the app's loggers: migrations also run inside the service process and its tests.
-fileConfig(config.config_file_name, disable_existing_loggers=False)
+# Alembic's logging set-up (its INFO lines) is for `flask db ...` run from a shell. Where logging is
+# already configured (the service process, gunicorn, pytest's capture), fileConfig would replace the
+# root handlers, so it is skipped there.
+if not logging.getLogger().handlers:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger('alembic.env')
 
 

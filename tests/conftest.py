@@ -10,8 +10,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from tests.xtts_checkpoint import build_checkpoint
+from tests.support.checkpoint import build_checkpoint
 from voiceforge import create_app
+from voiceforge.config import DEFAULTS
+from voiceforge.services.engine import Engine, EngineSettings
+from voiceforge.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +31,19 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_checkpoint(tmp_path_factory.mktemp("xtts") / "xtts_v2")
 
 
+# Settings that shape the engine: an app that overrides one gets an engine of its own.
+ENGINE_SETTINGS = {"MODEL_DIR", "MODEL_NAME", "DEVICE", "INFERENCE_QUEUE_SIZE"}
+
+
+@pytest.fixture(scope="session")
+def shared_engine(checkpoint_dir: Path) -> Engine:
+    """One engine for every app built with the default test settings, so the model loads once a session."""
+    settings = Settings.from_config({**DEFAULTS, "DATA_DIR": "unused", "MODEL_DIR": str(checkpoint_dir)})
+    return Engine(EngineSettings.from_settings(settings))
+
+
 @pytest.fixture
-def make_app(tmp_path: Path, checkpoint_dir: Path) -> Callable[..., Flask]:
+def make_app(tmp_path: Path, checkpoint_dir: Path, shared_engine: Engine) -> Callable[..., Flask]:
     """Build an app on a fresh, migrated SQLite database in tmp_path; keyword args override config."""
 
     def build(**overrides: object) -> Flask:
@@ -40,7 +54,7 @@ def make_app(tmp_path: Path, checkpoint_dir: Path) -> Callable[..., Flask]:
             "MODEL_DIR": str(checkpoint_dir),
             **overrides,
         }
-        app = create_app(config)
+        app = create_app(config, engine=None if ENGINE_SETTINGS & overrides.keys() else shared_engine)
         with app.app_context():
             from flask_migrate import upgrade
 
@@ -68,10 +82,3 @@ def runner(app: Flask) -> FlaskCliRunner:
 @pytest.fixture
 def data_dir(app: Flask) -> Path:
     return Path(app.config["DATA_DIR"])
-
-
-def files_under(directory: Path) -> list[str]:
-    """Every file below `directory`, relative, sorted (empty when it does not exist)."""
-    if not directory.exists():
-        return []
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())

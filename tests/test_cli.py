@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import files_under
-from tests.helpers import add_stored_voice
+from tests.support.registry import add_stored_voice, files_under
 
 
 def test_voices_list_as_table_and_json(app, runner, data_dir: Path) -> None:
@@ -61,14 +60,20 @@ def test_reconcile_command_reports_and_repairs(app, runner, data_dir: Path) -> N
     assert "Registry and files agree." in runner.invoke(args=["voices", "reconcile"]).output
 
 
-def test_model_info_does_not_load_the_model(runner, checkpoint_dir: Path) -> None:
-    info = json.loads(runner.invoke(args=["model", "info", "--json"]).output)
+def test_model_info_does_not_load_the_model(make_app, checkpoint_dir: Path) -> None:
+    app = make_app(INFERENCE_QUEUE_SIZE=2)  # an engine of its own, not the session's shared one
+    result = app.test_cli_runner().invoke(args=["model", "info", "--json"])
+    assert result.exit_code == 0
+    info = json.loads(result.output)
     assert info["modelDir"] == str(checkpoint_dir) and info["available"] is True
-    assert info["builtinSpeakers"] >= 1
+    assert info["builtinSpeakers"] == 3 and info["loaded"] is False
+    from voiceforge.runtime import get_runtime
+
+    assert get_runtime(app).engine.loaded is False
 
 
 def test_voices_add_clones_from_an_audio_file(runner, tmp_path: Path, data_dir: Path) -> None:
-    from tests.audio_samples import encode_audio, speech_like
+    from tests.support.audio import encode_audio, speech_like
 
     recording = tmp_path / "me.mp3"
     recording.write_bytes(encode_audio(speech_like(4.0, 44100), 44100, "mp3")[0])

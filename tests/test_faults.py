@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.audio_samples import data_uri, encode_audio, speech_like
-from tests.conftest import files_under
-from tests.test_gunicorn import start_server, stop_server
-from voiceforge.services import training
-from voiceforge.services.engine import EngineSettings, engine_for
+from tests.support.audio import data_uri, encode_audio, speech_like
+from tests.support.registry import files_under
+from tests.support.server import start_server, stop_server
+from voiceforge.runtime import get_runtime
+from voiceforge.services import storage
 
 
 def upload(seconds: float = 4.0) -> str:
@@ -32,7 +32,7 @@ def voice_rows(client) -> list[dict]:
 @pytest.mark.parametrize(("failure", "status"), [(errno.ENOSPC, 507), (errno.EDQUOT, 507), (errno.EIO, 503)])
 def test_a_failing_disk_gives_a_deliberate_answer_and_leaves_nothing(
         client, data_dir: Path, monkeypatch: pytest.MonkeyPatch, failure: int, status: int) -> None:
-    real_write = training.write_file_atomic
+    real_write = storage.write_file_atomic
     calls = {"n": 0}
 
     def failing_second_write(path: Path, data: bytes) -> None:
@@ -41,7 +41,7 @@ def test_a_failing_disk_gives_a_deliberate_answer_and_leaves_nothing(
             raise OSError(failure, os.strerror(failure))
         real_write(path, data)
 
-    monkeypatch.setattr(training, "write_file_atomic", failing_second_write)
+    monkeypatch.setattr(storage, "write_file_atomic", failing_second_write)
     response = client.post("/api/train-voice", json={"modelName": "Full disk", "audioDataUri": upload()})
     assert response.status_code == status
     assert response.json["detail"]
@@ -75,7 +75,7 @@ def test_a_full_inference_queue_answers_503_with_retry_after(make_app) -> None:
     client = app.test_client()
     body = {"text": "Queue check.", "voiceId": "default-female", "variability": 0}
     assert client.post("/api/tts", json=body).status_code == 200  # loads the model
-    engine = engine_for(EngineSettings.from_config(app.config))
+    engine = get_runtime(app).engine
     held = threading.Event()
     release = threading.Event()
 
@@ -97,6 +97,7 @@ def test_a_full_inference_queue_answers_503_with_retry_after(make_app) -> None:
     assert client.post("/api/tts", json=body).status_code == 200
 
 
+@pytest.mark.slow
 def test_kill_minus_9_during_enrolment_then_restart_leaves_a_consistent_registry(
         tmp_path: Path, checkpoint_dir: Path) -> None:
     server = start_server(tmp_path, checkpoint_dir)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.audio_samples import FORMATS, data_uri, encode_audio, speech_like
-from tests.conftest import files_under
+from tests.support.audio import FORMATS, data_uri, encode_audio, speech_like
+from tests.support.registry import files_under
 from voiceforge.models import Voice, VoiceStatus
 from voiceforge.services import engine as engine_module
 from voiceforge.services.engine import Engine, Latents
@@ -278,7 +278,7 @@ def test_readyz_shows_the_loaded_model_and_device(client) -> None:
     assert model["loaded"] is True and model["device"] == "cpu"
 
 
-def test_the_engine_loads_the_model_once_per_process(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_app_loads_its_model_once_on_first_use(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
     loads: list[Path] = []
     real = engine_module.load_xtts
 
@@ -287,8 +287,9 @@ def test_the_engine_loads_the_model_once_per_process(make_app, monkeypatch: pyte
         return real(checkpoint, device)
 
     monkeypatch.setattr(engine_module, "load_xtts", counting)
-    monkeypatch.setattr(engine_module, "_engines", {})
-    for _ in range(2):
-        client = make_app().test_client()
-        assert speak(client, "default-female").status_code == 200
-    assert len(loads) == 1
+    app = make_app(INFERENCE_QUEUE_SIZE=3)  # an engine of its own, not the session's shared one
+    client = app.test_client()
+    assert loads == [] and client.get("/readyz").json["model"]["loaded"] is False
+    for voice_id in ("default-female", "default-male", "default-female"):
+        assert speak(client, voice_id).status_code == 200
+    assert len(loads) == 1 and client.get("/readyz").json["model"]["loaded"] is True

@@ -4,32 +4,40 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
+if TYPE_CHECKING:
+    from voiceforge.services.engine import Engine
 
-def create_app(config: Mapping[str, Any] | None = None, instance_path: str | None = None) -> Flask:
-    """Application factory: config -> logging -> auth -> db -> cors -> api -> errors -> cli.
 
+def create_app(config: Mapping[str, Any] | None = None, instance_path: str | None = None, *,
+               engine: Engine | None = None) -> Flask:
+    """Application factory: config -> settings -> logging -> runtime -> http -> db -> api -> errors -> cli.
+
+    A bad setting raises ConfigError (one line naming the variable, the value and what is allowed)
+    before anything starts. `engine` shares an engine already built for the same settings (tests).
     Nothing heavy happens here: torch is imported and the model loaded on first use only.
     """
     from voiceforge.api import register_api
-    from voiceforge.auth import register_auth
     from voiceforge.cli import register_cli
     from voiceforge.config import load_config
     from voiceforge.db import register_db
     from voiceforge.errors import register_error_handlers
-    from voiceforge.http import register_body_limit, register_cors, register_request_logging
+    from voiceforge.http import register_body_limit, register_request_logging
+    from voiceforge.runtime import register_runtime
+    from voiceforge.settings import Settings, configure_logging
 
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=instance_path or os.environ.get("VOICEFORGE_INSTANCE_PATH") or None)
     load_config(app, config)
+    settings = Settings.from_config(app.config)
+    configure_logging(settings.log_level)
+    register_runtime(app, settings, engine)
     register_request_logging(app)
-    register_auth(app)
     register_body_limit(app)
     register_db(app)
-    register_cors(app)
     register_api(app)
     register_error_handlers(app)
     register_cli(app)

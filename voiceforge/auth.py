@@ -1,4 +1,4 @@
-"""Optional API keys: when configured, every /api/* route but the OpenAPI document requires one."""
+"""API keys: loading them, reading what a client presents, and constant-time checking."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import hmac
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, request
+from flask import Request
 
 from voiceforge.errors import Unauthorized
 
-PUBLIC_API_PATHS = ("/api/openapi.json", "/api/docs")
+HOW_TO_SEND = "A valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
 
 
 def load_api_keys(config: Any) -> list[bytes]:
@@ -22,12 +22,19 @@ def load_api_keys(config: Any) -> list[bytes]:
     return [key.encode() for key in keys if key]
 
 
-def presented_key() -> str | None:
-    """The key a client sent: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.headers.get("X-API-Key") or None
+def presented_credentials(request: Request) -> list[str | None]:
+    """Every credential the client sent; None stands for an Authorization header we cannot accept.
+
+    `Authorization: Bearer <key>` and `X-API-Key: <key>` are keys; any other Authorization scheme
+    (Basic, an empty Bearer) is a credential that can never be valid.
+    """
+    credentials: list[str | None] = []
+    if "Authorization" in request.headers:
+        scheme, _, token = request.headers["Authorization"].partition(" ")
+        credentials.append(token.strip() if scheme.lower() == "bearer" and token.strip() else None)
+    if "X-API-Key" in request.headers:
+        credentials.append(request.headers["X-API-Key"] or None)
+    return credentials
 
 
 def key_matches(candidate: str, keys: list[bytes]) -> bool:
@@ -39,21 +46,8 @@ def key_matches(candidate: str, keys: list[bytes]) -> bool:
     return matched
 
 
-def register_auth(app: Flask) -> None:
-    """Require a key on /api/* when keys are configured; health probes and CORS preflight stay open."""
-    keys = load_api_keys(app.config)
-    # register_api reads this to document the security schemes (the key file is read once).
-    app.extensions["voiceforge_api_keys_required"] = bool(keys)
-    if not keys:
-        return
-
-    @app.before_request
-    def _require_api_key() -> None:
-        if request.method == "OPTIONS" or not request.path.startswith("/api/"):
-            return
-        if request.path.startswith(PUBLIC_API_PATHS):
-            return
-        candidate = presented_key()
-        if candidate is None or not key_matches(candidate, keys):
-            raise Unauthorized("A valid API key is required: send `Authorization: Bearer <key>` "
-                               "or `X-API-Key: <key>`.", headers={"WWW-Authenticate": "Bearer"})
+def require_key(request: Request, keys: list[bytes]) -> None:
+    """401 unless the request presents at least one key and every credential it presents is valid."""
+    credentials = presented_credentials(request)
+    if not credentials or not all(c is not None and key_matches(c, keys) for c in credentials):
+        raise Unauthorized(HOW_TO_SEND, headers={"WWW-Authenticate": "Bearer"})

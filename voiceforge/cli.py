@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import AppGroup
 
 from voiceforge.errors import VoiceForgeError
+from voiceforge.runtime import get_runtime
 from voiceforge.schemas import VoiceSchema
 
 voices_cli = AppGroup("voices", help="Manage the voice registry.")
@@ -27,7 +28,7 @@ def register_cli(app: Flask) -> None:
 
 
 def _data_dir() -> Path:
-    return Path(current_app.config["DATA_DIR"])
+    return get_runtime().settings.data_dir
 
 
 def _fail(error: VoiceForgeError) -> None:
@@ -56,9 +57,8 @@ def _echo_voices(rows: list[Any], as_json: bool) -> None:
 def voices_list(builtin: bool, as_json: bool) -> None:
     """List voices."""
     from voiceforge.services import voices
-    from voiceforge.services.synthesis import builtin_voices
 
-    rows = voices.list_voices() + (builtin_voices() if builtin else [])
+    rows = voices.list_voices() + (get_runtime().catalogue.builtin_voices() if builtin else [])
     _echo_voices(rows, as_json)
 
 
@@ -123,11 +123,12 @@ def voices_add(name: str, audio_file: Path, language: str | None, as_json: bool)
     """Clone a voice from an audio file (any format FFmpeg reads, at least 3 s of speech)."""
     from voiceforge.services.training import enrol_voice
 
-    limit = int(current_app.config["MAX_AUDIO_BYTES"])
+    runtime = get_runtime()
+    limit = runtime.settings.max_audio_bytes
     if audio_file.stat().st_size > limit:
         raise click.ClickException(f"{audio_file} is larger than {limit} bytes (VOICEFORGE_MAX_AUDIO_BYTES).")
     try:
-        voice = enrol_voice(name, audio_file.read_bytes(), language)
+        voice = enrol_voice(runtime, name, audio_file.read_bytes(), language)
     except VoiceForgeError as error:
         _fail(error)
     if as_json:
@@ -156,22 +157,19 @@ def voices_reconcile(dry_run: bool) -> None:
 @json_option
 def model_info(as_json: bool) -> None:
     """Where the model comes from and whether it is available (does not load it)."""
-    from voiceforge.services.engine import get_engine
-
-    engine = get_engine()
+    engine = get_runtime().engine
     info = {**engine.describe(), "deviceSetting": engine.settings.device,
             "modelDir": engine.settings.model_dir, "modelName": engine.settings.model_name,
             "licenceAgreed": os.environ.get("COQUI_TOS_AGREED") == "1",
-            "builtinSpeakers": len(engine.builtin_speakers())}
-    problem = engine.problem()
-    info["available"] = problem is None
-    if problem:
-        info["problem"] = problem
+            "builtinSpeakers": len(engine.speaker_names(load=False))}
+    info["available"] = info["loadable"]
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
             click.echo(f"{key:>16}: {value}")
+    if not info["available"]:
+        raise SystemExit(1)  # scripts and health checks can test the exit status
 
 
 @model_cli.command("download")
@@ -187,7 +185,7 @@ def model_download(agree_license: bool) -> None:
                           "https://coqui.ai/cpml). Do you agree?", abort=True)
         os.environ["COQUI_TOS_AGREED"] = "1"
     try:
-        path = download_official(current_app.config["MODEL_NAME"], progress=True)
+        path = download_official(get_runtime().settings.model_name, progress=True)
     except VoiceForgeError as error:
         _fail(error)
     click.echo(f"Model ready in {path}")
@@ -199,15 +197,15 @@ def model_download(agree_license: bool) -> None:
 @click.option("--language", default=None)
 def model_warmup(text: str, language: str | None) -> None:
     """Load the model and speak one short sentence with the default speaker."""
-    from voiceforge.services.synthesis import synthesize
+    from voiceforge.services import synthesis
 
+    runtime = get_runtime()
     started = time.perf_counter()
     try:
-        wav = synthesize(text, "default-speaker", speed=1.0, variability=0.0, language=language)
+        speech = synthesis.prepare(runtime, text, "default-speaker", variability=0.0, language=language)
+        audio = speech.audio()
     except VoiceForgeError as error:
         _fail(error)
-    from voiceforge.services.engine import get_engine
-
-    click.echo(f"Warm: {len(wav)} bytes of audio in {time.perf_counter() - started:.1f} s "
-               f"on {get_engine().describe()['device']}.")
+    click.echo(f"Warm: {audio.size / synthesis.OUTPUT_RATE:.2f} s of audio in "
+               f"{time.perf_counter() - started:.1f} s on {runtime.engine.describe()['device']}.")
     sys.stdout.flush()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import click
 from flask import Flask
 
 ENV_PREFIX = "VOICEFORGE_"
@@ -38,6 +39,19 @@ DEFAULTS: dict[str, Any] = {
     "API_KEYS_FILE": None,
     "LOG_LEVEL": "INFO",
 }
+
+
+class ConfigError(click.ClickException, ValueError):
+    """A setting the service cannot run with; the one-line message names variable, value and fix.
+
+    A ClickException so that every `flask` command shows it as one `Error:` line and exits 1;
+    gunicorn's master does the same in gunicorn.conf.py.
+    """
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        shown = value if isinstance(value, str) else repr(value)
+        super().__init__(f"{ENV_PREFIX}{key}={shown} is not valid: {allowed}")
+        self.key = key
 
 
 def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
@@ -76,8 +90,8 @@ def parse_value(key: str, raw: str, default: Any) -> Any:
             # "alias=Speaker Name,other=Name"
             pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)
             return {name.strip(): value.strip() for name, value in pairs}
-    except ValueError as error:
-        raise ValueError(f"{ENV_PREFIX}{key}={raw!r} is not valid: {error}") from None
+    except ValueError:
+        raise ConfigError(key, raw, "an integer." if isinstance(default, int) else "a number.") from None
     return raw.strip() or None
 
 

@@ -90,12 +90,23 @@ def error_response(status: int, detail: str, code: str, *, extra: dict[str, Any]
     return response
 
 
+def respond(status: int, detail: str, code: str, *, extra: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    """The error in the format of the request's API family; the service's own shape by default."""
+    from voiceforge.families import family_of  # families -> auth -> errors: imported late
+
+    family = family_of(request)
+    if family is not None and family.error_format is not None:
+        return family.error_format(status, detail, code, extra or {}, headers or {})
+    return error_response(status, detail, code, extra=extra, headers=headers)
+
+
 def register_error_handlers(app: Flask) -> None:
     """Map domain errors, HTTP errors and anything unexpected onto JSON responses."""
 
     @app.errorhandler(VoiceForgeError)
     def _domain(error: VoiceForgeError) -> Response:
-        return error_response(error.status, error.detail, error.code, extra=error.extra,
+        return respond(error.status, error.detail, error.code, extra=error.extra,
                               headers=error.headers)
 
     @app.errorhandler(HTTPException)
@@ -108,15 +119,15 @@ def register_error_handlers(app: Flask) -> None:
         # the database is unreachable. Both are the server's state, not the client's fault.
         log.warning("database error on %s %s: %s", request.method, request.path, error.orig)
         if "locked" in str(error.orig).lower() or "busy" in str(error.orig).lower():
-            return error_response(503, "The database is busy; retry shortly.", "busy",
+            return respond(503, "The database is busy; retry shortly.", "busy",
                                   headers={"Retry-After": "2"})
-        return error_response(503, "The database is unavailable; retry later.", "database_unavailable",
+        return respond(503, "The database is unavailable; retry later.", "database_unavailable",
                               headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "Internal server error; the incident was logged.", "internal")
+        return respond(500, "Internal server error; the incident was logged.", "internal")
 
 
 HTTP_DETAILS = {
@@ -138,7 +149,7 @@ def http_error_response(error: HTTPException) -> Response:
         detail = summarise_messages(messages) or detail
     headers = dict(error.get_response().headers) if status == 405 else {}
     allow = {"Allow": headers["Allow"]} if "Allow" in headers else None
-    return error_response(status, detail, error.name.lower().replace(" ", "_"), extra=extra,
+    return respond(status, detail, error.name.lower().replace(" ", "_"), extra=extra,
                           headers=allow)
 
 

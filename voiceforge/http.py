@@ -1,4 +1,4 @@
-"""Cross-cutting HTTP concerns: CORS, body limits, request ids and the one-line access log."""
+"""Cross-cutting HTTP concerns: body limits, request ids and the one-line access log."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import time
 import uuid
 
 from flask import Flask, Response, g, request
-from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from voiceforge.errors import PayloadTooLarge
@@ -16,12 +15,6 @@ from voiceforge.errors import PayloadTooLarge
 access_log = logging.getLogger("voiceforge.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-def register_cors(app: Flask) -> None:
-    """Only the configured origins (the Next.js app by default) get CORS headers."""
-    CORS(app, resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
-         expose_headers=[REQUEST_ID_HEADER, "Retry-After"], max_age=600)
 
 
 def register_body_limit(app: Flask) -> None:
@@ -58,8 +51,6 @@ def register_body_limit(app: Flask) -> None:
 
 def register_request_logging(app: Flask) -> None:
     """Give every request an id (echoed in X-Request-ID) and log one line: never the body."""
-    logging.getLogger("voiceforge").setLevel(app.config["LOG_LEVEL"])
-
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")

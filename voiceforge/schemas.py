@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from voiceforge.services.languages import ALIASES, SUPPORTED_LANGUAGES
+
+# What the document promises about values the services check themselves (with their own clearer
+# messages and status codes): the OpenAPI document must not allow what the server refuses.
+SPEAKABLE_TEXT = {"minLength": 1, "pattern": r"[0-9A-Za-z\u00C0-\uFFFF]"}
+DATA_URI = {"pattern": "^[ \t\n\r\f]*[Dd][Aa][Tt][Aa]:"}
+LANGUAGE_CODES = {"enum": [*SUPPORTED_LANGUAGES, *ALIASES, None]}  # None: not given
+
 
 class RequestSchema(Schema):
     """Base of request bodies: the web app may send extra fields, which are ignored."""
@@ -13,7 +21,9 @@ class RequestSchema(Schema):
 
 
 class TtsRequestSchema(RequestSchema):
-    text = fields.String(required=True, metadata={"description": "Text to speak (non-empty)."})
+    text = fields.String(required=True, metadata={
+        "description": "Text to speak: at least one letter or digit once invisible characters, controls "
+                       "and emoji are dropped.", **SPEAKABLE_TEXT})
     voiceId = fields.String(required=True, validate=validate.Length(min=1, max=200), metadata={
         "description": "A cloned voice's id, or `default-…` for a built-in voice."})
     speed = fields.Float(load_default=1.0, validate=validate.Range(min=0.5, max=2.0),
@@ -21,7 +31,8 @@ class TtsRequestSchema(RequestSchema):
     variability = fields.Float(load_default=0.5, validate=validate.Range(min=0.0, max=1.0), metadata={
         "description": "0 = deterministic, 0.5 = the model's default sampling, 1 = most varied."})
     language = fields.String(load_default=None, validate=validate.Length(min=2, max=10), metadata={
-        "description": "XTTS language code (en, ru, zh-cn, …); default: the voice's, then the server's."})
+        "description": "XTTS language code (en, ru, zh-cn, …; `zh` means zh-cn); default: the voice's, "
+                       "then the server's.", **LANGUAGE_CODES})
 
 
 class TtsResponseSchema(Schema):
@@ -33,9 +44,10 @@ class TrainVoiceRequestSchema(RequestSchema):
     modelName = fields.String(required=True, validate=validate.Length(min=1, max=100),
                               metadata={"description": "Display name of the voice."})
     audioDataUri = fields.String(required=True, metadata={
-        "description": "data:<audio mime>;base64,<data>: wav, mp3, ogg, webm, m4a or flac, ≥ 3 s of speech."})
-    language = fields.String(load_default=None, validate=validate.Length(min=2, max=10),
-                             metadata={"description": "The voice's language (default: server's)."})
+        "description": "data:<audio mime>;base64,<data>: wav, mp3, ogg, webm, m4a or flac, ≥ 3 s of speech.",
+        **DATA_URI})
+    language = fields.String(load_default=None, validate=validate.Length(min=2, max=10), metadata={
+        "description": "The voice's language (default: server's).", **LANGUAGE_CODES})
 
 
 class TrainVoiceResponseSchema(Schema):
@@ -46,6 +58,8 @@ class TrainVoiceResponseSchema(Schema):
 class VoiceSchema(Schema):
     id = fields.String(required=True)
     name = fields.String(required=True)
+    speaker = fields.String(metadata={
+        "description": "Built-in voices only: the checkpoint speaker that speaks for this id."})
     language = fields.String(allow_none=True)
     kind = fields.Function(lambda v: v.kind.value, metadata={"enum": ["builtin", "cloned", "finetuned"]})
     status = fields.Function(lambda v: v.status.value,
@@ -80,7 +94,16 @@ class HealthSchema(Schema):
     status = fields.String(required=True)
 
 
+class ModelStateSchema(Schema):
+    loaded = fields.Boolean(required=True, metadata={"description": "The model is in memory."})
+    loadable = fields.Boolean(required=True, metadata={
+        "description": "Loaded, or can be loaded on first use (the checks read files only)."})
+    device = fields.String(allow_none=True, metadata={"description": "Where it runs, once loaded."})
+    source = fields.String(required=True, metadata={"description": "Checkpoint directory or model name."})
+    problem = fields.String(metadata={"description": "Why no model can be provided, and how to fix it."})
+
+
 class ReadySchema(Schema):
     status = fields.String(required=True, metadata={"description": "`ready` or `unavailable`."})
     database = fields.String(required=True)
-    model = fields.Dict(required=True, metadata={"description": "loaded, device, source."})
+    model = fields.Nested(ModelStateSchema, required=True)

@@ -12,6 +12,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, abort
 
 from voiceforge.errors import UnsupportedMedia
+from voiceforge.families import ApiFamily, register_families
 from voiceforge.schemas import ErrorSchema
 
 # fetch() with a string body and no header sends text/plain; accept JSON sent that way too.
@@ -103,14 +104,17 @@ SECURITY_SCHEMES = {
 
 
 def register_api(app: Flask) -> VoiceForgeApi:
-    """Create the OpenAPI-documented API and mount every blueprint."""
+    """Create the OpenAPI-documented API, its family (keys, CORS, errors) and mount every blueprint."""
     from voiceforge.api import health, training, tts, voices
 
     for key, value in API_SETTINGS.items():
         app.config.setdefault(key, value)
+    family = ApiFamily("voiceforge", "/api", blueprints={m.blp.name for m in (voices, tts, training)}
+                       | {"api-docs"}, public_blueprints={"api-docs"})
+    register_families(app, [family])
     # With keys configured every /api operation requires one (the health probes opt out with
     # `security=[]`): the document says so, so clients and fuzzers know to send it.
-    requires_key = app.extensions.get("voiceforge_api_keys_required", False)
+    requires_key = family.requires_key
     spec_kwargs = {"security": [{name: []} for name in SECURITY_SCHEMES]} if requires_key else {}
     api = VoiceForgeApi(app, spec_kwargs=spec_kwargs)
     if requires_key:

@@ -7,8 +7,8 @@ from sqlalchemy import text
 
 from voiceforge.api import ApiBlueprint
 from voiceforge.db import db
+from voiceforge.runtime import get_runtime
 from voiceforge.schemas import HealthSchema, ReadySchema
-from voiceforge.services.engine import get_engine
 
 blp = ApiBlueprint("health", __name__, description="Health probes.")
 
@@ -24,16 +24,17 @@ def healthz() -> dict:
 @blp.route("/readyz")
 @blp.doc(security=[])
 @blp.response(200, ReadySchema)
-@blp.alt_response(503, schema=ReadySchema, description="The database is unreachable.")
+@blp.alt_response(503, schema=ReadySchema,
+                  description="The database is unreachable, or no model can be provided (see model.problem).")
 def readyz() -> tuple[dict, int]:
-    """Database reachable; reports the model state without loading it."""
+    """Ready when the database answers and the model is loaded or loadable; never loads or downloads it."""
     try:
         db.session.execute(text("SELECT 1"))
         database = "ok"
     except Exception as error:  # noqa: BLE001 - any failure means "not ready"
         current_app.logger.warning("readiness: database unreachable: %s", error)
         database = "unreachable"
-    ready = database == "ok"
-    body = {"status": "ready" if ready else "unavailable", "database": database,
-            "model": get_engine().describe()}
+    model = get_runtime().engine.describe()
+    ready = database == "ok" and model["loadable"]
+    body = {"status": "ready" if ready else "unavailable", "database": database, "model": model}
     return body, 200 if ready else 503

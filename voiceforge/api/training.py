@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from voiceforge.api import ApiBlueprint
+from voiceforge.runtime import get_runtime
 from voiceforge.schemas import ErrorSchema, TrainVoiceRequestSchema, TrainVoiceResponseSchema
 from voiceforge.services.training import enrol_from_data_uri
 
@@ -21,5 +22,5 @@ blp = ApiBlueprint("training", __name__, url_prefix="/api", description="Voice c
 @blp.alt_response(507, schema=ErrorSchema, description="Disk full; nothing was saved.")
 def train_voice(body: dict) -> dict:
     """Clone a voice: the answer's `modelId` is the `voiceId` for /api/tts."""
-    voice = enrol_from_data_uri(body["modelName"], body["audioDataUri"], body["language"])
+    voice = enrol_from_data_uri(get_runtime(), body["modelName"], body["audioDataUri"], body["language"])
     return {"trainingStatus": "completed", "modelId": voice.id}

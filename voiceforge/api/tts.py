@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from voiceforge.api import ApiBlueprint
+from voiceforge.audio.datauri import wav_data_uri
+from voiceforge.audio.encode import encode_wav
+from voiceforge.runtime import get_runtime
 from voiceforge.schemas import ErrorSchema, TtsRequestSchema, TtsResponseSchema
-from voiceforge.services.audio import wav_data_uri
-from voiceforge.services.synthesis import synthesize
+from voiceforge.services import synthesis
 
 blp = ApiBlueprint("tts", __name__, url_prefix="/api", description="Speech synthesis.")
 
@@ -23,6 +25,6 @@ blp = ApiBlueprint("tts", __name__, url_prefix="/api", description="Speech synth
 @blp.alt_response(503, schema=ErrorSchema, description="Model unavailable or busy (see Retry-After).")
 def tts(body: dict) -> dict:
     """Speak `text` with `voiceId`; answers a WAV (mono, 16-bit, 24 kHz) as a data URI."""
-    wav = synthesize(body["text"], body["voiceId"], speed=body["speed"],
-                     variability=body["variability"], language=body["language"])
-    return {"audioDataUri": wav_data_uri(wav)}
+    speech = synthesis.prepare(get_runtime(), body["text"], body["voiceId"], speed=body["speed"],
+                               variability=body["variability"], language=body["language"])
+    return {"audioDataUri": wav_data_uri(encode_wav(speech.audio(), speech.rate))}

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from flask import current_app
-
 from voiceforge.api import ApiBlueprint
+from voiceforge.runtime import get_runtime
 from voiceforge.schemas import ErrorSchema, VoiceListSchema, VoiceRenameSchema, VoiceSchema
 from voiceforge.services import voices
-from voiceforge.services.synthesis import builtin_voices, find_voice
 
 blp = ApiBlueprint("voices", __name__, url_prefix="/api/voices", description="The voice registry.")
 
@@ -20,7 +16,7 @@ blp = ApiBlueprint("voices", __name__, url_prefix="/api/voices", description="Th
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
 def list_voices() -> dict:
     """Cloned voices from the registry, then the model's built-in speakers."""
-    return {"voices": [*voices.list_voices(), *builtin_voices()]}
+    return {"voices": [*voices.list_voices(), *get_runtime().catalogue.builtin_voices()]}
 
 
 @blp.route("/<string:voice_id>")
@@ -30,7 +26,7 @@ def list_voices() -> dict:
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
 def get_voice(voice_id: str):
     """One voice: cloned, or a built-in speaker or alias."""
-    return find_voice(voice_id)
+    return get_runtime().catalogue.describe(voice_id)
 
 
 @blp.route("/<string:voice_id>", methods=["PATCH"])
@@ -57,4 +53,4 @@ def rename_voice(body: dict, voice_id: str):
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
 def delete_voice(voice_id: str) -> None:
     """Delete a voice with its files."""
-    voices.delete_voice(voice_id, Path(current_app.config["DATA_DIR"]))
+    voices.delete_voice(voice_id, get_runtime().settings.data_dir)

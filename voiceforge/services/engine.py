@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flask import current_app
 
 from voiceforge.errors import Busy, ServiceUnavailable, Unprocessable
+
+if TYPE_CHECKING:
+    from voiceforge.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,9 @@ class EngineSettings:
     queue_size: int
 
     @classmethod
-    def from_config(cls, config: Any) -> EngineSettings:
-        return cls(model_dir=config.get("MODEL_DIR"), model_name=config["MODEL_NAME"],
-                   device=config["DEVICE"], queue_size=int(config["INFERENCE_QUEUE_SIZE"]))
+    def from_settings(cls, settings: Settings) -> EngineSettings:
+        return cls(model_dir=settings.model_dir, model_name=settings.model_name,
+                   device=settings.device, queue_size=settings.inference_queue_size)
 
 
 class Engine:
@@ -91,6 +93,7 @@ class Engine:
         self._model_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max(1, settings.queue_size))
         self._speakers: dict[str, Latents] | None = None
+        self._load_error: str | None = None  # why the last load failed; cleared by a good load
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -98,9 +101,16 @@ class Engine:
         return self._model is not None
 
     def describe(self) -> dict[str, Any]:
-        """What /readyz and `flask model info` report; never loads the model."""
+        """What /readyz and `flask model info` report; never loads the model or downloads anything.
+
+        `loadable` is true when the model is loaded or can be loaded on first use; otherwise
+        `problem` holds the same advice that /api/tts would answer with.
+        """
         source = self._source or self.settings.model_dir or self.settings.model_name
-        return {"loaded": self.loaded, "device": self._device, "source": source}
+        problem = self.problem()
+        described = {"loaded": self.loaded, "loadable": problem is None, "device": self._device,
+                     "source": source}
+        return described if problem is None else {**described, "problem": problem}
 
     # -- loading -----------------------------------------------------------------------------
     @property
@@ -118,19 +128,33 @@ class Engine:
             started = time.perf_counter()
             try:
                 model, device = load_xtts(checkpoint, self.settings.device)
-            except (OSError, RuntimeError, ValueError, KeyError) as error:
+            except ServiceUnavailable:
+                raise
+            except Exception as error:  # noqa: BLE001 - a corrupt file raises anything (UnpicklingError…)
                 log.exception("loading XTTS-v2 from %s failed", checkpoint)
-                raise ServiceUnavailable(f"The XTTS-v2 model at {checkpoint} could not be loaded ({error}). "
-                                         + HOW_TO_PROVIDE) from error
+                self._load_error = (f"The XTTS-v2 model at {checkpoint} could not be loaded ({error}). "
+                                    + HOW_TO_PROVIDE)
+                raise ServiceUnavailable(self._load_error) from error
             self._model, self._device, self._source = model, device, str(checkpoint)
+            self._load_error = None
             log.info("XTTS-v2 loaded from %s on %s in %.1f s", checkpoint, device,
                      time.perf_counter() - started)
 
     def problem(self) -> str | None:
-        """Why the model could not be loaded, checked without loading or downloading it; None if fine."""
-        if self.loaded or (self.settings.model_dir is None and os.environ.get("COQUI_TOS_AGREED") == "1"):
+        """Why the model cannot be provided, checked without loading or downloading it; None if it can.
+
+        Checks, in order: a failed load of the same checkpoint, CUDA asked for but absent, and the
+        checkpoint itself (files in VOICEFORGE_MODEL_DIR, or licence consent for the download).
+        """
+        if self.loaded:
             return None
+        if self._load_error:
+            return self._load_error
         try:
+            if self.settings.device.startswith("cuda"):
+                choose_device(self.settings.device)  # imports torch, but only for a CUDA setting
+            if self.settings.model_dir is None and os.environ.get("COQUI_TOS_AGREED") == "1":
+                return None  # the official model downloads on first use
             self.resolve_checkpoint()
         except ServiceUnavailable as error:
             return error.detail
@@ -150,11 +174,14 @@ class Engine:
         return download_official(self.settings.model_name)
 
     # -- voices ------------------------------------------------------------------------------
-    def builtin_speakers(self) -> list[str]:
-        """Speakers shipped in the checkpoint, without loading the model or downloading anything.
+    def speaker_names(self, *, load: bool) -> list[str]:
+        """Built-in speakers shipped in the checkpoint (speakers_xtts.pth), in the file's order.
 
-        Reads speakers_xtts.pth from VOICEFORGE_MODEL_DIR or the loaded model; empty otherwise.
+        With load=False nothing is loaded or downloaded: the names come from VOICEFORGE_MODEL_DIR or
+        the loaded model, else the list is empty. With load=True the model is loaded first.
         """
+        if load:
+            self.load()
         if self._speakers is None and (self.loaded or self.settings.model_dir):
             try:
                 self._speakers = read_speakers(Path(self._source or self.settings.model_dir or ""))
@@ -165,13 +192,8 @@ class Engine:
 
     def speaker_latents(self, name: str) -> Latents | None:
         """Latents of a built-in speaker (loads the model: it is needed to speak anyway)."""
-        self.load()
-        return self._builtin_latents().get(name)
-
-    def _builtin_latents(self) -> dict[str, Latents]:
-        if self._speakers is None:
-            self._speakers = read_speakers(Path(self._source or ""))
-        return self._speakers
+        self.speaker_names(load=True)
+        return (self._speakers or {}).get(name)
 
     def compute_latents(self, samples: np.ndarray) -> Latents:
         """Conditioning latents of a mono float32 reference at 22.05 kHz (done once per voice)."""
@@ -185,6 +207,19 @@ class Engine:
         return Latents(gpt_cond_latent.detach().cpu(), speaker_embedding.detach().cpu())
 
     # -- synthesis ---------------------------------------------------------------------------
+    def check_text(self, text: str, language: str) -> None:
+        """422 now, before any audio exists, for a chunk the model would refuse mid-synthesis.
+
+        Runs XTTS's own tokenizer (number expansion included), which is cheap and thread-safe.
+        """
+        model = self.model
+        try:
+            tokens = model.tokenizer.encode(text.strip().lower(), lang=language.split("-")[0])
+        except NotImplementedError as error:
+            raise unspeakable(language, error) from error
+        if len(tokens) >= model.args.gpt_max_text_tokens:
+            raise Unprocessable("A sentence is too long for the model; add punctuation.")
+
     def synthesize(self, text: str, language: str, latents: Latents, sampling: Sampling,
                    speed: float = 1.0) -> np.ndarray:
         """Speak one chunk of text (under the language's limit): float32 mono at 24 kHz."""
@@ -199,9 +234,7 @@ class Engine:
                     repetition_penalty=sampling.repetition_penalty, do_sample=not sampling.greedy,
                     speed=speed, enable_text_splitting=False)
             except NotImplementedError as error:
-                # coqui's number expansion has gaps (digits in hi, ordinals in cs): the text's fault.
-                raise Unprocessable(f"This text cannot be spoken in {language!r}: {error or 'unsupported'}; "
-                                    "spell out numbers and symbols.") from error
+                raise unspeakable(language, error) from error
             except AssertionError as error:
                 # XTTS asserts when a chunk exceeds 400 text tokens.
                 raise Unprocessable("A sentence is too long for the model; add punctuation.") from error
@@ -221,6 +254,12 @@ class Engine:
             yield
         finally:
             self._slots.release()
+
+
+def unspeakable(language: str, error: Exception) -> Unprocessable:
+    """coqui's number expansion has gaps (digits in hi, ordinals in cs): the text's fault, not ours."""
+    return Unprocessable(f"This text cannot be spoken in {language!r}: {error or 'unsupported'}; "
+                         "spell out numbers and symbols.")
 
 
 def load_xtts(checkpoint: Path, device_setting: str) -> tuple[Any, str]:
@@ -274,21 +313,3 @@ def download_official(model_name: str, *, progress: bool = False) -> Path:
         raise ServiceUnavailable(f"Could not download {model_name} ({error}). " + HOW_TO_PROVIDE) from error
     path = Path(model_path)
     return path if path.is_dir() else path.parent
-
-
-_engines: dict[EngineSettings, Engine] = {}
-_engines_lock = threading.Lock()
-
-
-def engine_for(settings: EngineSettings) -> Engine:
-    """The process's engine for these settings (one model per process, shared by every app)."""
-    with _engines_lock:
-        engine = _engines.get(settings)
-        if engine is None:
-            engine = _engines[settings] = Engine(settings)
-        return engine
-
-
-def get_engine() -> Engine:
-    """The engine of the current app."""
-    return engine_for(EngineSettings.from_config(current_app.config))

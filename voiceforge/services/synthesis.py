@@ -1,23 +1,19 @@
-"""Speech synthesis: resolve the voice, prepare the text, map variability, run the engine, join."""
+"""Speech synthesis in two steps: prepare (every 4xx and 503 happens here), then audio chunk by chunk."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 
 import numpy as np
-from flask import current_app
 
-from voiceforge.errors import Conflict, NotFound
-from voiceforge.models import Voice, VoiceStatus
-from voiceforge.services import voices
-from voiceforge.services.audio import encode_wav
-from voiceforge.services.engine import OUTPUT_RATE, Engine, Latents, Sampling, get_engine
+from voiceforge.runtime import Runtime
+from voiceforge.services.catalogue import VoiceHandle
+from voiceforge.services.engine import OUTPUT_RATE, Sampling
 from voiceforge.services.languages import normalise_language
 from voiceforge.services.text import clean_text, split_text
-from voiceforge.services.voices import BUILTIN_PREFIX, BuiltinVoice, slugify
 
 log = logging.getLogger(__name__)
 
@@ -38,104 +34,61 @@ def sampling_for(variability: float) -> Sampling:
     return Sampling(greedy=False, temperature=0.75 + 0.25 * share, top_p=0.85 + 0.10 * share)
 
 
-class LatentCache:
-    """A small LRU of persisted voice latents, so a voice's file is read once, not per request."""
+@dataclass
+class Speech:
+    """A prepared request: validated, its voice resolved and its queue place held until it is done.
 
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self._items: OrderedDict[str, Latents] = OrderedDict()
-        self._lock = threading.Lock()
+    Iterate `chunks()` once (or call `close()`): the queue place is released when the audio is
+    finished, when the consumer stops early (a client that disconnects), or on any error.
+    """
 
-    def get(self, path: Path) -> Latents:
-        key = str(path)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        latents = Latents.load(path)
-        with self._lock:
-            self._items[key] = latents
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return latents
+    runtime: Runtime
+    chunks_of_text: list[str]
+    language: str
+    voice: VoiceHandle
+    sampling: Sampling
+    speed: float
+    _place: ExitStack = field(default_factory=ExitStack, repr=False)
 
+    @property
+    def rate(self) -> int:
+        return OUTPUT_RATE
 
-_caches: dict[int, LatentCache] = {}
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Mono float32 audio at 24 kHz: each sentence chunk, with the configured pause between them."""
+        engine = self.runtime.engine
+        pause = np.zeros(int(OUTPUT_RATE * self.runtime.settings.sentence_pause_ms / 1000), dtype=np.float32)
+        with self._place:
+            for index, text in enumerate(self.chunks_of_text):
+                if index and pause.size:
+                    yield pause
+                yield engine.synthesize(text, self.language, self.voice.latents, self.sampling, self.speed)
 
+    def close(self) -> None:
+        """Give the queue place back without speaking (or after an early stop)."""
+        self._place.close()
 
-def latent_cache() -> LatentCache:
-    size = int(current_app.config["LATENT_CACHE_SIZE"])
-    return _caches.setdefault(size, LatentCache(size))
-
-
-def resolve_voice(voice_id: str, engine: Engine) -> tuple[Latents, str | None]:
-    """The latents and language of a voice id: a registry voice, a built-in speaker or an alias."""
-    if voice_id.startswith(BUILTIN_PREFIX):
-        return builtin_latents(voice_id, engine), None
-    voice = voices.find_voice(voice_id)
-    if voice is None:
-        raise NotFound(f"Voice {voice_id[:80]!r} not found.")
-    if voice.status != VoiceStatus.ready or not voice.latents_path:
-        raise Conflict(f"Voice {voice_id!r} is not ready (status: {voice.status.value}).",
-                       extra={"status": voice.status.value})
-    path = Path(current_app.config["DATA_DIR"]) / voice.latents_path
-    try:
-        return latent_cache().get(path), voice.language
-    except FileNotFoundError:
-        raise Conflict(f"Voice {voice_id!r} has lost its files; re-enrol it.") from None
+    def audio(self) -> np.ndarray:
+        """All chunks joined: the whole-response path."""
+        return np.concatenate(list(self.chunks()))
 
 
-def builtin_latents(voice_id: str, engine: Engine) -> Latents:
-    """`default-<speaker slug>`, a configured alias, or the default speaker for any other `default-…`."""
-    config = current_app.config
-    speaker = config["VOICE_ALIASES"].get(voice_id)
-    if speaker is None:
-        by_slug = {BUILTIN_PREFIX + slugify(name, 64): name for name in engine.builtin_speakers()}
-        speaker = by_slug.get(voice_id, config["DEFAULT_SPEAKER"])
-    latents = engine.speaker_latents(speaker)
-    if latents is None:
-        raise NotFound(f"Built-in speaker {speaker!r} (for {voice_id!r}) is not in this model.")
-    return latents
+def prepare(runtime: Runtime, text: str, voice_id: str, *, speed: float = 1.0, variability: float = 0.5,
+            language: str | None = None) -> Speech:
+    """Everything that can fail with a 4xx or a 503, before any audio exists.
 
-
-def builtin_voices() -> list[BuiltinVoice]:
-    """Built-in speakers and aliases, as listed by GET /api/voices (empty until a model is known)."""
-    names = get_engine().builtin_speakers()
-    if not names:
-        return []
-    listed = [BuiltinVoice(id=BUILTIN_PREFIX + slugify(name, 64), name=name) for name in names]
-    aliases = [BuiltinVoice(id=alias, name=f"{speaker} ({alias})")
-               for alias, speaker in current_app.config["VOICE_ALIASES"].items() if speaker in names]
-    return aliases + listed
-
-
-def find_voice(voice_id: str) -> Voice | BuiltinVoice:
-    """A registry voice, or a built-in speaker or alias as listed by GET /api/voices; 404 otherwise."""
-    if voice_id.startswith(BUILTIN_PREFIX):
-        for voice in builtin_voices():
-            if voice.id == voice_id:
-                return voice
-        raise NotFound(f"Voice {voice_id[:80]!r} not found.")
-    return voices.get_voice(voice_id)
-
-
-def synthesize(text: str, voice_id: str, *, speed: float, variability: float,
-               language: str | None) -> bytes:
-    """The whole /api/tts job: returns a mono 16-bit 24 kHz WAV."""
-    config = current_app.config
-    cleaned = clean_text(text, max_chars=int(config["MAX_TEXT_CHARS"]))
+    Text (422), language (422), voice (404/409), the model (503 unavailable) and a place in the
+    engine's queue (503 busy). The returned Speech holds that place.
+    """
+    settings = runtime.settings
+    cleaned = clean_text(text, max_chars=settings.max_text_chars)
     requested = normalise_language(language) if language else None
-    engine = get_engine()
-    latents, voice_language = resolve_voice(voice_id, engine)
-    lang = requested or voice_language or normalise_language(config["DEFAULT_LANGUAGE"])
-    sampling = sampling_for(variability)
+    voice = runtime.catalogue.handle(voice_id)
+    lang = requested or voice.language or settings.default_language
     chunks = split_text(cleaned, lang)
-    pause = np.zeros(int(OUTPUT_RATE * config["SENTENCE_PAUSE_MS"] / 1000), dtype=np.float32)
-    pieces: list[np.ndarray] = []
-    with engine.reserve():
-        for index, chunk in enumerate(chunks):
-            if index:
-                pieces.append(pause)
-            pieces.append(engine.synthesize(chunk, lang, latents, sampling, speed))
-    log.info("synthesised %d chunk(s), %d chars, voice %s, %s", len(chunks), len(cleaned), voice_id, lang)
-    return encode_wav(np.concatenate(pieces), OUTPUT_RATE)
+    for chunk in chunks:
+        runtime.engine.check_text(chunk, lang)
+    place = ExitStack()
+    place.enter_context(runtime.engine.reserve())
+    log.info("speaking %d chunk(s), %d chars, voice %s, %s", len(chunks), len(cleaned), voice_id, lang)
+    return Speech(runtime, chunks, lang, voice, sampling_for(variability), speed, place)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import shutil
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from flask import Flask
@@ -17,28 +16,20 @@ from sqlalchemy import inspect, select
 from voiceforge.db import db
 from voiceforge.errors import Conflict, NotFound, Unprocessable
 from voiceforge.models import Voice, VoiceKind, VoiceStatus
+from voiceforge.services.storage import (
+    TEMP_PREFIX,
+    TRASH_PREFIX,
+    empty_trash,
+    is_valid_id,
+    move_to_trash,
+    remove_path,
+    restore_from_trash,
+)
 
 log = logging.getLogger(__name__)
 
-VOICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 MAX_NAME_LENGTH = 100
 BUILTIN_PREFIX = "default-"  # ids of the model's own speakers; cloned ids never start with it
-TEMP_PREFIX = ".tmp-"
-TRASH_PREFIX = ".trash-"
-
-
-@dataclass(frozen=True)
-class BuiltinVoice:
-    """A speaker shipped inside the XTTS checkpoint; shaped like a Voice row for listing."""
-
-    id: str
-    name: str
-    language: str | None = None
-    kind: VoiceKind = VoiceKind.builtin
-    status: VoiceStatus = VoiceStatus.ready
-    error: str | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
 
 
 @dataclass
@@ -80,17 +71,6 @@ def new_voice_id(name: str) -> str:
     if slug == "default" or slug.startswith(BUILTIN_PREFIX):
         slug = f"voice-{slug}"[:40].rstrip("-")
     return f"{slug}-{secrets.token_hex(4)}"
-
-
-def is_valid_id(voice_id: str) -> bool:
-    return bool(VOICE_ID.match(voice_id))
-
-
-def voice_dir(data_dir: Path, voice_id: str) -> Path:
-    """The directory of a voice's files; refuses ids that could escape DATA_DIR."""
-    if not is_valid_id(voice_id):
-        raise NotFound(f"Voice {voice_id[:80]!r} not found.")
-    return data_dir / voice_id
 
 
 def list_voices() -> list[Voice]:
@@ -139,20 +119,14 @@ def delete_voice(voice_id: str, data_dir: Path) -> None:
     """Remove the row and its files together: files move aside first and return if the row stays."""
     refuse_builtin(voice_id)
     voice = get_voice(voice_id)
-    directory = voice_dir(data_dir, voice_id)
-    trash = data_dir / f"{TRASH_PREFIX}{voice_id}-{secrets.token_hex(3)}"
-    moved = directory.exists()
-    if moved:
-        directory.rename(trash)
+    trash = move_to_trash(data_dir, voice_id)
     try:
         db.session.delete(voice)
         commit()
     except BaseException:
-        if moved:
-            trash.rename(directory)
+        restore_from_trash(data_dir, voice_id, trash)
         raise
-    if moved:
-        shutil.rmtree(trash, ignore_errors=True)
+    empty_trash(trash)
     log.info("voice %s deleted", voice_id)
 
 
@@ -165,8 +139,18 @@ def commit() -> None:
         raise
 
 
-def reconcile(data_dir: Path, *, repair: bool = True) -> ReconcileReport:
-    """Make the registry and the files agree after a crash: no row without files, no file without row."""
+def nobody_owns(_voice_id: str) -> bool:
+    """The default owner check: no background job exists that could be working on a voice."""
+    return False
+
+
+def reconcile(data_dir: Path, *, repair: bool = True,
+              is_owned: Callable[[str], bool] = nobody_owns) -> ReconcileReport:
+    """Make the registry and the files agree after a crash: no row without files, no file without row.
+
+    `is_owned(voice_id)` says whether a live owner (a fine-tuning job holding a lease) is working on
+    a `pending` or `processing` voice; only rows whose owner is gone are marked failed.
+    """
     report = ReconcileReport()
     voices = {voice.id: voice for voice in list_voices()}
     for voice in voices.values():
@@ -176,8 +160,8 @@ def reconcile(data_dir: Path, *, repair: bool = True) -> ReconcileReport:
             report.missing_files.append(voice.id)
             if repair:
                 voice.status, voice.error = VoiceStatus.failed, "Voice files are missing."
-        elif voice.status in (VoiceStatus.pending, VoiceStatus.processing):
-            # Enrolment is synchronous: after a restart nothing is still working on these rows.
+        elif voice.status in (VoiceStatus.pending, VoiceStatus.processing) and not is_owned(voice.id):
+            # Enrolment is synchronous: after a restart only an owner's job can still be working.
             report.stale_rows.append(voice.id)
             if repair:
                 voice.status, voice.error = VoiceStatus.failed, "Interrupted by a restart."
@@ -190,7 +174,7 @@ def reconcile(data_dir: Path, *, repair: bool = True) -> ReconcileReport:
             else:
                 continue
             if repair:
-                _remove(entry)
+                remove_path(entry)
     if repair and report.changed:
         commit()
     return report
@@ -199,13 +183,6 @@ def reconcile(data_dir: Path, *, repair: bool = True) -> ReconcileReport:
 def _files_present(data_dir: Path, voice: Voice) -> bool:
     paths = [voice.reference_path, voice.latents_path]
     return all(path and (data_dir / path).is_file() for path in paths)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def reconcile_at_startup(app: Flask) -> ReconcileReport | None:

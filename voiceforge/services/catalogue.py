@@ -1,0 +1,160 @@
+"""The voice catalogue: one lookup from any voice id (cloned, built-in, alias) to what the engine needs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from voiceforge.errors import Conflict, NotFound
+from voiceforge.models import Voice, VoiceKind, VoiceStatus
+from voiceforge.services import voices
+from voiceforge.services.engine import Engine, Latents
+from voiceforge.services.voices import BUILTIN_PREFIX, slugify
+from voiceforge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BASE_WEIGHTS = "base"  # the checkpoint's own GPT weights, shared by every voice that is not fine-tuned
+
+
+@dataclass(frozen=True)
+class VoiceHandle:
+    """What speaking with one voice needs: its latents, its language and which GPT weights speak it."""
+
+    voice_id: str
+    latents: Latents
+    language: str | None  # None for built-in speakers: the request's or the server's language applies
+    weights: str = BASE_WEIGHTS
+
+
+@dataclass(frozen=True)
+class BuiltinVoice:
+    """A speaker shipped inside the XTTS checkpoint (or an alias of one); shaped like a Voice row."""
+
+    id: str
+    name: str
+    speaker: str  # the checkpoint speaker that actually speaks for this id
+    language: str | None = None
+    kind: VoiceKind = VoiceKind.builtin
+    status: VoiceStatus = VoiceStatus.ready
+    error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+def builtin_id(speaker: str) -> str:
+    """The voice id of a checkpoint speaker: `default-<slug>` (`Ana Florence` -> `default-ana-florence`)."""
+    return BUILTIN_PREFIX + slugify(speaker, 64)
+
+
+class LatentCache:
+    """A small LRU of persisted voice latents, so a voice's file is read once, not per request."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._items: OrderedDict[str, Latents] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> Latents:
+        key = str(path)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        latents = Latents.load(path)
+        with self._lock:
+            self._items[key] = latents
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return latents
+
+
+class VoiceCatalogue:
+    """Resolves voice ids for speaking (`handle`) and for showing (`describe`, `builtin_voices`).
+
+    Built-in ids: `default-<speaker slug>` for each checkpoint speaker, the configured aliases, and
+    any other `default-…` id, which speaks with the default speaker. When an alias or the default
+    speaker names a speaker the checkpoint lacks, the fallback is deterministic: the default speaker
+    if the checkpoint has it, else the checkpoint's first speaker in alphabetical order; one
+    warning is logged per missing name.
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, latent_cache: LatentCache) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.latent_cache = latent_cache
+        self._warned: set[str] = set()
+        self._warned_lock = threading.Lock()
+
+    # -- speaking ---------------------------------------------------------------------------------
+    def handle(self, voice_id: str) -> VoiceHandle:
+        """The handle of any voice id; 404 unknown, 409 not ready, 503 when no model is available."""
+        if voice_id.startswith(BUILTIN_PREFIX):
+            speaker = self.speaker_for(voice_id, self.engine.speaker_names(load=True))
+            latents = self.engine.speaker_latents(speaker) if speaker else None
+            if latents is None:
+                raise NotFound(f"This model has no built-in speakers; {voice_id[:80]!r} cannot speak. "
+                               "Clone a voice with /api/train-voice.")
+            return VoiceHandle(voice_id, latents, None)
+        voice = voices.find_voice(voice_id)
+        if voice is None:
+            raise NotFound(f"Voice {voice_id[:80]!r} not found.")
+        if voice.status != VoiceStatus.ready or not voice.latents_path:
+            raise Conflict(f"Voice {voice_id!r} is not ready (status: {voice.status.value}).",
+                           extra={"status": voice.status.value})
+        try:
+            latents = self.latent_cache.get(self.settings.data_dir / voice.latents_path)
+        except FileNotFoundError:
+            raise Conflict(f"Voice {voice_id!r} has lost its files; re-enrol it.") from None
+        return VoiceHandle(voice.id, latents, voice.language)
+
+    def speaker_for(self, voice_id: str, speakers: list[str]) -> str | None:
+        """The checkpoint speaker a built-in id speaks with (None when the checkpoint has none)."""
+        if not speakers:
+            return None
+        by_id = {builtin_id(name): name for name in speakers}
+        if voice_id in by_id:
+            return by_id[voice_id]
+        wanted = self.settings.voice_aliases.get(voice_id, self.settings.default_speaker)
+        if wanted in speakers:
+            return wanted
+        fallback = (self.settings.default_speaker if self.settings.default_speaker in speakers
+                    else sorted(speakers)[0])
+        self._warn_once(wanted, f"speaker {wanted!r} (for {voice_id!r}) is not in this model; "
+                                f"{fallback!r} speaks instead (set VOICEFORGE_VOICE_ALIASES or "
+                                "VOICEFORGE_DEFAULT_SPEAKER to one of its speakers)")
+        return fallback
+
+    def _warn_once(self, key: str, message: str) -> None:
+        with self._warned_lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.warning(message)
+
+    # -- showing ----------------------------------------------------------------------------------
+    def builtin_voices(self) -> list[BuiltinVoice]:
+        """Aliases, then the checkpoint's speakers, as GET /api/voices lists them (empty without a model).
+
+        Never loads the model: the speaker names come from the checkpoint's speakers file.
+        """
+        speakers = self.engine.speaker_names(load=False)
+        if not speakers:
+            return []
+        aliases = [BuiltinVoice(id=alias, name=f"{speaker} ({alias})", speaker=speaker)
+                   for alias in self.settings.voice_aliases
+                   if (speaker := self.speaker_for(alias, speakers))]
+        return aliases + [BuiltinVoice(id=builtin_id(name), name=name, speaker=name) for name in speakers]
+
+    def describe(self, voice_id: str) -> Voice | BuiltinVoice:
+        """A registry voice, or a listed built-in speaker or alias; 404 otherwise."""
+        if voice_id.startswith(BUILTIN_PREFIX):
+            for voice in self.builtin_voices():
+                if voice.id == voice_id:
+                    return voice
+            raise NotFound(f"Voice {voice_id[:80]!r} not found.")
+        return voices.get_voice(voice_id)

@@ -1,0 +1,114 @@
+"""Validated settings: app.config checked once at start-up and frozen into a typed object."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voiceforge.config import ConfigError
+from voiceforge.services.languages import ALIASES, SUPPORTED_LANGUAGES
+from voiceforge.services.voices import BUILTIN_PREFIX
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the services use, validated; built once per app by the factory."""
+
+    data_dir: Path
+    model_dir: str | None
+    model_name: str
+    device: str
+    default_language: str
+    max_audio_bytes: int
+    max_reference_seconds: float
+    min_speech_seconds: float
+    max_text_chars: int
+    sentence_pause_ms: int
+    voice_aliases: Mapping[str, str]
+    default_speaker: str
+    latent_cache_size: int
+    inference_queue_size: int
+    log_level: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        """Check every value; raise ConfigError naming the first bad one."""
+        return cls(
+            data_dir=Path(config["DATA_DIR"]),
+            model_dir=config.get("MODEL_DIR") or None,
+            model_name=_text(config, "MODEL_NAME"),
+            device=_device(config),
+            default_language=_language(config),
+            max_audio_bytes=_number(config, "MAX_AUDIO_BYTES", int, minimum=1),
+            max_reference_seconds=_number(config, "MAX_REFERENCE_SECONDS", float, minimum=1.0),
+            min_speech_seconds=_number(config, "MIN_SPEECH_SECONDS", float, minimum=0.1),
+            max_text_chars=_number(config, "MAX_TEXT_CHARS", int, minimum=1),
+            sentence_pause_ms=_number(config, "SENTENCE_PAUSE_MS", int, minimum=0),
+            voice_aliases=_aliases(config),
+            default_speaker=_text(config, "DEFAULT_SPEAKER"),
+            latent_cache_size=_number(config, "LATENT_CACHE_SIZE", int, minimum=1),
+            inference_queue_size=_number(config, "INFERENCE_QUEUE_SIZE", int, minimum=1),
+            log_level=log_level(config.get("LOG_LEVEL")),
+        )
+
+
+def log_level(value: Any) -> str:
+    """The upper-case level name; `info`, `Info` and `INFO` are the same (gunicorn users write `info`)."""
+    name = str(value or "").strip().upper()
+    if name not in LOG_LEVELS:
+        raise ConfigError("LOG_LEVEL", value, "one of " + ", ".join(LOG_LEVELS) + " (any case).")
+    return name
+
+
+def _text(config: Mapping[str, Any], key: str) -> str:
+    value = config.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, value, "a non-empty string.")
+    return value.strip()
+
+
+def _device(config: Mapping[str, Any]) -> str:
+    value = str(config.get("DEVICE") or "").strip().lower()
+    if not DEVICE_PATTERN.match(value):
+        raise ConfigError("DEVICE", config.get("DEVICE"), "auto, cpu, cuda or cuda:N.")
+    return value
+
+
+def _language(config: Mapping[str, Any]) -> str:
+    value = config.get("DEFAULT_LANGUAGE")
+    code = str(value or "").strip().lower().replace("_", "-")
+    code = ALIASES.get(code, code)
+    if code not in SUPPORTED_LANGUAGES:
+        raise ConfigError("DEFAULT_LANGUAGE", value, "one of " + ", ".join(SUPPORTED_LANGUAGES) + ".")
+    return code
+
+
+def _number(config: Mapping[str, Any], key: str, kind: type, *, minimum: float) -> Any:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ConfigError(key, value, f"a number of at least {kind(minimum)}.")
+    return kind(value)
+
+
+def _aliases(config: Mapping[str, Any]) -> dict[str, str]:
+    value = config.get("VOICE_ALIASES") or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError("VOICE_ALIASES", value, "alias=Speaker pairs separated by commas.")
+    for alias, speaker in value.items():
+        if not str(alias).startswith(BUILTIN_PREFIX) or len(alias) <= len(BUILTIN_PREFIX) or not speaker:
+            raise ConfigError("VOICE_ALIASES", f"{alias}={speaker}",
+                              f"each alias must start with {BUILTIN_PREFIX!r} and name a speaker "
+                              "(default-narrator=Ana Florence).")
+    return dict(value)
+
+
+def configure_logging(level: str) -> None:
+    """Set the level of the `voiceforge` loggers."""
+    logging.getLogger("voiceforge").setLevel(level)
