@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from voiceforge.audio.encode import FORMATS
 from voiceforge.services.languages import ALIASES, SUPPORTED_LANGUAGES
 
 # What the document promises about values the services check themselves (with their own clearer
@@ -35,9 +36,15 @@ class TtsRequestSchema(RequestSchema):
                        "then the server's.", **LANGUAGE_CODES})
 
 
+    format = fields.String(load_default="wav", validate=validate.OneOf(list(FORMATS)), metadata={
+        "description": "Audio format: wav (default), mp3, opus (Ogg), aac (ADTS), flac, or pcm (raw 16-bit "
+                       "little-endian mono at 24 kHz). The data URI or Content-Type carries its MIME type."})
+
+
 class TtsResponseSchema(Schema):
     audioDataUri = fields.String(required=True, metadata={
-        "description": "data:audio/wav;base64,… (mono 16-bit PCM, 24 kHz)."})
+        "description": "data:audio/wav;base64,… (mono 16-bit PCM, 24 kHz), or the requested format's "
+                       "MIME type."})
 
 
 class TrainVoiceRequestSchema(RequestSchema):

@@ -1,30 +1,63 @@
-"""POST /api/tts: text to speech with a cloned or built-in voice."""
+"""POST /api/tts (whole response in a data URI) and POST /api/tts/stream (audio bytes as produced)."""
 
 from __future__ import annotations
 
+from flask import Response
+
 from voiceforge.api import ApiBlueprint
-from voiceforge.audio.datauri import wav_data_uri
-from voiceforge.audio.encode import encode_wav
+from voiceforge.audio.datauri import audio_data_uri
+from voiceforge.audio.encode import FORMATS, encode
 from voiceforge.runtime import get_runtime
 from voiceforge.schemas import ErrorSchema, TtsRequestSchema, TtsResponseSchema
 from voiceforge.services import synthesis
+from voiceforge.services.streaming import encoded_stream
 
 blp = ApiBlueprint("tts", __name__, url_prefix="/api", description="Speech synthesis.")
+
+ERRORS = {
+    401: "No valid API key (when the server requires keys).",
+    400: "Malformed request.",
+    404: "Unknown voice.",
+    409: "Voice not ready.",
+    413: "Body too large.",
+    415: "Body is not JSON.",
+    422: "Values out of range, unsupported language or format, no text.",
+    503: "Model unavailable or busy (see Retry-After).",
+}
+
+
+def _prepare(body: dict) -> synthesis.Speech:
+    return synthesis.prepare(get_runtime(), body["text"], body["voiceId"], speed=body["speed"],
+                             variability=body["variability"], language=body["language"])
 
 
 @blp.route("/tts", methods=["POST"])
 @blp.arguments(TtsRequestSchema)
 @blp.response(200, TtsResponseSchema)
-@blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
-@blp.alt_response(400, schema=ErrorSchema, description="Malformed request.")
-@blp.alt_response(404, schema=ErrorSchema, description="Unknown voice.")
-@blp.alt_response(409, schema=ErrorSchema, description="Voice not ready.")
-@blp.alt_response(413, schema=ErrorSchema, description="Body too large.")
-@blp.alt_response(415, schema=ErrorSchema, description="Body is not JSON.")
-@blp.alt_response(422, schema=ErrorSchema, description="Values out of range, unsupported language, no text.")
-@blp.alt_response(503, schema=ErrorSchema, description="Model unavailable or busy (see Retry-After).")
+@blp.doc(responses={str(status): {"description": text, "content": {
+    "application/json": {"schema": ErrorSchema}}} for status, text in ERRORS.items()})
 def tts(body: dict) -> dict:
-    """Speak `text` with `voiceId`; answers a WAV (mono, 16-bit, 24 kHz) as a data URI."""
-    speech = synthesis.prepare(get_runtime(), body["text"], body["voiceId"], speed=body["speed"],
-                               variability=body["variability"], language=body["language"])
-    return {"audioDataUri": wav_data_uri(encode_wav(speech.audio(), speech.rate))}
+    """Speak `text` with `voiceId`; answers the audio (WAV by default: mono, 16-bit, 24 kHz) as a data URI."""
+    speech = _prepare(body)
+    audio = encode(speech.audio(), speech.rate, body["format"])
+    return {"audioDataUri": audio_data_uri(audio, FORMATS[body["format"]].mime_type_at(speech.rate))}
+
+
+@blp.route("/tts/stream", methods=["POST"])
+@blp.arguments(TtsRequestSchema)
+@blp.response(200, content_type="application/octet-stream", description=(
+    "Audio bytes in the requested format, sent as they are synthesised (chunked transfer). "
+    "Content-Type: audio/wav (a header of unknown length, then PCM), audio/mpeg, audio/ogg, audio/aac, "
+    "audio/flac or audio/pcm;rate=24000;channels=1."))
+@blp.doc(responses={str(status): {"description": text, "content": {
+    "application/json": {"schema": ErrorSchema}}} for status, text in ERRORS.items()})
+def tts_stream(body: dict) -> Response:
+    """Speak `text` as a stream: every error that can be known before the audio answers JSON as /api/tts does.
+
+    A failure after the first byte ends the stream without its final chunk (and is logged); a client
+    that disconnects stops synthesis within about a second of audio.
+    """
+    speech = _prepare(body)
+    fmt = FORMATS[body["format"]]
+    return Response(encoded_stream(speech, fmt.name), mimetype=fmt.mime_type_at(speech.rate),
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

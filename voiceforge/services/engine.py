@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 OUTPUT_RATE = 24000  # XTTS-v2 vocoder output
 CONDITIONING_RATE = 22050  # XTTS-v2 conditioning input
 CHECKPOINT_FILES = ("config.json", "model.pth", "vocab.json")
+# Streaming: audio tokens in the first window (about 0.2 s of audio at speed 1, so audio starts
+# early) and in each later one (about 1.5 s), decoder frames of context vocoded on each side of a
+# window (256 samples each), and the cross-fade between windows (21 ms).
+STREAM_FIRST_WINDOW_TOKENS = 8
+STREAM_WINDOW_TOKENS = 32
+STREAM_CONTEXT_FRAMES = 12
+STREAM_CROSSFADE_SAMPLES = 512
 HOW_TO_PROVIDE = (
     "Set VOICEFORGE_MODEL_DIR to an XTTS-v2 checkpoint directory (config.json, model.pth, vocab.json, "
     "speakers_xtts.pth), or accept the Coqui Public Model License with COQUI_TOS_AGREED=1 so the "
@@ -130,7 +138,7 @@ class Engine:
                 model, device = load_xtts(checkpoint, self.settings.device)
             except ServiceUnavailable:
                 raise
-            except Exception as error:  # noqa: BLE001 - a corrupt file raises anything (UnpicklingError…)
+            except Exception as error:
                 log.exception("loading XTTS-v2 from %s failed", checkpoint)
                 self._load_error = (f"The XTTS-v2 model at {checkpoint} could not be loaded ({error}). "
                                     + HOW_TO_PROVIDE)
@@ -242,6 +250,46 @@ class Engine:
         wav = wav.numpy() if hasattr(wav, "numpy") else np.asarray(wav)
         return wav.astype(np.float32, copy=False).reshape(-1)
 
+    def stream(self, text: str, language: str, latents: Latents, sampling: Sampling, speed: float = 1.0,
+               *, window: int = STREAM_WINDOW_TOKENS) -> Iterator[np.ndarray]:
+        """Speak one chunk of text as audio pieces of about `window` tokens each, as they are decoded.
+
+        The model runs in a producer thread that holds the model lock for the whole chunk (XTTS's
+        generation keeps state on the model, so two must never interleave), while the caller's
+        thread only hands pieces on: a slow client never holds the model. Closing the iterator
+        (a client that disconnects) stops the producer within one window.
+        """
+        pieces: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+        model = self.model
+
+        def produce() -> None:
+            import torch
+
+            try:
+                with self._model_lock, torch.inference_mode():
+                    for piece in stream_chunk(model, text, language, latents, sampling, speed, window=window):
+                        if stop.is_set():
+                            return
+                        pieces.put(piece)
+            except NotImplementedError as error:
+                pieces.put(unspeakable(language, error))
+            except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+                pieces.put(error)
+            finally:
+                pieces.put(_DONE)
+
+        producer = threading.Thread(target=produce, name="voiceforge-stream", daemon=True)
+        producer.start()
+        try:
+            while (item := pieces.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            producer.join()
+
     @contextmanager
     def reserve(self) -> Iterator[None]:
         """A place in the bounded queue for one request's model calls; 503 + Retry-After when full.
@@ -254,6 +302,90 @@ class Engine:
             yield
         finally:
             self._slots.release()
+
+
+_DONE = object()  # end of a producer's pieces
+
+
+def stream_chunk(model: Any, text: str, language: str, latents: Latents, sampling: Sampling,
+                 speed: float, *, window: int = STREAM_WINDOW_TOKENS,
+                 tokens: list[int] | None = None) -> Iterator[np.ndarray]:
+    """Generate one chunk's audio tokens one by one and vocode them in bounded, cross-faded windows.
+
+    Stock `inference_stream` re-runs HiFiGAN over every latent so far at each chunk (quadratic in
+    the length) and ignores greedy decoding. Here the cheap part of the decoder (interpolating GPT
+    latents to decoder frames, which must be done on one global grid or windows come out of phase)
+    runs over the latents so far, and the expensive HiFiGAN convolutions run only over each
+    window's new frames plus STREAM_CONTEXT_FRAMES on each side; the held-back right edge is
+    cross-faded with the next window's version of it. The first window is STREAM_FIRST_WINDOW_TOKENS
+    long so audio starts early, later ones `window`. Greedy decoding samples with top_k=1, which
+    picks exactly the tokens `model.inference` picks. Must run under the engine's model lock and
+    torch.inference_mode(). When `tokens` is given, the audio tokens are appended to it.
+    """
+    import torch
+
+    lang = language.split("-")[0]
+    text_tokens = torch.IntTensor(model.tokenizer.encode(text.strip().lower(), lang=lang)).unsqueeze(0)
+    text_tokens = text_tokens.to(model.device)
+    speaker = latents.speaker_embedding.to(model.device)
+    inputs = model.gpt.compute_embeddings(latents.gpt_cond_latent.to(model.device), text_tokens)
+    generator = model.gpt.get_generator(
+        fake_inputs=inputs, do_sample=True, top_k=1 if sampling.greedy else sampling.top_k,
+        top_p=1.0 if sampling.greedy else sampling.top_p,
+        temperature=1.0 if sampling.greedy else sampling.temperature,
+        repetition_penalty=sampling.repetition_penalty, length_penalty=1.0, num_beams=1,
+        num_return_sequences=1, output_attentions=False, output_hidden_states=True,
+        return_dict_in_generate=True)
+    decoder = model.hifigan_decoder
+    hop = decoder.output_hop_length  # output samples per decoder frame (HiFiGAN upsamples by this)
+    hidden: list[Any] = []
+    emitted = 0  # decoder frames whose audio has been sent (the held-back edge excluded)
+    tail: np.ndarray | None = None  # the last window's audio just past `emitted`, to cross-fade
+    pending = STREAM_FIRST_WINDOW_TOKENS
+    finished = False
+    while not finished:
+        try:
+            token, latent = next(generator)
+            hidden.append(latent)
+            if tokens is not None:
+                tokens.append(int(token))
+            pending -= 1
+        except StopIteration:
+            finished = True
+        if not hidden or (not finished and pending > 0):
+            continue
+        pending = window
+        frames = decoder_frames(model, torch.cat(hidden, dim=0)[None, :], speed)
+        total = frames.shape[-1]
+        end = total if finished else max(emitted, total - STREAM_CONTEXT_FRAMES)
+        first = max(0, emitted - STREAM_CONTEXT_FRAMES)
+        wav = decoder.waveform_decoder(frames[..., first:total], g=speaker).reshape(-1).float().cpu().numpy()
+        piece = wav[(emitted - first) * hop:(end - first) * hop].copy()
+        if tail is not None:
+            fade = min(tail.size, piece.size)
+            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+            piece[:fade] = tail[:fade] * (1.0 - ramp) + piece[:fade] * ramp
+        tail = wav[(end - first) * hop:(end - first) * hop + STREAM_CROSSFADE_SAMPLES].copy()
+        emitted = end
+        if piece.size:
+            yield piece
+
+
+def decoder_frames(model: Any, gpt_latents: Any, speed: float) -> Any:
+    """GPT latents (1, T, C) -> HiFiGAN input frames, exactly as `model.inference` then HifiDecoder do."""
+    import torch.nn.functional as F
+
+    decoder = model.hifigan_decoder
+    length_scale = 1.0 / max(speed, 0.05)
+    if length_scale != 1.0:
+        gpt_latents = F.interpolate(gpt_latents.transpose(1, 2), scale_factor=length_scale,
+                                    mode="linear").transpose(1, 2)
+    frames = F.interpolate(gpt_latents.transpose(1, 2), mode="linear",
+                           scale_factor=[decoder.ar_mel_length_compression / decoder.output_hop_length])
+    if decoder.output_sample_rate != decoder.input_sample_rate:
+        frames = F.interpolate(frames, scale_factor=[decoder.output_sample_rate / decoder.input_sample_rate],
+                               mode="linear")
+    return frames
 
 
 def unspeakable(language: str, error: Exception) -> Unprocessable:

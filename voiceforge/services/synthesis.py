@@ -64,6 +64,24 @@ class Speech:
                     yield pause
                 yield engine.synthesize(text, self.language, self.voice.latents, self.sampling, self.speed)
 
+    def stream(self) -> Iterator[np.ndarray]:
+        """Like chunks(), but each sentence arrives in windows of about a second as it is decoded.
+
+        The first audio is ready after one window of tokens and one vocoder pass, whatever the
+        length of the text; with variability 0 the audio tokens are the ones chunks() speaks.
+        """
+        engine = self.runtime.engine
+        pause = np.zeros(int(OUTPUT_RATE * self.runtime.settings.sentence_pause_ms / 1000), dtype=np.float32)
+        with self._place:
+            for index, text in enumerate(self.chunks_of_text):
+                if index and pause.size:
+                    yield pause
+                pieces = engine.stream(text, self.language, self.voice.latents, self.sampling, self.speed)
+                try:
+                    yield from pieces
+                finally:
+                    pieces.close()  # stops the producer at once when the consumer stops early
+
     def close(self) -> None:
         """Give the queue place back without speaking (or after an early stop)."""
         self._place.close()

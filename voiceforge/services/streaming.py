@@ -1,0 +1,47 @@
+"""Turn a prepared Speech into encoded bytes as the audio is produced, for streamed HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from voiceforge.audio.encode import StreamEncoder
+from voiceforge.services.synthesis import Speech
+
+log = logging.getLogger(__name__)
+
+
+def encoded_stream(speech: Speech, fmt: str) -> Iterator[bytes]:
+    """Bytes of `fmt` as each chunk of audio is synthesised; closing it early stops synthesis.
+
+    The server closes this generator when a client disconnects: the chunk generator is closed
+    with it, so synthesis stops within one chunk and the queue place is given back. A failure
+    after the first byte cannot become a JSON error any more: it is logged and re-raised, so the
+    server aborts the response without its final chunk and the client can tell it is incomplete.
+    """
+    encoder = StreamEncoder(fmt, speech.rate)
+    chunks = speech.stream()
+    started = time.perf_counter()
+    sent = 0
+    try:
+        for chunk in chunks:
+            data = encoder.write(chunk)
+            if data:
+                sent += len(data)
+                yield data
+        data = encoder.close()
+        if data:
+            sent += len(data)
+            yield data
+        log.info("streamed %d bytes of %s in %.2f s", sent, fmt, time.perf_counter() - started)
+    except GeneratorExit:
+        log.info("client went away after %d bytes of %s; synthesis stopped", sent, fmt)
+        raise
+    except Exception:
+        log.exception("synthesis failed after %d bytes of %s were sent; the stream ends here", sent, fmt)
+        raise
+    finally:
+        chunks.close()
+        speech.close()
+        encoder.close()
