@@ -32,12 +32,31 @@ DEFAULTS: dict[str, Any] = {
     "SENTENCE_PAUSE_MS": 180,
     "VOICE_ALIASES": {"default-female": "Ana Florence", "default-male": "Damien Black"},
     "DEFAULT_SPEAKER": "Ana Florence",  # what any other default-… id falls back to
+    # OpenAI voice names (/v1/audio/speech) -> our voice ids. A name left out of a configured
+    # table keeps its default here, so every name OpenAI's clients know always speaks.
+    "OPENAI_VOICES": {
+        **dict.fromkeys(("alloy", "coral", "marin", "nova", "sage", "shimmer"), "default-female"),
+        **dict.fromkeys(("ash", "ballad", "cedar", "echo", "fable", "onyx", "verse"), "default-male"),
+    },
     "LATENT_CACHE_SIZE": 64,
     "INFERENCE_QUEUE_SIZE": 8,  # requests using or waiting for the model per process; beyond: 503
     "DB_BUSY_TIMEOUT_MS": 5000,
     "API_KEYS": [],
     "API_KEYS_FILE": None,
     "LOG_LEVEL": "INFO",
+    # Fine-tuning (voiceforge/finetune/) and the jobs that run it (voiceforge/jobs/).
+    "FINETUNE_MIN_SPEECH_SECONDS": 120.0,  # less speech than this is refused (422), as the anchors do
+    "FINETUNE_MAX_SAMPLE_SECONDS": 600.0,  # decoding of each recording stops here
+    "FINETUNE_EPOCHS": 10,
+    "FINETUNE_LEARNING_RATE": 5e-06,  # coqui's XTTS-v2 recipe
+    "FINETUNED_CACHE": 2,  # fine-tuned voices whose GPT weights stay resident per process
+    "ASR_MODEL": None,  # faster-whisper model directory or name; None = samples need their text
+    "JOB_BACKEND": "db",  # db: runners claim jobs from the database; celery: Redis broker + workers
+    "JOB_RUNNER": True,  # gunicorn's master starts a job runner process (db backend)
+    "JOB_CONCURRENCY": 1,  # jobs one runner trains at once
+    "JOB_MAX_ATTEMPTS": 3,  # a job whose runner died this many times is failed
+    "JOB_LEASE_SECONDS": 30.0,  # a runner renews its lease this often x3; an expired lease means it died
+    "CELERY_BROKER_URL": None,  # redis://host:6379/0 with JOB_BACKEND=celery
 }
 
 

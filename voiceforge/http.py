@@ -65,5 +65,6 @@ def register_request_logging(app: Flask) -> None:
         route = request.url_rule.rule if request.url_rule else "<unmatched>"
         access_log.info("method=%s route=%s status=%s latency_ms=%.1f request_id=%s bytes=%s",
                         request.method, route, response.status_code, elapsed_ms, request_id,
-                        response.calculate_content_length())
+                        # A streamed body's length is unknown until it is sent; asking would buffer it.
+                        None if response.is_streamed else response.calculate_content_length())
         return response

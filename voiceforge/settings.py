@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voiceforge.config import ConfigError
+from voiceforge.config import DEFAULTS, ConfigError
 from voiceforge.services.languages import ALIASES, SUPPORTED_LANGUAGES
+from voiceforge.services.storage import is_valid_id
 from voiceforge.services.voices import BUILTIN_PREFIX
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -33,9 +34,22 @@ class Settings:
     sentence_pause_ms: int
     voice_aliases: Mapping[str, str]
     default_speaker: str
+    openai_voices: Mapping[str, str]  # OpenAI voice name -> our voice id, every default name included
     latent_cache_size: int
     inference_queue_size: int
     log_level: str
+    finetune_min_speech_seconds: float
+    finetune_max_sample_seconds: float
+    finetune_epochs: int
+    finetune_learning_rate: float
+    finetuned_cache: int
+    asr_model: str | None
+    job_backend: str
+    job_runner: bool
+    job_concurrency: int
+    job_max_attempts: int
+    job_lease_seconds: float
+    celery_broker_url: str | None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -53,9 +67,22 @@ class Settings:
             sentence_pause_ms=_number(config, "SENTENCE_PAUSE_MS", int, minimum=0),
             voice_aliases=_aliases(config),
             default_speaker=_text(config, "DEFAULT_SPEAKER"),
+            openai_voices=_openai_voices(config),
             latent_cache_size=_number(config, "LATENT_CACHE_SIZE", int, minimum=1),
             inference_queue_size=_number(config, "INFERENCE_QUEUE_SIZE", int, minimum=1),
             log_level=log_level(config.get("LOG_LEVEL")),
+            finetune_min_speech_seconds=_number(config, "FINETUNE_MIN_SPEECH_SECONDS", float, minimum=1.0),
+            finetune_max_sample_seconds=_number(config, "FINETUNE_MAX_SAMPLE_SECONDS", float, minimum=10.0),
+            finetune_epochs=_number(config, "FINETUNE_EPOCHS", int, minimum=1),
+            finetune_learning_rate=_number(config, "FINETUNE_LEARNING_RATE", float, minimum=1e-9),
+            finetuned_cache=_number(config, "FINETUNED_CACHE", int, minimum=1),
+            asr_model=config.get("ASR_MODEL") or None,
+            job_backend=_choice(config, "JOB_BACKEND", ("db", "celery")),
+            job_runner=bool(config.get("JOB_RUNNER")),
+            job_concurrency=_number(config, "JOB_CONCURRENCY", int, minimum=1),
+            job_max_attempts=_number(config, "JOB_MAX_ATTEMPTS", int, minimum=1),
+            job_lease_seconds=_number(config, "JOB_LEASE_SECONDS", float, minimum=1.0),
+            celery_broker_url=_broker(config),
         )
 
 
@@ -97,6 +124,21 @@ def _number(config: Mapping[str, Any], key: str, kind: type, *, minimum: float) 
     return kind(value)
 
 
+def _choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    value = str(config.get(key) or "").strip().lower()
+    if value not in allowed:
+        raise ConfigError(key, config.get(key), "one of " + ", ".join(allowed) + ".")
+    return value
+
+
+def _broker(config: Mapping[str, Any]) -> str | None:
+    url = config.get("CELERY_BROKER_URL") or None
+    if str(config.get("JOB_BACKEND") or "").lower() == "celery" and not url:
+        raise ConfigError("CELERY_BROKER_URL", url, "a Redis URL (redis://host:6379/0) when "
+                          "VOICEFORGE_JOB_BACKEND=celery.")
+    return url
+
+
 def _aliases(config: Mapping[str, Any]) -> dict[str, str]:
     value = config.get("VOICE_ALIASES") or {}
     if not isinstance(value, Mapping):
@@ -107,6 +149,23 @@ def _aliases(config: Mapping[str, Any]) -> dict[str, str]:
                               f"each alias must start with {BUILTIN_PREFIX!r} and name a speaker "
                               "(default-narrator=Ana Florence).")
     return dict(value)
+
+
+def _openai_voices(config: Mapping[str, Any]) -> dict[str, str]:
+    value = config.get("OPENAI_VOICES") or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError("OPENAI_VOICES", value, "name=voice-id pairs separated by commas.")
+    for name, voice_id in value.items():
+        # A name in the `default-` space would hide the built-in voice of that id.
+        if not isinstance(name, str) or not name.strip() or name.startswith(BUILTIN_PREFIX):
+            raise ConfigError("OPENAI_VOICES", f"{name}={voice_id}",
+                              f"each name must be non-empty and not start with {BUILTIN_PREFIX!r}.")
+        if not isinstance(voice_id, str) or not is_valid_id(voice_id):
+            raise ConfigError("OPENAI_VOICES", f"{name}={voice_id}",
+                              "each target must be a voice id: a built-in one (alloy=default-female, "
+                              "echo=default-damien-black) or a cloned voice's id.")
+    # A table that names only some voices overrides those; the rest keep their defaults.
+    return {**DEFAULTS["OPENAI_VOICES"], **{name.strip(): voice_id for name, voice_id in value.items()}}
 
 
 def configure_logging(level: str) -> None:

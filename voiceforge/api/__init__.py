@@ -104,14 +104,15 @@ SECURITY_SCHEMES = {
 
 
 def register_api(app: Flask) -> VoiceForgeApi:
-    """Create the OpenAPI-documented API, its family (keys, CORS, errors) and mount every blueprint."""
+    """Create the OpenAPI-documented API and the OpenAI-compatible /v1, their families, and mount both."""
+    from voiceforge import openai
     from voiceforge.api import health, training, tts, voices
 
     for key, value in API_SETTINGS.items():
         app.config.setdefault(key, value)
     family = ApiFamily("voiceforge", "/api", blueprints={m.blp.name for m in (voices, tts, training)}
                        | {"api-docs"}, public_blueprints={"api-docs"})
-    register_families(app, [family])
+    register_families(app, [family, openai.openai_family()])
     # With keys configured every /api operation requires one (the health probes opt out with
     # `security=[]`): the document says so, so clients and fuzzers know to send it.
     requires_key = family.requires_key
@@ -122,4 +123,5 @@ def register_api(app: Flask) -> VoiceForgeApi:
             api.spec.components.security_scheme(name, scheme)
     for module in (health, voices, tts, training):
         api.register_blueprint(module.blp)
+    app.register_blueprint(openai.blp)  # a plain blueprint: not part of /api/openapi.json
     return api

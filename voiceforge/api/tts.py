@@ -10,7 +10,7 @@ from voiceforge.audio.encode import FORMATS, encode
 from voiceforge.runtime import get_runtime
 from voiceforge.schemas import ErrorSchema, TtsRequestSchema, TtsResponseSchema
 from voiceforge.services import synthesis
-from voiceforge.services.streaming import encoded_stream
+from voiceforge.services.streaming import audio_response
 
 blp = ApiBlueprint("tts", __name__, url_prefix="/api", description="Speech synthesis.")
 
@@ -57,7 +57,4 @@ def tts_stream(body: dict) -> Response:
     A failure after the first byte ends the stream without its final chunk (and is logged); a client
     that disconnects stops synthesis within about a second of audio.
     """
-    speech = _prepare(body)
-    fmt = FORMATS[body["format"]]
-    return Response(encoded_stream(speech, fmt.name), mimetype=fmt.mime_type_at(speech.rate),
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return audio_response(_prepare(body), body["format"])

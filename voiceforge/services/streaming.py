@@ -6,10 +6,22 @@ import logging
 import time
 from collections.abc import Iterator
 
-from voiceforge.audio.encode import StreamEncoder
+from flask import Response
+
+from voiceforge.audio.encode import FORMATS, StreamEncoder
 from voiceforge.services.synthesis import Speech
 
 log = logging.getLogger(__name__)
+
+
+def audio_response(speech: Speech, fmt: str) -> Response:
+    """A chunked HTTP response that sends `fmt` bytes as the audio is synthesised."""
+    response = Response(encoded_stream(speech, fmt), mimetype=FORMATS[fmt].mime_type_at(speech.rate),
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    # Anything that asks for the length (a logger, an after_request hook) would otherwise silently
+    # read the whole stream into memory first; with this it gets None instead.
+    response.implicit_sequence_conversion = False
+    return response
 
 
 def encoded_stream(speech: Speech, fmt: str) -> Iterator[bytes]:

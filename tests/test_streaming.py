@@ -1,0 +1,166 @@
+"""Formats on /api/tts, POST /api/tts/stream, and windowed streaming that matches the whole response."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import requests
+
+from tests.support.checkpoint import build_checkpoint
+from tests.support.server import start_server, stop_server
+from voiceforge.audio.encode import FORMATS
+from voiceforge.runtime import get_runtime
+from voiceforge.services import synthesis
+from voiceforge.services.engine import stream_chunk
+
+RATE = 24000
+MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac",
+        "flac": "audio/flac", "pcm": "audio/pcm;rate=24000;channels=1"}
+# 127 characters: each is its own chunk (sentences are merged into chunks of up to 250 characters).
+SENTENCE = ("This sentence is long enough that two of them can never be merged into one chunk of speech, "
+            "since together they pass the limit. ")
+
+
+def decode(data: bytes, fmt: str) -> tuple[int, np.ndarray]:
+    """(sample rate, mono float samples) of encoded audio, through PyAV (pcm read as int16 at 24 kHz)."""
+    if fmt == "pcm":
+        return RATE, np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768
+    with av.open(io.BytesIO(data)) as container:
+        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
+        rate = container.streams.audio[0].rate
+    return rate, np.concatenate(frames)
+
+
+@pytest.fixture(scope="module")
+def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generation runs to 117 audio tokens (about 5 s): enough for several streaming windows."""
+    return build_checkpoint(tmp_path_factory.mktemp("long") / "xtts", max_audio_tokens=120)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_tts_answers_every_format_as_a_data_uri_of_its_mime_type(client, fmt: str) -> None:
+    body = {"text": "Hello there.", "voiceId": "default-female", "variability": 0, "format": fmt}
+    uri = client.post("/api/tts", json=body).json["audioDataUri"]
+    prefix = f"data:{MIME[fmt]};base64,"
+    assert uri.startswith(prefix)
+    rate, samples = decode(base64.b64decode(uri[len(prefix):]), fmt)
+    assert rate == (48000 if fmt == "opus" else RATE)
+    assert 0.9 <= samples.size / rate <= 1.2  # 21 tokens of the tiny model: about 0.97 s
+
+
+def test_wav_stays_the_default_and_an_unknown_format_is_422(client) -> None:
+    body = {"text": "Hello there.", "voiceId": "default-female", "variability": 0}
+    default = client.post("/api/tts", json=body).json["audioDataUri"]
+    assert default == client.post("/api/tts", json={**body, "format": "wav"}).json["audioDataUri"]
+    refused = client.post("/api/tts", json={**body, "format": "ogg"})
+    assert refused.status_code == 422 and "format" in refused.json["detail"]
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_the_stream_decodes_to_the_same_length_as_the_whole_response(client, fmt: str) -> None:
+    body = {"text": SENTENCE + SENTENCE, "voiceId": "default-male", "variability": 0, "format": fmt}
+    streamed = client.post("/api/tts/stream", json=body)
+    assert streamed.status_code == 200 and streamed.mimetype == MIME[fmt].split(";")[0]
+    assert streamed.headers["Content-Type"].startswith(MIME[fmt])
+    whole = client.post("/api/tts", json=body).json["audioDataUri"].split(",", 1)[1]
+    rate, stream_samples = decode(streamed.data, fmt)
+    _, whole_samples = decode(base64.b64decode(whole), fmt)
+    # Codec framing may add up to ~0.1 s (aac priming, mp3 without its Xing header).
+    assert abs(stream_samples.size - whole_samples.size) / rate < 0.1
+
+
+def test_errors_known_before_the_audio_answer_json_as_tts_does(client) -> None:
+    for body, status in (({"text": "Hi", "voiceId": "nobody-00000000"}, 404),
+                         ({"text": "", "voiceId": "default-female"}, 422),
+                         ({"text": "मेरे पास 5 सेब हैं", "voiceId": "default-female", "language": "hi"}, 422),
+                         ({"text": "Hi", "voiceId": "default-female", "format": "midi"}, 422),
+                         ({"voiceId": "default-female"}, 400)):
+        streamed = client.post("/api/tts/stream", json=body)
+        whole = client.post("/api/tts", json=body)
+        assert streamed.status_code == whole.status_code == status
+        assert streamed.json["detail"] == whole.json["detail"]
+
+
+@pytest.mark.parametrize("speed", [1.0, 0.7, 1.6])
+def test_windowed_streaming_picks_the_whole_responses_tokens_and_audio(
+        make_app, long_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, speed: float) -> None:
+    app = make_app(MODEL_DIR=str(long_checkpoint))
+    runtime = get_runtime(app)
+    model = runtime.engine.model
+    whole_tokens: list[list[int]] = []
+    generate = model.gpt.generate
+
+    def spying_generate(*args: object, **kwargs: object):
+        codes = generate(*args, **kwargs)
+        whole_tokens.append(codes[0].tolist())
+        return codes
+
+    monkeypatch.setattr(model.gpt, "generate", spying_generate)
+    greedy = synthesis.sampling_for(0)
+    with app.app_context():
+        voice = runtime.catalogue.handle("default-female")
+        whole = runtime.engine.synthesize("Streaming test.", "en", voice.latents, greedy, speed)
+        streamed_tokens: list[int] = []
+        import torch
+
+        with torch.inference_mode():
+            pieces = list(stream_chunk(model, "Streaming test.", "en", voice.latents, greedy, speed,
+                                       tokens=streamed_tokens))
+    assert len(streamed_tokens) == 117 and whole_tokens == [streamed_tokens]
+    assert len(pieces) >= 4  # a short first window, then windows of 32 tokens
+    streamed = np.concatenate(pieces)
+    assert streamed.size == whole.size
+    assert np.abs(streamed - whole).max() < 1e-5  # measured: under 1e-7 (float rounding only)
+
+
+def test_streamed_sampling_with_variability_still_varies(make_app) -> None:
+    client = make_app().test_client()
+    body = {"text": "Hello there.", "voiceId": "default-female", "variability": 1.0, "format": "pcm"}
+    assert len({client.post("/api/tts/stream", json=body).data for _ in range(3)}) > 1
+    greedy = {**body, "variability": 0}
+    first, second = (client.post("/api/tts/stream", json=greedy).data for _ in range(2))
+    assert first == second
+
+
+@pytest.mark.slow
+def test_behind_gunicorn_first_bytes_come_early_and_a_disconnect_frees_the_engine(
+        tmp_path: Path, checkpoint_dir: Path) -> None:
+    server = start_server(tmp_path, checkpoint_dir, VOICEFORGE_INFERENCE_QUEUE_SIZE="1")
+    try:
+        one = {"text": "Warm up.", "voiceId": "default-female", "variability": 0, "format": "pcm"}
+        started = time.perf_counter()
+        assert requests.post(server.url + "/api/tts", json=one, timeout=60).status_code == 200
+        started = time.perf_counter()
+        assert requests.post(server.url + "/api/tts", json=one, timeout=60).status_code == 200
+        per_sentence = time.perf_counter() - started
+
+        long = {**one, "text": SENTENCE * 12}  # 12 chunks: many seconds of synthesis
+        started = time.perf_counter()
+        with requests.post(server.url + "/api/tts/stream", json=long, stream=True, timeout=120) as response:
+            assert response.headers.get("Transfer-Encoding") == "chunked"
+            first = next(response.iter_content(4096))
+            first_at = time.perf_counter() - started
+            assert first
+        # The client has gone: synthesis must stop within about one window, giving the only
+        # queue place back long before the other 11 chunks could have been spoken.
+        gone = time.perf_counter()
+        deadline = gone + 11 * per_sentence
+        while True:
+            retry = requests.post(server.url + "/api/tts", json=one, timeout=60)
+            if retry.status_code == 200 or time.perf_counter() > deadline:
+                break
+            time.sleep(0.05)
+        freed_after = time.perf_counter() - gone
+        assert retry.status_code == 200
+        assert freed_after < 4 * per_sentence, (freed_after, per_sentence)
+        assert first_at < 2 * per_sentence, (first_at, per_sentence)
+        time.sleep(0.3)
+        assert "client went away" in server.log.read_text()
+    finally:
+        stop_server(server)
