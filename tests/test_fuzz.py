@@ -46,8 +46,8 @@ max_response_time = 30       # seconds: bounded time; fuzzed requests take under
 # positive_data_acceptance demands that every schema-valid body be accepted. It is on for every
 # operation but these, where validity depends on more than JSON Schema can say:
 # - /api/train-voice: audioDataUri must hold >= 3 s of decodable speech; no schema describes that.
-# - /api/tts and /api/tts/stream: whether a text can be spoken depends on its language: coqui-tts's number expansion
-#   cannot say digits in Hindi or ordinals in Czech (422 "spell out numbers"), so the text "0" in
+# - /api/tts and /api/tts/stream: whether a text can be spoken depends on its language: coqui-tts's
+#   number expansion cannot say digits in Hindi or ordinals in Czech (422 "spell out numbers"), so "0" in
 #   language "hi" is schema-valid and refused. The text pattern (a letter or digit) also only
 #   approximates "something left to speak once invisible characters and emoji are dropped".
 # Both operations document these 422 answers, and every other check stays on for them.
