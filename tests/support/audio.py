@@ -134,3 +134,52 @@ def _silent_opus_packet() -> av.Packet:
     packets = [packet for packet in container.demux(container.streams.audio[0]) if packet.size]
     # A middle packet: the first carries encoder warm-up, the last the end-of-stream trim.
     return packets[len(packets) // 2]
+
+
+VOICE_RATE = 22050
+# (Formant frequencies in Hz of a, i, u, e, o, ɔ: voices the VAD takes for speech.)
+_VOWELS = ((730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480),
+           (570, 840, 2410), (640, 1190, 2390))
+
+
+def voice(seconds: float, *, f0: float = 120.0, seed: int = 0) -> np.ndarray:
+    """A phrase Silero VAD hears as speech: `speech_like`'s pitch and syllable rhythm alone read
+    as a hum to it, so each syllable is a pulse train through a random vowel's formants, with
+    fricative noise between some of them."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(seed)
+    size = round(seconds * VOICE_RATE)
+    hum = speech_like(seconds, VOICE_RATE, f0=f0, seed=seed)  # keeps its breath noise under the vowels
+    t = np.arange(size) / VOICE_RATE
+    wobble = 0.1 * np.sin(2 * np.pi * 0.5 * t + rng.uniform(0, 6)) + 0.04 * np.sin(2 * np.pi * 3.3 * t)
+    pitch = f0 * (1 + wobble)
+    pulses = lfilter([1.0], [1.0, -0.97], np.diff(2 * (np.cumsum(pitch) / VOICE_RATE % 1.0) - 1, prepend=0.0))
+    out = np.zeros(size)
+    position = 0
+    while position < size:
+        length = int(rng.uniform(0.15, 0.3) * VOICE_RATE)
+        part = slice(position, min(size, position + length))
+        for frequency, bandwidth in zip(_VOWELS[rng.integers(len(_VOWELS))], (80, 100, 140), strict=True):
+            radius, angle = np.exp(-np.pi * bandwidth / VOICE_RATE), 2 * np.pi * frequency / VOICE_RATE
+            out[part] += lfilter([1 - radius], [1, -2 * radius * np.cos(angle), radius**2], pulses[part])
+        out[part] *= np.sin(np.linspace(0, np.pi, out[part].size)) ** 0.5
+        hiss = int(0.05 * VOICE_RATE)
+        if position + length + hiss < size and rng.random() < 0.6:
+            noise = lfilter([1, -0.9], [1], rng.standard_normal(hiss))
+            out[position + length:position + length + hiss] += 0.05 * noise
+            length += hiss
+        position += length
+    out = out / np.max(np.abs(out)) + 0.02 * hum
+    return (0.6 * out / np.max(np.abs(out))).astype(np.float32)
+
+
+def phrases(*parts: float, seed: int = 0) -> np.ndarray:
+    """Alternating pause and phrase lengths in seconds (pause, phrase, pause, ...) as one signal."""
+    pieces = []
+    for index, seconds in enumerate(parts):
+        if index % 2:
+            pieces.append(voice(seconds, f0=110.0 + 10 * (index % 5), seed=seed + index))
+        else:
+            pieces.append(np.zeros(round(seconds * VOICE_RATE), np.float32))
+    return np.concatenate(pieces)

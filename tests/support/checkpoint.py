@@ -175,6 +175,7 @@ def build_checkpoint(
     speakers: Sequence[str] = ("Ana Florence", "Claribel Dervla", "Damien Black"),
     seed: int = 0,
     max_audio_tokens: int | None = None,
+    training_files: bool = False,
 ) -> Path:
     """Write config.json, model.pth, vocab.json and speakers_xtts.pth for a random XTTS-v2 into dest.
 
@@ -182,8 +183,10 @@ def build_checkpoint(
     decoder and speaker encoder; 93 MB) whose generation always runs to its cap of 21 audio tokens
     (0.97 s of audio at speed 1); size="full" is the released architecture (467M parameters,
     1.87 GB) with the release's cap of 602 tokens. max_audio_tokens overrides gpt_max_audio_tokens,
-    which caps generation at max_audio_tokens - 3 tokens. The same arguments give byte-identical
-    files. Returns dest.
+    which caps generation at max_audio_tokens - 3 tokens. training_files=True also writes what GPT
+    fine-tuning needs beside the release files: dvae.pth (an empty state dict, which coqui's trainer
+    loads non-strict, leaving a random DVAE) and mel_stats.pth (unit mel norms). The same arguments
+    give byte-identical files. Returns dest.
     """
     if size not in _SIZES:
         msg = f"size must be one of {sorted(_SIZES)}, not {size!r}"
@@ -220,4 +223,7 @@ def build_checkpoint(
     torch.save(voices, dest / "speakers_xtts.pth")
 
     config.save_json(str(dest / "config.json"))
+    if training_files:
+        torch.save({}, dest / "dvae.pth")
+        torch.save(torch.ones(80), dest / "mel_stats.pth")
     return dest
