@@ -50,3 +50,21 @@ def on_starting(server) -> None:
         sys.exit(f"voiceforge: {error.message}")
     reconcile_at_startup(app)
     warn_if_no_model(get_runtime(app))
+    server.voiceforge_settings = get_runtime(app).settings
+
+
+def when_ready(server) -> None:
+    """Start the job runner process beside the workers (the database backend; Celery has its own)."""
+    settings = server.voiceforge_settings
+    if settings.job_runner and settings.job_backend == "db":
+        from voiceforge.jobs.supervisor import RunnerSupervisor
+
+        server.voiceforge_runner = RunnerSupervisor()
+        server.voiceforge_runner.start()
+
+
+def on_exit(server) -> None:
+    """Stop the job runner: a running job checkpoints and gives its lease back for the next start."""
+    runner = getattr(server, "voiceforge_runner", None)
+    if runner is not None:
+        runner.stop(timeout=graceful_timeout)

@@ -14,17 +14,20 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from voiceforge.errors import VoiceForgeError
+from voiceforge.jobs.cli import jobs_cli, voices_finetune
 from voiceforge.runtime import get_runtime
 from voiceforge.schemas import VoiceSchema
 
 voices_cli = AppGroup("voices", help="Manage the voice registry.")
 model_cli = AppGroup("model", help="Inspect, download and warm up the XTTS-v2 model.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+voices_cli.add_command(voices_finetune)
 
 
 def register_cli(app: Flask) -> None:
     app.cli.add_command(voices_cli)
     app.cli.add_command(model_cli)
+    app.cli.add_command(jobs_cli)
 
 
 def _data_dir() -> Path:

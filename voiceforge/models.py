@@ -1,12 +1,12 @@
-"""SQLAlchemy models: the voice registry."""
+"""SQLAlchemy models: the voice registry and its background jobs."""
 
 from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Enum, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from voiceforge.db import db
 
@@ -43,9 +43,65 @@ class Voice(db.Model):
         index=True)
     reference_path: Mapped[str | None] = mapped_column(String(255))
     latents_path: Mapped[str | None] = mapped_column(String(255))
+    # A fine-tuned voice's own GPT weights (fp16, GPT only); None: the checkpoint's shared weights.
+    weights_path: Mapped[str | None] = mapped_column(String(255))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
+    # Deleting a voice deletes its jobs (the database cascades too).
+    jobs: Mapped[list[Job]] = relationship(back_populates="voice", cascade="all, delete-orphan",
+                                           passive_deletes=True)
+
     def __repr__(self) -> str:
         return f"<Voice {self.id} {self.status.value}>"
+
+
+class JobState(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
+
+
+class Job(db.Model):
+    """A background job (fine-tuning a voice); the table is the source of truth for its state.
+
+    A runner owns a running job through a lease (`lease_owner`, `lease_expires_at`) that it renews
+    by heartbeat; a job whose lease expired is claimed again and resumes from its checkpoint.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    voice_id: Mapped[str] = mapped_column(String(64), ForeignKey("voices.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="finetune")
+    state: Mapped[JobState] = mapped_column(
+        Enum(JobState, name="job_state", native_enum=False, length=16, validate_strings=True), index=True)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)  # epochs, learning rate, samples' texts…
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    epochs: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    loss: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    dataset_seconds: Mapped[float | None] = mapped_column(Float)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    voice: Mapped[Voice] = relationship(back_populates="jobs")
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.voice_id} {self.state.value}>"

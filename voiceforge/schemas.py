@@ -47,7 +47,26 @@ class TtsResponseSchema(Schema):
                        "MIME type."})
 
 
-class TrainVoiceRequestSchema(RequestSchema):
+FINETUNE_MAX_SAMPLES = 50
+
+
+class SampleSchema(RequestSchema):
+    audioDataUri = fields.String(required=True, metadata={
+        "description": "data:<audio mime>;base64,<data>: an extra recording of the same voice.", **DATA_URI})
+    text = fields.String(load_default=None, validate=validate.Length(min=1, max=2000), metadata={
+        "description": "What the recording says. Needed, with at most 11 s of speech, unless the server "
+                       "has speech recognition (VOICEFORGE_ASR_MODEL)."})
+
+
+class FineTuneFieldsMixin:
+    samples = fields.List(fields.Nested(SampleSchema), load_default=list,
+                          validate=validate.Length(max=FINETUNE_MAX_SAMPLES), metadata={
+                              "description": f"Extra recordings (at most {FINETUNE_MAX_SAMPLES})."})
+    epochs = fields.Integer(load_default=None, validate=validate.Range(min=1, max=50), metadata={
+        "description": "Training epochs, 1-50 (default: the server's, 10)."})
+
+
+class TrainVoiceRequestSchema(FineTuneFieldsMixin, RequestSchema):
     modelName = fields.String(required=True, validate=validate.Length(min=1, max=100),
                               metadata={"description": "Display name of the voice."})
     audioDataUri = fields.String(required=True, metadata={
@@ -55,11 +74,65 @@ class TrainVoiceRequestSchema(RequestSchema):
         **DATA_URI})
     language = fields.String(load_default=None, validate=validate.Length(min=2, max=10), metadata={
         "description": "The voice's language (default: server's).", **LANGUAGE_CODES})
+    fineTune = fields.Boolean(load_default=False, metadata={
+        "description": "Also fine-tune XTTS on the recordings: the voice is usable at once (zero-shot) "
+                       "and a job is queued (202)."})
+    transcript = fields.String(load_default=None, validate=validate.Length(min=1, max=2000), metadata={
+        "description": "With fineTune: what the main recording says."})
 
 
 class TrainVoiceResponseSchema(Schema):
-    trainingStatus = fields.String(required=True, metadata={"description": "`completed`."})
+    trainingStatus = fields.String(required=True, metadata={
+        "description": "`completed` (cloned, ready), or `queued` when a fine-tuning job was queued."})
     modelId = fields.String(required=True, metadata={"description": "The new voice's id (a voiceId)."})
+    jobId = fields.String(metadata={"description": "With fineTune: the fine-tuning job's id."})
+
+
+class FineTuneRequestSchema(FineTuneFieldsMixin, RequestSchema):
+    pass
+
+
+class JobIdSchema(Schema):
+    jobId = fields.String(required=True)
+
+
+class JobSchema(Schema):
+    id = fields.String(required=True)
+    voiceId = fields.String(attribute="voice_id", required=True)
+    kind = fields.String(required=True, metadata={"enum": ["finetune"]})
+    state = fields.Function(lambda job: job.state.value, metadata={
+        "enum": ["queued", "running", "succeeded", "failed", "cancelled"]})
+    progress = fields.Float(required=True, metadata={"description": "0..1"})
+    epoch = fields.Integer()
+    epochs = fields.Integer()
+    step = fields.Integer()
+    steps = fields.Integer()
+    loss = fields.Float(allow_none=True)
+    message = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    datasetSeconds = fields.Float(attribute="dataset_seconds", allow_none=True)
+    createdAt = fields.DateTime(attribute="created_at")
+    startedAt = fields.DateTime(attribute="started_at", allow_none=True)
+    finishedAt = fields.DateTime(attribute="finished_at", allow_none=True)
+
+
+class JobListSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+
+
+class JobQuerySchema(Schema):
+    voiceId = fields.String(load_default=None)
+    state = fields.String(load_default=None, validate=validate.OneOf(
+        ["queued", "running", "succeeded", "failed", "cancelled"]))
+
+
+class FineTuningStateSchema(Schema):
+    state = fields.String(required=True, metadata={
+        "enum": ["not_started", "queued", "running", "succeeded", "failed", "cancelled"]})
+    progress = fields.Float()
+    message = fields.String(allow_none=True)
+    jobId = fields.String()
 
 
 class VoiceSchema(Schema):
@@ -74,6 +147,11 @@ class VoiceSchema(Schema):
     error = fields.String(allow_none=True)
     createdAt = fields.DateTime(attribute="created_at", allow_none=True)
     updatedAt = fields.DateTime(attribute="updated_at", allow_none=True)
+
+
+class VoiceDetailSchema(VoiceSchema):
+    fineTuning = fields.Nested(FineTuningStateSchema, attribute="fine_tuning", metadata={
+        "description": "The latest fine-tuning job of a cloned voice, or {\"state\": \"not_started\"}."})
 
 
 class VoiceListSchema(Schema):

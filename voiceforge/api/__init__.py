@@ -106,11 +106,11 @@ SECURITY_SCHEMES = {
 def register_api(app: Flask) -> VoiceForgeApi:
     """Create the OpenAPI-documented API and the OpenAI-compatible /v1, their families, and mount both."""
     from voiceforge import openai
-    from voiceforge.api import health, training, tts, voices
+    from voiceforge.api import health, jobs, training, tts, voices
 
     for key, value in API_SETTINGS.items():
         app.config.setdefault(key, value)
-    family = ApiFamily("voiceforge", "/api", blueprints={m.blp.name for m in (voices, tts, training)}
+    family = ApiFamily("voiceforge", "/api", blueprints={m.blp.name for m in (voices, tts, training, jobs)}
                        | {"api-docs"}, public_blueprints={"api-docs"})
     register_families(app, [family, openai.openai_family()])
     # With keys configured every /api operation requires one (the health probes opt out with
@@ -121,7 +121,7 @@ def register_api(app: Flask) -> VoiceForgeApi:
     if requires_key:
         for name, scheme in SECURITY_SCHEMES.items():
             api.spec.components.security_scheme(name, scheme)
-    for module in (health, voices, tts, training):
+    for module in (health, voices, tts, training, jobs):
         api.register_blueprint(module.blp)
     app.register_blueprint(openai.blp)  # a plain blueprint: not part of /api/openapi.json
     return api

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from voiceforge.api import ApiBlueprint
+from voiceforge.models import Voice
 from voiceforge.runtime import get_runtime
-from voiceforge.schemas import ErrorSchema, VoiceListSchema, VoiceRenameSchema, VoiceSchema
-from voiceforge.services import voices
+from voiceforge.schemas import (
+    ErrorSchema,
+    FineTuneRequestSchema,
+    JobIdSchema,
+    VoiceDetailSchema,
+    VoiceListSchema,
+    VoiceRenameSchema,
+    VoiceSchema,
+)
+from voiceforge.services import finetuning, voices
 
 blp = ApiBlueprint("voices", __name__, url_prefix="/api/voices", description="The voice registry.")
 
@@ -20,13 +29,37 @@ def list_voices() -> dict:
 
 
 @blp.route("/<string:voice_id>")
-@blp.response(200, VoiceSchema)
+@blp.response(200, VoiceDetailSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown voice.")
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
 def get_voice(voice_id: str):
-    """One voice: cloned, or a built-in speaker or alias."""
-    return get_runtime().catalogue.describe(voice_id)
+    """One voice: cloned (with its fine-tuning state), or a built-in speaker or alias."""
+    voice = get_runtime().catalogue.describe(voice_id)
+    if isinstance(voice, Voice):
+        voice.fine_tuning = finetuning.fine_tuning_state(voice)  # read by VoiceDetailSchema
+    return voice
+
+
+@blp.route("/<string:voice_id>/fine-tune", methods=["POST"])
+@blp.arguments(FineTuneRequestSchema)
+@blp.response(202, JobIdSchema)
+@blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
+@blp.alt_response(400, schema=ErrorSchema, description="Malformed request or data URI.")
+@blp.alt_response(404, schema=ErrorSchema, description="Unknown voice.")
+@blp.alt_response(409, schema=ErrorSchema, description="A job for this voice is queued or running, or the "
+                  "voice is built-in or not ready.")
+@blp.alt_response(413, schema=ErrorSchema, description="Body or audio too large.")
+@blp.alt_response(415, schema=ErrorSchema, description="Not audio, or an undecodable format.")
+@blp.alt_response(422, schema=ErrorSchema, description="Too little speech (the figure is in the detail), a "
+                  "sample without text, too many samples, epochs out of range.")
+@blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
+@blp.alt_response(507, schema=ErrorSchema, description="Disk full; nothing was saved.")
+def fine_tune(body: dict, voice_id: str) -> dict:
+    """Fine-tune a cloned voice on more recordings of it; follow the job at /api/jobs/<jobId>."""
+    voices.refuse_builtin(voice_id)
+    job = finetuning.fine_tune_voice(get_runtime(), voice_id, body["samples"], body["epochs"])
+    return {"jobId": job.id}
 
 
 @blp.route("/<string:voice_id>", methods=["PATCH"])

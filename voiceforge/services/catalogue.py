@@ -18,9 +18,6 @@ from voiceforge.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BASE_WEIGHTS = "base"  # the checkpoint's own GPT weights, shared by every voice that is not fine-tuned
-
-
 @dataclass(frozen=True)
 class VoiceHandle:
     """What speaking with one voice needs: its latents, its language and which GPT weights speak it."""
@@ -28,7 +25,7 @@ class VoiceHandle:
     voice_id: str
     latents: Latents
     language: str | None  # None for built-in speakers: the request's or the server's language applies
-    weights: str = BASE_WEIGHTS
+    weights: str | None = None  # a fine-tuned voice's GPT weights file; None: the checkpoint's own
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,8 @@ class VoiceCatalogue:
             latents = self.latent_cache.get(self.settings.data_dir / voice.latents_path)
         except FileNotFoundError:
             raise Conflict(f"Voice {voice_id!r} has lost its files; re-enrol it.") from None
-        return VoiceHandle(voice.id, latents, voice.language)
+        weights = str(self.settings.data_dir / voice.weights_path) if voice.weights_path else None
+        return VoiceHandle(voice.id, latents, voice.language, weights)
 
     def speaker_for(self, voice_id: str, speakers: list[str]) -> str | None:
         """The checkpoint speaker a built-in id speaks with (None when the checkpoint has none)."""

@@ -81,11 +81,12 @@ class EngineSettings:
     model_name: str
     device: str
     queue_size: int
+    finetuned_cache: int = 2  # fine-tuned voices' GPT weights kept resident
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineSettings:
-        return cls(model_dir=settings.model_dir, model_name=settings.model_name,
-                   device=settings.device, queue_size=settings.inference_queue_size)
+        return cls(model_dir=settings.model_dir, model_name=settings.model_name, device=settings.device,
+                   queue_size=settings.inference_queue_size, finetuned_cache=settings.finetuned_cache)
 
 
 class Engine:
@@ -102,6 +103,7 @@ class Engine:
         self._slots = threading.BoundedSemaphore(max(1, settings.queue_size))
         self._speakers: dict[str, Latents] | None = None
         self._load_error: str | None = None  # why the last load failed; cleared by a good load
+        self._gpt_weights: Any = None  # GptWeights: swaps fine-tuned voices' GPT in, under _model_lock
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -203,13 +205,27 @@ class Engine:
         self.speaker_names(load=True)
         return (self._speakers or {}).get(name)
 
-    def compute_latents(self, samples: np.ndarray) -> Latents:
-        """Conditioning latents of a mono float32 reference at 22.05 kHz (done once per voice)."""
+    def use_weights(self, model: Any, weights: str | None) -> None:
+        """Put a voice's GPT weights in place (None: the checkpoint's). Call with _model_lock held."""
+        if self._gpt_weights is None:
+            if weights is None:
+                return  # nothing was ever swapped: the base weights are in place
+            from voiceforge.finetune.weights import GptWeights
+
+            self._gpt_weights = GptWeights(self.settings.finetuned_cache)
+        self._gpt_weights.activate(model, weights)
+
+    def compute_latents(self, samples: np.ndarray, weights: str | None = None) -> Latents:
+        """Conditioning latents of a mono float32 reference at 22.05 kHz (done once per voice).
+
+        `weights`: a fine-tuned GPT, whose conditioning encoder was trained too.
+        """
         import torch
 
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).unsqueeze(0)
         model = self.model
         with self._model_lock, torch.inference_mode():
+            self.use_weights(model, weights)
             gpt_cond_latent = model.get_gpt_cond_latents(audio, CONDITIONING_RATE)
             speaker_embedding = model.get_speaker_embedding(audio, CONDITIONING_RATE)
         return Latents(gpt_cond_latent.detach().cpu(), speaker_embedding.detach().cpu())
@@ -229,12 +245,13 @@ class Engine:
             raise Unprocessable("A sentence is too long for the model; add punctuation.")
 
     def synthesize(self, text: str, language: str, latents: Latents, sampling: Sampling,
-                   speed: float = 1.0) -> np.ndarray:
+                   speed: float = 1.0, weights: str | None = None) -> np.ndarray:
         """Speak one chunk of text (under the language's limit): float32 mono at 24 kHz."""
         import torch
 
         model = self.model
         with self._model_lock, torch.inference_mode():
+            self.use_weights(model, weights)
             try:
                 result = model.inference(
                     text, language, latents.gpt_cond_latent, latents.speaker_embedding,
@@ -251,7 +268,7 @@ class Engine:
         return wav.astype(np.float32, copy=False).reshape(-1)
 
     def stream(self, text: str, language: str, latents: Latents, sampling: Sampling, speed: float = 1.0,
-               *, window: int = STREAM_WINDOW_TOKENS) -> Iterator[np.ndarray]:
+               weights: str | None = None, *, window: int = STREAM_WINDOW_TOKENS) -> Iterator[np.ndarray]:
         """Speak one chunk of text as audio pieces of about `window` tokens each, as they are decoded.
 
         The model runs in a producer thread that holds the model lock for the whole chunk (XTTS's
@@ -268,6 +285,7 @@ class Engine:
 
             try:
                 with self._model_lock, torch.inference_mode():
+                    self.use_weights(model, weights)
                     for piece in stream_chunk(model, text, language, latents, sampling, speed, window=window):
                         if stop.is_set():
                             return

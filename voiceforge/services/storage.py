@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+JOBS_DIR = ".jobs"  # DATA_DIR/.jobs/<job id>/: a fine-tuning job's recordings and work
 # A voice id is also a directory name: lower-case ASCII, digits and hyphens, so no id can escape.
 VOICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 

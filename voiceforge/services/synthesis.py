@@ -62,7 +62,8 @@ class Speech:
             for index, text in enumerate(self.chunks_of_text):
                 if index and pause.size:
                     yield pause
-                yield engine.synthesize(text, self.language, self.voice.latents, self.sampling, self.speed)
+                yield engine.synthesize(text, self.language, self.voice.latents, self.sampling, self.speed,
+                                        self.voice.weights)
 
     def stream(self) -> Iterator[np.ndarray]:
         """Like chunks(), but each sentence arrives in windows of about a second as it is decoded.
@@ -76,7 +77,8 @@ class Speech:
             for index, text in enumerate(self.chunks_of_text):
                 if index and pause.size:
                     yield pause
-                pieces = engine.stream(text, self.language, self.voice.latents, self.sampling, self.speed)
+                pieces = engine.stream(text, self.language, self.voice.latents, self.sampling, self.speed,
+                                       self.voice.weights)
                 try:
                     yield from pieces
                 finally:

@@ -17,6 +17,7 @@ from voiceforge.db import db
 from voiceforge.errors import Conflict, NotFound, Unprocessable
 from voiceforge.models import Voice, VoiceKind, VoiceStatus
 from voiceforge.services.storage import (
+    JOBS_DIR,
     TEMP_PREFIX,
     TRASH_PREFIX,
     empty_trash,
@@ -101,6 +102,13 @@ def add_ready_voice(voice_id: str, name: str, language: str, kind: VoiceKind,
     return voice
 
 
+def set_finetuned(voice: Voice, weights_path: str, latents_path: str) -> Voice:
+    """Switch a voice to its fine-tuned GPT weights and latent, in one commit (files already in place)."""
+    voice.kind, voice.weights_path, voice.latents_path = VoiceKind.finetuned, weights_path, latents_path
+    commit()
+    return voice
+
+
 def refuse_builtin(voice_id: str) -> None:
     """Built-in speakers live in the model checkpoint: they cannot be renamed or deleted."""
     if voice_id.startswith(BUILTIN_PREFIX):
@@ -116,9 +124,13 @@ def rename_voice(voice_id: str, name: str) -> Voice:
 
 
 def delete_voice(voice_id: str, data_dir: Path) -> None:
-    """Remove the row and its files together: files move aside first and return if the row stays."""
+    """Remove the row and its files together: files move aside first and return if the row stays.
+
+    Its fine-tuning jobs go too: a running one sees its row gone at its next heartbeat and stops.
+    """
     refuse_builtin(voice_id)
     voice = get_voice(voice_id)
+    job_dirs = [data_dir / JOBS_DIR / job.id for job in voice.jobs]
     trash = move_to_trash(data_dir, voice_id)
     try:
         db.session.delete(voice)
@@ -127,6 +139,8 @@ def delete_voice(voice_id: str, data_dir: Path) -> None:
         restore_from_trash(data_dir, voice_id, trash)
         raise
     empty_trash(trash)
+    for directory in job_dirs:
+        remove_path(directory)
     log.info("voice %s deleted", voice_id)
 
 
@@ -167,6 +181,8 @@ def reconcile(data_dir: Path, *, repair: bool = True,
                 voice.status, voice.error = VoiceStatus.failed, "Interrupted by a restart."
     if data_dir.is_dir():
         for entry in sorted(data_dir.iterdir()):
+            if entry.name == JOBS_DIR:
+                continue  # each job's own files: its runner and the job's end remove them
             if entry.name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
                 report.temp_dirs.append(entry.name)
             elif entry.name not in voices:
@@ -191,7 +207,9 @@ def reconcile_at_startup(app: Flask) -> ReconcileReport | None:
         if not inspect(db.engine).has_table(Voice.__tablename__):
             log.warning("voices table missing: run `flask --app voiceforge db upgrade`")
             return None
-        report = reconcile(Path(app.config["DATA_DIR"]))
+        from voiceforge.jobs import store  # jobs -> voices: imported here
+
+        report = reconcile(Path(app.config["DATA_DIR"]), is_owned=store.owned_voice_ids().__contains__)
     if report.changed:
         log.warning("startup reconcile repaired: missing files %s, interrupted %s, orphans %s, temp %s",
                     report.missing_files, report.stale_rows, report.orphan_dirs, report.temp_dirs)

@@ -1,0 +1,216 @@
+"""Fine-tuning jobs end to end: the API, the runner, training in a child process, serving the weights."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.support.audio import VOICE_RATE, data_uri, encode_audio, phrases
+from tests.support.checkpoint import build_checkpoint
+from tests.support.registry import files_under
+from voiceforge.jobs.runner import JobRunner
+
+TEXTS = ["the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore",
+         "a journey of a thousand miles begins with one step", "every cloud has a silver lining",
+         "actions speak louder than words today", "better late than never they said"]
+
+
+def recording(seconds: float = 4.0, seed: int = 0) -> str:
+    """A phrase of synthetic speech that Silero VAD hears as speech, as a WAV data URI."""
+    data, mime = encode_audio(phrases(0.3, seconds, 0.3, seed=seed), VOICE_RATE, "wav")
+    return data_uri(data, mime)
+
+
+def samples(count: int = 6, seconds: float = 4.0) -> list[dict]:
+    return [{"audioDataUri": recording(seconds, seed=10 + i), "text": TEXTS[i % len(TEXTS)]}
+            for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def training_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny XTTS-v2 with dvae.pth and mel_stats.pth, and room for 11 s clips (255 audio tokens)."""
+    return build_checkpoint(tmp_path_factory.mktemp("ft") / "xtts", max_audio_tokens=255, training_files=True)
+
+
+@pytest.fixture
+def ft_app(make_app, training_checkpoint: Path) -> Flask:
+    # A learning rate that moves a tiny random model in a few steps; little speech is enough here.
+    return make_app(MODEL_DIR=str(training_checkpoint), FINETUNE_LEARNING_RATE=1e-3,
+                    FINETUNE_MIN_SPEECH_SECONDS=10.0, JOB_LEASE_SECONDS=5.0)
+
+
+@pytest.fixture
+def ft_client(ft_app: Flask) -> FlaskClient:
+    return ft_app.test_client()
+
+
+@pytest.fixture
+def runner(ft_app: Flask) -> Iterator[JobRunner]:
+    """A job runner in a thread of this process, as `flask jobs worker` runs one."""
+    job_runner = JobRunner(ft_app, poll_seconds=0.2)
+    thread = threading.Thread(target=job_runner.run_forever, daemon=True)
+    thread.start()
+    yield job_runner
+    job_runner.stop()
+    thread.join(60)
+
+
+def enrol_with_fine_tuning(client: FlaskClient, **extra: object):
+    body = {"modelName": "Tuned", "audioDataUri": recording(4.0), "transcript": TEXTS[0], "fineTune": True,
+            "samples": samples(), "epochs": 4, **extra}
+    return client.post("/api/train-voice", json=body)
+
+
+def wait_for(client: FlaskClient, job_id: str, states: set[str], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/jobs/{job_id}").json
+        if job["state"] in states or time.monotonic() > deadline:
+            return job
+        time.sleep(0.3)
+
+
+def speak(client: FlaskClient, voice_id: str) -> str:
+    body = {"text": "Hello there.", "voiceId": voice_id, "variability": 0}
+    response = client.post("/api/tts", json=body)
+    assert response.status_code == 200, response.json
+    return response.json["audioDataUri"]
+
+
+def test_fine_tuning_switches_the_voice_to_its_own_weights(ft_client: FlaskClient, ft_app: Flask,
+                                                           runner: JobRunner) -> None:
+    other = ft_client.post("/api/train-voice", json={"modelName": "Other", "audioDataUri": recording(4.0, 7)})
+    other_id = other.json["modelId"]
+    other_before = speak(ft_client, other_id)
+    queued = enrol_with_fine_tuning(ft_client)
+    assert queued.status_code == 202, queued.json
+    body = queued.json
+    assert body["trainingStatus"] == "queued" and body["jobId"]
+    voice_id = body["modelId"]
+    before = speak(ft_client, voice_id)  # usable zero-shot at once
+    assert ft_client.get(f"/api/voices/{voice_id}").json["kind"] == "cloned"
+
+    seen_progress: list[float] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        job = ft_client.get(f"/api/jobs/{body['jobId']}").json
+        seen_progress.append(job["progress"])
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.3)
+    assert job["state"] == "succeeded", job
+    assert job["epochs"] == 4 and job["steps"] > 0 and job["step"] == job["steps"] and job["loss"] is not None
+    assert job["datasetSeconds"] and job["attempts"] == 1 and job["finishedAt"]
+    assert seen_progress == sorted(seen_progress) and len(set(seen_progress)) > 2  # it rose, in steps
+
+    voice = ft_client.get(f"/api/voices/{voice_id}").json
+    assert voice["kind"] == "finetuned"
+    assert voice["fineTuning"] == {"state": "succeeded", "progress": 1.0, "message": job["message"],
+                                   "jobId": body["jobId"]}
+    after = speak(ft_client, voice_id)
+    assert after != before and speak(ft_client, voice_id) == after  # its own weights, deterministic
+    assert speak(ft_client, other_id) == other_before  # no weight leaks between voices
+    streamed = ft_client.post("/api/tts/stream", json={"text": "Hello there.", "voiceId": voice_id,
+                                                        "variability": 0, "format": "pcm"})
+    whole = np.frombuffer(base64.b64decode(after.split(",", 1)[1])[44:], dtype="<i2").astype(int)
+    stream = np.frombuffer(streamed.data, dtype="<i2").astype(int)
+    # The stream speaks with the same fine-tuned weights (equal but for float rounding).
+    assert stream.size == whole.size and np.abs(stream - whole).max() <= 1
+    data_dir = Path(ft_app.config["DATA_DIR"])
+    assert [name for name in files_under(data_dir) if name.startswith(".jobs")] == []  # work removed
+    weights = [name for name in files_under(data_dir / voice_id) if name.startswith("gpt-")]
+    assert len(weights) == 1 and (data_dir / voice_id / weights[0]).stat().st_size < 5_000_000
+
+
+@pytest.mark.parametrize(("change", "status", "detail"), [
+    ({"samples": samples(1, 3.0)}, 422, "s of speech; fine-tuning needs at least 10 s"),
+    ({"samples": [{"audioDataUri": recording(4.0)}] * 3}, 422, "has no text"),
+    ({"samples": [{"audioDataUri": recording(14.0, 3), "text": "too long for one clip"}] * 2}, 422,
+     "at most 11 s"),
+    ({"samples": [{"audioDataUri": "data:audio/wav;base64," + base64.b64encode(b"%PDF-1.4" * 50).decode(),
+                   "text": "x"}]}, 415, "PDF"),
+    ({"samples": [{"audioDataUri": "not a data uri", "text": "x"}]}, 400, "samples[0]"),
+    ({"samples": samples(1) * 51}, 422, "samples"),
+    ({"epochs": 0}, 422, "epochs"),
+    ({"epochs": 51}, 422, "epochs"),
+])
+def test_bad_fine_tuning_requests_leave_nothing(ft_client: FlaskClient, ft_app: Flask, change: dict,
+                                                status: int, detail: str) -> None:
+    response = enrol_with_fine_tuning(ft_client, **change)
+    assert response.status_code == status, response.json
+    assert detail in response.json["detail"]
+    assert [v for v in ft_client.get("/api/voices").json["voices"] if v["kind"] != "builtin"] == []
+    assert ft_client.get("/api/jobs").json == {"jobs": []}
+    assert files_under(Path(ft_app.config["DATA_DIR"])) == []
+
+
+def test_a_second_job_for_a_voice_is_409_and_cancel_stops_a_queued_one(ft_client: FlaskClient) -> None:
+    queued = enrol_with_fine_tuning(ft_client).json
+    again = ft_client.post(f"/api/voices/{queued['modelId']}/fine-tune", json={"samples": samples()})
+    assert again.status_code == 409 and "already" in again.json["detail"]
+    cancelled = ft_client.post(f"/api/jobs/{queued['jobId']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json["state"] == "cancelled"
+    retried = ft_client.post(f"/api/voices/{queued['modelId']}/fine-tune", json={"samples": samples()})
+    assert retried.status_code == 202 and retried.json["jobId"] != queued["jobId"]
+    listed = ft_client.get(f"/api/jobs?voiceId={queued['modelId']}").json["jobs"]
+    assert [job["state"] for job in listed] == ["queued", "cancelled"]
+    assert ft_client.get("/api/jobs?state=cancelled").json["jobs"][0]["id"] == queued["jobId"]
+    assert ft_client.get("/api/jobs/nope").status_code == 404
+
+
+def test_cancel_mid_training_stops_within_seconds_and_removes_its_files(
+        ft_client: FlaskClient, ft_app: Flask, runner: JobRunner) -> None:
+    queued = enrol_with_fine_tuning(ft_client, epochs=50).json
+    job = wait_for(ft_client, queued["jobId"], {"running"})
+    deadline = time.monotonic() + 120
+    while job["step"] == 0 and time.monotonic() < deadline:  # training has really started
+        time.sleep(0.3)
+        job = ft_client.get(f"/api/jobs/{queued['jobId']}").json
+    assert job["state"] == "running" and job["step"] > 0, job
+    asked = time.monotonic()
+    ft_client.post(f"/api/jobs/{queued['jobId']}/cancel")
+    job = wait_for(ft_client, queued["jobId"], {"cancelled", "failed", "succeeded"}, timeout=30)
+    assert job["state"] == "cancelled" and time.monotonic() - asked < 15, job
+    data_dir = Path(ft_app.config["DATA_DIR"])
+    assert not (data_dir / ".jobs" / queued["jobId"]).exists()
+    assert ft_client.get(f"/api/voices/{queued['modelId']}").json["kind"] == "cloned"
+    speak(ft_client, queued["modelId"])  # still speaks zero-shot
+
+
+def test_deleting_the_voice_mid_job_stops_it_and_removes_everything(
+        ft_client: FlaskClient, ft_app: Flask, runner: JobRunner) -> None:
+    queued = enrol_with_fine_tuning(ft_client, epochs=50).json
+    wait_for(ft_client, queued["jobId"], {"running"})
+    assert ft_client.delete(f"/api/voices/{queued['modelId']}").status_code == 204
+    assert ft_client.get(f"/api/jobs/{queued['jobId']}").status_code == 404
+    data_dir = Path(ft_app.config["DATA_DIR"])
+    deadline = time.monotonic() + 30
+    while files_under(data_dir) and time.monotonic() < deadline:  # the runner notices and stops
+        time.sleep(0.3)
+    assert files_under(data_dir) == []
+
+
+def test_a_full_disk_while_exporting_fails_the_job_and_the_voice_still_speaks(
+        ft_client: FlaskClient, runner: JobRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    from voiceforge.finetune import export
+
+    def full_disk(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export, "export_gpt", full_disk)
+    queued = enrol_with_fine_tuning(ft_client, epochs=1).json
+    job = wait_for(ft_client, queued["jobId"], {"succeeded", "failed", "cancelled"})
+    assert job["state"] == "failed" and "disk is full" in job["error"], job
+    voice = ft_client.get(f"/api/voices/{queued['modelId']}").json
+    assert voice["kind"] == "cloned" and voice["fineTuning"]["state"] == "failed"
+    speak(ft_client, queued["modelId"])

@@ -1,0 +1,160 @@
+"""`flask jobs …` (list, show, cancel, retry, worker) and `flask voices finetune`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from voiceforge.errors import VoiceForgeError
+from voiceforge.schemas import JobSchema
+
+jobs_cli = AppGroup("jobs", help="Fine-tuning jobs: list, inspect, cancel, retry, and run a worker.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _fail(error: VoiceForgeError) -> None:
+    raise click.ClickException(error.detail)
+
+
+def _line(job: dict) -> str:
+    loss = f"{job['loss']:.3f}" if job.get("loss") is not None else "-"
+    return (f"{job['id']}  {job['voiceId']:<24} {job['state']:<9} {job['progress'] * 100:5.1f}%  "
+            f"epoch {job['epoch']}/{job['epochs']}  step {job['step']}/{job['steps']}  loss {loss}  "
+            f"{job.get('error') or job.get('message') or ''}")
+
+
+@jobs_cli.command("list")
+@click.option("--voice", "voice_id", default=None, help="Only this voice's jobs.")
+@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@json_option
+def jobs_list(voice_id: str | None, state: str | None, as_json: bool) -> None:
+    """List jobs, newest first."""
+    from voiceforge.jobs import store
+    from voiceforge.models import JobState
+
+    jobs = JobSchema(many=True).dump(store.list_jobs(voice_id, JobState(state) if state else None))
+    if as_json:
+        click.echo(json.dumps(jobs, indent=2))
+    elif not jobs:
+        click.echo("No jobs.")
+    else:
+        for job in jobs:
+            click.echo(_line(job))
+
+
+@jobs_cli.command("show")
+@click.argument("job_id")
+@json_option
+def jobs_show(job_id: str, as_json: bool) -> None:
+    """Show one job."""
+    from voiceforge.jobs import store
+
+    try:
+        job = JobSchema().dump(store.get_job(job_id))
+    except VoiceForgeError as error:
+        _fail(error)
+    if as_json:
+        click.echo(json.dumps(job, indent=2))
+    else:
+        for key, value in job.items():
+            click.echo(f"{key:>14}: {'' if value is None else value}")
+
+
+@jobs_cli.command("cancel")
+@click.argument("job_id")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a job (a running one stops within seconds)."""
+    from voiceforge.jobs import store
+
+    try:
+        job = store.request_cancel(store.get_job(job_id))
+    except VoiceForgeError as error:
+        _fail(error)
+    click.echo(f"{job.id}: {job.state.value}{' (stopping)' if job.cancel_requested else ''}")
+
+
+@jobs_cli.command("retry")
+@click.argument("job_id")
+def jobs_retry(job_id: str) -> None:
+    """Queue a failed or cancelled job again."""
+    from voiceforge.jobs import store
+    from voiceforge.runtime import get_runtime
+    from voiceforge.services.finetuning import dispatch
+
+    try:
+        job = store.retry(store.get_job(job_id))
+    except VoiceForgeError as error:
+        _fail(error)
+    dispatch(get_runtime(), job)
+    click.echo(f"{job.id}: queued again")
+
+
+@jobs_cli.command("worker")
+def jobs_worker() -> None:
+    """Run a job runner here until SIGTERM/SIGINT (needs the same database and data directory)."""
+    from voiceforge.jobs.runner import JobRunner
+
+    runner = JobRunner(current_app._get_current_object())  # type: ignore[attr-defined]
+
+    def stop(_signum: int, _frame: object) -> None:
+        runner.stop()  # running jobs checkpoint and are given back
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    runner.run_forever()
+
+
+@click.command("finetune")
+@click.argument("voice_id")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--transcripts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV of file name,text (what each recording says).")
+@click.option("--epochs", type=click.IntRange(1, 50), default=None)
+@click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
+def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | None,
+                    epochs: int | None, wait: bool) -> None:
+    """Fine-tune a cloned voice on more recordings of it."""
+    import csv
+
+    from voiceforge.db import db
+    from voiceforge.finetune.dataset import Recording
+    from voiceforge.jobs import store
+    from voiceforge.runtime import get_runtime
+    from voiceforge.services import finetuning, voices
+
+    texts: dict[str, str] = {}
+    if transcripts:
+        with transcripts.open(newline="", encoding="utf-8") as handle:
+            texts = {Path(row[0]).name: row[1] for row in csv.reader(handle) if len(row) >= 2}
+    runtime = get_runtime()
+    try:
+        voice = voices.get_voice(voice_id)
+        recordings = [Recording(path.read_bytes(), texts.get(path.name)) for path in files]
+        seconds = finetuning.check_recordings(runtime, recordings)
+        job = finetuning.queue_finetune(runtime, voice.id, voice.language, recordings, seconds, epochs)
+    except VoiceForgeError as error:
+        _fail(error)
+    click.echo(f"Queued job {job.id} ({seconds:.0f} s of speech).")
+    if not wait:
+        return
+    with click.progressbar(length=1000, label="fine-tuning", show_eta=True) as bar:
+        shown = 0
+        while True:
+            db.session.expire_all()  # read the runner's writes, not our cached row
+            job = store.get_job(job.id)
+            done = int(job.progress * 1000)
+            bar.update(done - shown)
+            shown = done
+            if job.state.finished:
+                break
+            time.sleep(1.0)
+    click.echo(f"{job.state.value}: {job.error or job.message or ''}")
+    if job.state.value != "succeeded":
+        raise SystemExit(1)

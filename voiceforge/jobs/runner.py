@@ -1,0 +1,139 @@
+"""The job runner: claims jobs from the database under a heartbeat lease and runs them.
+
+One runner process trains up to VOICEFORGE_JOB_CONCURRENCY jobs at once. gunicorn's master starts
+one (voiceforge/jobs/supervisor.py); `flask jobs worker` runs one anywhere that shares the database
+and the data directory. A runner that dies (kill -9, power loss) stops renewing its lease; when the
+lease expires another runner claims the job again and it resumes from its last checkpoint, up to
+VOICEFORGE_JOB_MAX_ATTEMPTS, after which it is failed with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask
+
+from voiceforge.jobs import store
+from voiceforge.models import Job, JobState
+from voiceforge.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """The job was cancelled (by a user, or its voice was deleted): stop and clean up."""
+
+
+class LeaseLost(Exception):
+    """Another runner owns the job now (our lease expired): stop without touching it."""
+
+
+class ShuttingDown(Exception):
+    """The runner is stopping: checkpoint, give the job back, and let another runner resume it."""
+
+
+# (runtime, job, beat) -> None: the work of one job kind; beat(**fields) records progress, renews the
+# lease, and raises JobCancelled, LeaseLost or ShuttingDown when the work must stop.
+JobWork = Callable[[Any, Job, Callable[..., None]], None]
+
+
+def default_work() -> dict[str, JobWork]:
+    from voiceforge.jobs.finetune import run_finetune
+
+    return {"finetune": run_finetune}
+
+
+class JobRunner:
+    def __init__(self, app: Flask, *, owner: str | None = None, work: dict[str, JobWork] | None = None,
+                 poll_seconds: float = 1.0) -> None:
+        self.app = app
+        settings = get_runtime(app).settings
+        self.concurrency = settings.job_concurrency
+        self.lease_seconds = settings.job_lease_seconds
+        self.max_attempts = settings.job_max_attempts
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.work = work or default_work()
+        self.poll_seconds = poll_seconds
+        self.stopping = threading.Event()
+        self._running: dict[str, threading.Thread] = {}
+
+    def run_forever(self) -> None:
+        """Claim and run jobs until stop() is called; then let the running ones give their jobs back."""
+        log.info("job runner %s started (concurrency %d)", self.owner, self.concurrency)
+        while not self.stopping.is_set():
+            self._running = {job_id: thread for job_id, thread in self._running.items() if thread.is_alive()}
+            claimed = None
+            if len(self._running) < self.concurrency:
+                claimed = self.claim()
+            if claimed is None:
+                self.stopping.wait(self.poll_seconds)
+        for thread in list(self._running.values()):
+            thread.join()
+        log.info("job runner %s stopped", self.owner)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def claim(self) -> str | None:
+        """Claim one job and start it in a thread; the job id, or None when there is nothing to do."""
+        with self.app.app_context():
+            job = store.claim_next(self.owner, self.lease_seconds)
+            if job is None:
+                return None
+            if job.attempts > self.max_attempts:
+                store.finish(job, JobState.failed, error=f"Its runner stopped {job.attempts - 1} times "
+                             f"(VOICEFORGE_JOB_MAX_ATTEMPTS={self.max_attempts}); last: {job.message}")
+                log.warning("job %s failed: too many attempts", job.id)
+                return job.id
+            job_id = job.id
+        thread = threading.Thread(target=self.execute, args=(job_id,), name=f"job-{job_id[:8]}", daemon=True)
+        self._running[job_id] = thread
+        thread.start()
+        return job_id
+
+    def execute(self, job_id: str) -> None:
+        """Run one claimed job to its end: succeeded, failed, cancelled, or given back on shutdown."""
+        with self.app.app_context():
+            runtime = get_runtime(self.app)
+            job = store.get_job(job_id)
+            log.info("job %s (%s, voice %s) started, attempt %d", job.id, job.kind, job.voice_id,
+                     job.attempts)
+            last_beat = 0.0
+
+            def beat(force: bool = False, **fields: Any) -> None:
+                nonlocal last_beat
+                if self.stopping.is_set():
+                    raise ShuttingDown()
+                now = time.monotonic()
+                if not force and not fields and now - last_beat < self.lease_seconds / 3:
+                    return
+                last_beat = now
+                current = store.heartbeat(job_id, self.owner, self.lease_seconds, **fields)
+                if current is None:
+                    raise LeaseLost()
+                if current.cancel_requested:
+                    raise JobCancelled()
+
+            try:
+                self.work[job.kind](runtime, job, beat)
+            except JobCancelled:
+                store.finish(store.get_job(job_id), JobState.cancelled, message="Cancelled.")
+                log.info("job %s cancelled", job_id)
+            except LeaseLost:
+                log.warning("job %s: lease lost to another runner; stopping", job_id)
+            except ShuttingDown:
+                store.release(job_id, self.owner, "Runner stopped; will resume from its checkpoint.")
+                log.info("job %s given back for another runner to resume", job_id)
+            except Exception as error:  # any failure ends the job with its reason, never a stuck row
+                log.exception("job %s failed", job_id)
+                store.finish(store.get_job(job_id), JobState.failed, error=str(error) or type(error).__name__,
+                             message="Failed.")
+            else:
+                store.finish(store.get_job(job_id), JobState.succeeded)
+                log.info("job %s succeeded", job_id)

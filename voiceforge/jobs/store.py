@@ -1,0 +1,142 @@
+"""Every read and write of the jobs table: create, find, claim under a lease, heartbeat, finish."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from voiceforge.db import db
+from voiceforge.errors import Conflict, NotFound
+from voiceforge.models import Job, JobState, utcnow
+from voiceforge.services.voices import commit
+
+ACTIVE = (JobState.queued, JobState.running)
+
+
+def new_job(voice_id: str, params: dict[str, Any], *, epochs: int, job_id: str | None = None,
+            dataset_seconds: float | None = None) -> Job:
+    """Queue a fine-tuning job for a voice (409 while one is queued or running for it)."""
+    if active_job(voice_id) is not None:
+        raise Conflict(f"Voice {voice_id!r} already has a fine-tuning job queued or running.")
+    job = Job(id=job_id or secrets.token_hex(16), voice_id=voice_id, kind="finetune", state=JobState.queued,
+              params=params, epochs=epochs, message="Queued.", dataset_seconds=dataset_seconds)
+    db.session.add(job)
+    commit()
+    return job
+
+
+def get_job(job_id: str) -> Job:
+    job = db.session.get(Job, job_id) if len(job_id) <= 32 else None
+    if job is None:
+        raise NotFound(f"Job {job_id[:40]!r} not found.")
+    return job
+
+
+def list_jobs(voice_id: str | None = None, state: JobState | None = None) -> list[Job]:
+    query = select(Job).order_by(Job.created_at.desc(), Job.id)
+    if voice_id:
+        query = query.where(Job.voice_id == voice_id)
+    if state:
+        query = query.where(Job.state == state)
+    return list(db.session.scalars(query))
+
+
+def active_job(voice_id: str) -> Job | None:
+    return db.session.scalars(select(Job).where(Job.voice_id == voice_id, Job.state.in_(ACTIVE))).first()
+
+
+def latest_job(voice_id: str) -> Job | None:
+    return db.session.scalars(select(Job).where(Job.voice_id == voice_id)
+                              .order_by(Job.created_at.desc())).first()
+
+
+def request_cancel(job: Job) -> Job:
+    """Cancel a queued job at once; ask a running one's runner to stop (it does within seconds)."""
+    if job.state == JobState.queued:
+        finish(job, JobState.cancelled, message="Cancelled before it started.")
+    elif job.state == JobState.running:
+        job.cancel_requested = True
+        job.message = "Cancelling…"
+        commit()
+    return job
+
+
+def retry(job: Job) -> Job:
+    """Queue a failed or cancelled job again, from its last checkpoint if it has one."""
+    if job.state not in (JobState.failed, JobState.cancelled):
+        raise Conflict(f"Job {job.id} is {job.state.value}; only failed or cancelled jobs can be retried.")
+    if active_job(job.voice_id) is not None:
+        raise Conflict(f"Voice {job.voice_id!r} already has a fine-tuning job queued or running.")
+    job.state, job.error, job.cancel_requested, job.attempts = JobState.queued, None, False, 0
+    job.finished_at, job.message = None, "Queued again."
+    commit()
+    return job
+
+
+def claim_next(owner: str, lease_seconds: float) -> Job | None:
+    """Take the oldest queued job, or a running one whose runner's lease ran out (it died).
+
+    The UPDATE only matches while the job is still claimable, so two runners never get the same
+    job (on SQLite and PostgreSQL alike); the loser simply tries the next candidate.
+    """
+    now = utcnow()
+    claimable = or_(Job.state == JobState.queued,
+                    (Job.state == JobState.running) & (Job.lease_expires_at < now))
+    candidates = db.session.scalars(select(Job.id).where(claimable).order_by(Job.created_at).limit(5)).all()
+    for job_id in candidates:
+        claimed = db.session.execute(
+            update(Job).where(Job.id == job_id, claimable).values(
+                state=JobState.running, lease_owner=owner, attempts=Job.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now))
+        commit()
+        if claimed.rowcount == 1:
+            job = db.session.get(Job, job_id)
+            db.session.refresh(job)
+            if job.started_at is None:
+                job.started_at = now
+                commit()
+            return job
+    return None
+
+
+def heartbeat(job_id: str, owner: str, lease_seconds: float, **fields: Any) -> Job | None:
+    """Renew the lease and record progress; None when the job is no longer ours (or is gone)."""
+    now = utcnow()
+    renewed = db.session.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **fields))
+    commit()
+    if renewed.rowcount != 1:
+        return None
+    job = db.session.get(Job, job_id)
+    db.session.refresh(job)
+    return job
+
+
+def finish(job: Job, state: JobState, *, error: str | None = None, message: str | None = None) -> Job:
+    job.state, job.error = state, error
+    job.message = message or job.message
+    job.finished_at = datetime.now(UTC)
+    job.lease_owner, job.lease_expires_at = None, None
+    if state == JobState.succeeded:
+        job.progress = 1.0
+    commit()
+    return job
+
+
+def release(job_id: str, owner: str, message: str) -> None:
+    """Give a running job back (graceful shutdown): another runner resumes it from its checkpoint."""
+    db.session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(
+        state=JobState.queued, lease_owner=None, lease_expires_at=None, message=message,
+        attempts=Job.attempts - 1, updated_at=utcnow()))
+    commit()
+
+
+def owned_voice_ids() -> set[str]:
+    """Voices a live job owns (queued, or running under an unexpired lease): reconcile leaves them."""
+    now = utcnow()
+    live = or_(Job.state == JobState.queued, (Job.state == JobState.running) & (Job.lease_expires_at >= now))
+    return set(db.session.scalars(select(Job.voice_id).where(live)))
