@@ -15,31 +15,20 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.support.audio import VOICE_RATE, data_uri, encode_audio, phrases
-from tests.support.checkpoint import build_checkpoint
+from tests.support.finetune import (
+    build_training_checkpoint,
+    enrol_with_fine_tuning,
+    recording,
+    samples,
+    wait_for,
+)
 from tests.support.registry import files_under
 from voiceforge.jobs.runner import JobRunner
-
-TEXTS = ["the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore",
-         "a journey of a thousand miles begins with one step", "every cloud has a silver lining",
-         "actions speak louder than words today", "better late than never they said"]
-
-
-def recording(seconds: float = 4.0, seed: int = 0) -> str:
-    """A phrase of synthetic speech that Silero VAD hears as speech, as a WAV data URI."""
-    data, mime = encode_audio(phrases(0.3, seconds, 0.3, seed=seed), VOICE_RATE, "wav")
-    return data_uri(data, mime)
-
-
-def samples(count: int = 6, seconds: float = 4.0) -> list[dict]:
-    return [{"audioDataUri": recording(seconds, seed=10 + i), "text": TEXTS[i % len(TEXTS)]}
-            for i in range(count)]
 
 
 @pytest.fixture(scope="module")
 def training_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny XTTS-v2 with dvae.pth and mel_stats.pth, and room for 11 s clips (255 audio tokens)."""
-    return build_checkpoint(tmp_path_factory.mktemp("ft") / "xtts", max_audio_tokens=255, training_files=True)
+    return build_training_checkpoint(tmp_path_factory.mktemp("ft") / "xtts")
 
 
 @pytest.fixture
@@ -63,21 +52,6 @@ def runner(ft_app: Flask) -> Iterator[JobRunner]:
     yield job_runner
     job_runner.stop()
     thread.join(60)
-
-
-def enrol_with_fine_tuning(client: FlaskClient, **extra: object):
-    body = {"modelName": "Tuned", "audioDataUri": recording(4.0), "transcript": TEXTS[0], "fineTune": True,
-            "samples": samples(), "epochs": 4, **extra}
-    return client.post("/api/train-voice", json=body)
-
-
-def wait_for(client: FlaskClient, job_id: str, states: set[str], timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/api/jobs/{job_id}").json
-        if job["state"] in states or time.monotonic() > deadline:
-            return job
-        time.sleep(0.3)
 
 
 def speak(client: FlaskClient, voice_id: str) -> str:

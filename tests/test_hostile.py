@@ -115,9 +115,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path) -> It
 
 
 def worker_pid(master_pid: int) -> int:
+    """gunicorn's web worker (the master's other child is the job runner, `flask … jobs worker`)."""
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    assert len(children) == 1, children  # start_server runs one worker
-    return int(children[0])
+    workers = [pid for pid in children if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 1, children  # start_server runs one worker
+    return int(workers[0])
 
 
 @pytest.mark.slow

@@ -90,3 +90,15 @@ def test_start_up_warns_once_with_the_fix_when_no_model_is_usable(
     caplog.clear()
     assert warn_if_no_model(get_runtime(make_app())) is True
     assert caplog.records == []
+
+
+def test_readiness_tells_whether_fine_tuning_jobs_can_run(make_app, tmp_path_factory) -> None:
+    from tests.support.checkpoint import build_checkpoint
+
+    without = make_app().test_client().get("/readyz")
+    assert without.status_code == 200  # speech is ready: fine-tuning does not decide that
+    assert without.json["jobs"]["backend"] == "db" and without.json["jobs"]["canRun"] is False
+    assert "dvae.pth, mel_stats.pth" in without.json["jobs"]["problem"]
+    trainable = build_checkpoint(tmp_path_factory.mktemp("ready") / "xtts", training_files=True)
+    with_files = make_app(MODEL_DIR=str(trainable)).test_client().get("/readyz").json["jobs"]
+    assert with_files == {"backend": "db", "canRun": True}

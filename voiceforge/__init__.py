@@ -41,4 +41,8 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
     register_api(app)
     register_error_handlers(app)
     register_cli(app)
+    if settings.job_backend == "celery":
+        from voiceforge.jobs.celery_backend import celery_init_app
+
+        celery_init_app(app)  # app.extensions["celery"]: dispatch() sends each job's task with it
     return app

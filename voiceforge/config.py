@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "FINETUNE_MAX_SAMPLE_SECONDS": 600.0,  # decoding of each recording stops here
     "FINETUNE_EPOCHS": 10,
     "FINETUNE_LEARNING_RATE": 5e-06,  # coqui's XTTS-v2 recipe
+    "FINETUNE_SAVE_STEPS": 100,  # a checkpoint every N training steps: what a killed runner can lose
     "FINETUNED_CACHE": 2,  # fine-tuned voices whose GPT weights stay resident per process
     "ASR_MODEL": None,  # faster-whisper model directory or name; None = samples need their text
     "JOB_BACKEND": "db",  # db: runners claim jobs from the database; celery: Redis broker + workers
@@ -57,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     "JOB_MAX_ATTEMPTS": 3,  # a job whose runner died this many times is failed
     "JOB_LEASE_SECONDS": 30.0,  # a runner renews its lease this often x3; an expired lease means it died
     "CELERY_BROKER_URL": None,  # redis://host:6379/0 with JOB_BACKEND=celery
+    # Seconds before Redis hands an unacknowledged task (its worker died) to another worker: longer
+    # than any training run, or a running job's task is delivered again (it then waits its turn).
+    "CELERY_VISIBILITY_TIMEOUT": 6 * 3600,
 }
 
 

@@ -188,7 +188,15 @@ class ModelStateSchema(Schema):
     problem = fields.String(metadata={"description": "Why no model can be provided, and how to fix it."})
 
 
+class JobsStateSchema(Schema):
+    backend = fields.String(required=True, metadata={"enum": ["db", "celery"]})
+    canRun = fields.Boolean(required=True, metadata={
+        "description": "Fine-tuning jobs can run with this model (checked from files, nothing loaded)."})
+    problem = fields.String(metadata={"description": "Why they cannot, and how to fix it."})
+
+
 class ReadySchema(Schema):
     status = fields.String(required=True, metadata={"description": "`ready` or `unavailable`."})
     database = fields.String(required=True)
     model = fields.Nested(ModelStateSchema, required=True)
+    jobs = fields.Nested(JobsStateSchema, required=True)

@@ -42,6 +42,7 @@ class Settings:
     finetune_max_sample_seconds: float
     finetune_epochs: int
     finetune_learning_rate: float
+    finetune_save_steps: int
     finetuned_cache: int
     asr_model: str | None
     job_backend: str
@@ -50,6 +51,7 @@ class Settings:
     job_max_attempts: int
     job_lease_seconds: float
     celery_broker_url: str | None
+    celery_visibility_timeout: int
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -75,6 +77,7 @@ class Settings:
             finetune_max_sample_seconds=_number(config, "FINETUNE_MAX_SAMPLE_SECONDS", float, minimum=10.0),
             finetune_epochs=_number(config, "FINETUNE_EPOCHS", int, minimum=1),
             finetune_learning_rate=_number(config, "FINETUNE_LEARNING_RATE", float, minimum=1e-9),
+            finetune_save_steps=_number(config, "FINETUNE_SAVE_STEPS", int, minimum=1),
             finetuned_cache=_number(config, "FINETUNED_CACHE", int, minimum=1),
             asr_model=config.get("ASR_MODEL") or None,
             job_backend=_choice(config, "JOB_BACKEND", ("db", "celery")),
@@ -83,6 +86,7 @@ class Settings:
             job_max_attempts=_number(config, "JOB_MAX_ATTEMPTS", int, minimum=1),
             job_lease_seconds=_number(config, "JOB_LEASE_SECONDS", float, minimum=1.0),
             celery_broker_url=_broker(config),
+            celery_visibility_timeout=_number(config, "CELERY_VISIBILITY_TIMEOUT", int, minimum=1),
         )
 
 

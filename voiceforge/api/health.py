@@ -34,7 +34,18 @@ def readyz() -> tuple[dict, int]:
     except Exception as error:  # noqa: BLE001 - any failure means "not ready"
         current_app.logger.warning("readiness: database unreachable: %s", error)
         database = "unreachable"
-    model = get_runtime().engine.describe()
+    runtime = get_runtime()
+    model = runtime.engine.describe()
     ready = database == "ok" and model["loadable"]
-    body = {"status": "ready" if ready else "unavailable", "database": database, "model": model}
+    body = {"status": "ready" if ready else "unavailable", "database": database, "model": model,
+            "jobs": jobs_state(runtime)}
     return body, 200 if ready else 503
+
+
+def jobs_state(runtime) -> dict:
+    """Whether fine-tuning jobs can run here; it informs, and does not decide readiness for speech."""
+    from voiceforge.jobs.finetune import fine_tuning_problem
+
+    problem = fine_tuning_problem(runtime)
+    state = {"backend": runtime.settings.job_backend, "canRun": problem is None}
+    return state if problem is None else {**state, "problem": problem}

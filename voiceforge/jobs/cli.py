@@ -89,17 +89,23 @@ def jobs_retry(job_id: str) -> None:
 
     try:
         job = store.retry(store.get_job(job_id))
+        dispatch(get_runtime(), job)
     except VoiceForgeError as error:
         _fail(error)
-    dispatch(get_runtime(), job)
     click.echo(f"{job.id}: queued again")
 
 
 @jobs_cli.command("worker")
 def jobs_worker() -> None:
     """Run a job runner here until SIGTERM/SIGINT (needs the same database and data directory)."""
-    from voiceforge.jobs.runner import JobRunner
+    import logging
 
+    from voiceforge.jobs.runner import JobRunner
+    from voiceforge.runtime import get_runtime
+
+    # Its own process (gunicorn's master starts it with the same stderr): log like the service does.
+    logging.basicConfig(level=get_runtime().settings.log_level,
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     runner = JobRunner(current_app._get_current_object())  # type: ignore[attr-defined]
 
     def stop(_signum: int, _frame: object) -> None:

@@ -64,6 +64,22 @@ def fine_tuning_base(runtime: Runtime) -> Path:
     return base
 
 
+def fine_tuning_problem(runtime: Runtime) -> str | None:
+    """Why fine-tuning jobs cannot run here, checked from files only (nothing loaded or downloaded)."""
+    problem = runtime.engine.problem()
+    if problem:
+        return problem
+    model_dir = runtime.settings.model_dir
+    if model_dir is None:
+        return ("Fine-tuning needs a local model directory: set VOICEFORGE_MODEL_DIR to the XTTS-v2 "
+                "checkpoint with dvae.pth and mel_stats.pth beside the release files.")
+    missing = [name for name in TRAINING_FILES if not (Path(model_dir) / name).is_file()]
+    if missing:
+        return (f"VOICEFORGE_MODEL_DIR={model_dir} has no {', '.join(missing)}, which fine-tuning needs "
+                "beside the release files (coqui's XTTS-v2 training recipe provides them).")
+    return None
+
+
 def prepare_dataset(runtime: Runtime, job: Job, work: Path, beat: Callable[..., None]) -> Path:
     """Cut the recordings into transcribed clips once; a resumed job reuses them."""
     dataset_dir = work / "dataset"
@@ -98,6 +114,9 @@ def train(runtime: Runtime, job: Job, base: Path, dataset_dir: Path, work: Path,
     try:
         while True:
             events = process.poll(timeout=1.0)
+            for event in events:
+                if event.get("event") == "started" and event.get("resumed_from"):
+                    log.info("job %s: training resumed from checkpoint %s", job.id, event["resumed_from"])
             progress = [event for event in events if "step" in event]
             if progress:
                 beat(**progress_fields(progress[-1], started))

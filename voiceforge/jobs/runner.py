@@ -4,7 +4,8 @@ One runner process trains up to VOICEFORGE_JOB_CONCURRENCY jobs at once. gunicor
 one (voiceforge/jobs/supervisor.py); `flask jobs worker` runs one anywhere that shares the database
 and the data directory. A runner that dies (kill -9, power loss) stops renewing its lease; when the
 lease expires another runner claims the job again and it resumes from its last checkpoint, up to
-VOICEFORGE_JOB_MAX_ATTEMPTS, after which it is failed with the reason.
+VOICEFORGE_JOB_MAX_ATTEMPTS, after which it is failed with the reason. With VOICEFORGE_JOB_BACKEND=celery,
+Celery workers claim and execute jobs the same way, one task per job (voiceforge/jobs/celery_backend.py).
 """
 
 from __future__ import annotations
@@ -86,19 +87,28 @@ class JobRunner:
             job = store.claim_next(self.owner, self.lease_seconds)
             if job is None:
                 return None
-            if job.attempts > self.max_attempts:
-                store.finish(job, JobState.failed, error=f"Its runner stopped {job.attempts - 1} times "
-                             f"(VOICEFORGE_JOB_MAX_ATTEMPTS={self.max_attempts}); last: {job.message}")
-                log.warning("job %s failed: too many attempts", job.id)
-                return job.id
             job_id = job.id
+            if not self.admit(job):
+                return job_id
         thread = threading.Thread(target=self.execute, args=(job_id,), name=f"job-{job_id[:8]}", daemon=True)
         self._running[job_id] = thread
         thread.start()
         return job_id
 
-    def execute(self, job_id: str) -> None:
-        """Run one claimed job to its end: succeeded, failed, cancelled, or given back on shutdown."""
+    def admit(self, job: Job) -> bool:
+        """Whether a job just claimed may run; one whose runners died too often is failed instead."""
+        if job.attempts <= self.max_attempts:
+            return True
+        store.finish(job, JobState.failed, error=f"Its runner stopped {job.attempts - 1} times "
+                     f"(VOICEFORGE_JOB_MAX_ATTEMPTS={self.max_attempts}); last: {job.message}")
+        log.warning("job %s failed: too many attempts", job.id)
+        return False
+
+    def execute(self, job_id: str) -> JobState | None:
+        """Run one claimed job to its end: succeeded, failed, cancelled, or given back on shutdown.
+
+        The state it left the job in (queued: given back); None when another runner took it over.
+        """
         with self.app.app_context():
             runtime = get_runtime(self.app)
             job = store.get_job(job_id)
@@ -125,15 +135,20 @@ class JobRunner:
             except JobCancelled:
                 store.finish(store.get_job(job_id), JobState.cancelled, message="Cancelled.")
                 log.info("job %s cancelled", job_id)
+                return JobState.cancelled
             except LeaseLost:
                 log.warning("job %s: lease lost to another runner; stopping", job_id)
+                return None
             except ShuttingDown:
                 store.release(job_id, self.owner, "Runner stopped; will resume from its checkpoint.")
                 log.info("job %s given back for another runner to resume", job_id)
+                return JobState.queued
             except Exception as error:  # any failure ends the job with its reason, never a stuck row
                 log.exception("job %s failed", job_id)
                 store.finish(store.get_job(job_id), JobState.failed, error=str(error) or type(error).__name__,
                              message="Failed.")
+                return JobState.failed
             else:
                 store.finish(store.get_job(job_id), JobState.succeeded)
                 log.info("job %s succeeded", job_id)
+                return JobState.succeeded

@@ -82,24 +82,39 @@ def claim_next(owner: str, lease_seconds: float) -> Job | None:
     The UPDATE only matches while the job is still claimable, so two runners never get the same
     job (on SQLite and PostgreSQL alike); the loser simply tries the next candidate.
     """
-    now = utcnow()
-    claimable = or_(Job.state == JobState.queued,
-                    (Job.state == JobState.running) & (Job.lease_expires_at < now))
-    candidates = db.session.scalars(select(Job.id).where(claimable).order_by(Job.created_at).limit(5)).all()
+    candidates = db.session.scalars(select(Job.id).where(_claimable(utcnow())).order_by(Job.created_at)
+                                    .limit(5)).all()
     for job_id in candidates:
-        claimed = db.session.execute(
-            update(Job).where(Job.id == job_id, claimable).values(
-                state=JobState.running, lease_owner=owner, attempts=Job.attempts + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now))
-        commit()
-        if claimed.rowcount == 1:
-            job = db.session.get(Job, job_id)
-            db.session.refresh(job)
-            if job.started_at is None:
-                job.started_at = now
-                commit()
+        job = claim(job_id, owner, lease_seconds)
+        if job is not None:
             return job
     return None
+
+
+def claim(job_id: str, owner: str, lease_seconds: float) -> Job | None:
+    """Take this one job if it is queued or its runner's lease ran out (it died), as claim_next does.
+
+    None while it runs under a live lease, or once it is finished or gone: so a Celery task that is
+    delivered twice runs its job once.
+    """
+    now = utcnow()
+    claimed = db.session.execute(
+        update(Job).where(Job.id == job_id, _claimable(now)).values(
+            state=JobState.running, lease_owner=owner, attempts=Job.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now))
+    commit()
+    if claimed.rowcount != 1:
+        return None
+    job = db.session.get(Job, job_id)
+    db.session.refresh(job)
+    if job.started_at is None:
+        job.started_at = now
+        commit()
+    return job
+
+
+def _claimable(now: datetime) -> Any:
+    return or_(Job.state == JobState.queued, (Job.state == JobState.running) & (Job.lease_expires_at < now))
 
 
 def heartbeat(job_id: str, owner: str, lease_seconds: float, **fields: Any) -> Job | None:

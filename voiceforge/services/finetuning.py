@@ -91,7 +91,8 @@ def queue_finetune(runtime: Runtime, voice_id: str, language: str, recordings: l
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise storage_error(error) from error
-    params = {"language": language, "learningRate": settings.finetune_learning_rate}
+    params = {"language": language, "learningRate": settings.finetune_learning_rate,
+              "saveEvery": settings.finetune_save_steps}
     try:
         job = store.new_job(voice_id, params, epochs=epochs or settings.finetune_epochs, job_id=job_id,
                             dataset_seconds=speech_seconds)

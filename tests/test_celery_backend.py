@@ -1,0 +1,222 @@
+"""The Celery backend for real: redis-server, `celery worker` processes, training, kill -9 and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import update
+
+from tests.support.finetune import (
+    build_training_checkpoint,
+    enrol_with_fine_tuning,
+    recording,
+    samples,
+    wait_for,
+)
+from tests.support.server import ROOT, free_port
+from voiceforge.db import db
+from voiceforge.models import Job, JobState, utcnow
+
+pytestmark = pytest.mark.slow  # a real redis-server and Celery worker processes, real training
+
+pytest.importorskip("celery", reason="celery is not installed (requirements.txt pins it)")
+redis = pytest.importorskip("redis", reason="the redis client is not installed (requirements.txt pins it)")
+
+VISIBILITY_SECONDS = 8  # Redis hands a dead worker's task to another worker after this
+FINISHED = {"succeeded", "failed", "cancelled"}
+# The web app and every worker share these (and the database, the data and the model directories).
+SETTINGS = {"JOB_BACKEND": "celery", "JOB_RUNNER": False, "JOB_LEASE_SECONDS": 3.0,
+            "CELERY_VISIBILITY_TIMEOUT": VISIBILITY_SECONDS, "FINETUNE_SAVE_STEPS": 2,
+            "FINETUNE_LEARNING_RATE": 1e-3, "FINETUNE_MIN_SPEECH_SECONDS": 10.0}
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def training_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_training_checkpoint(tmp_path_factory.mktemp("ft") / "xtts")
+
+
+@pytest.fixture
+def broker_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own on a free loopback port, saving nothing to disk."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run does)")
+    port, directory = free_port(), tmp_path / "redis"
+    directory.mkdir()
+    log = directory / "redis.log"
+    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(directory)],
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"redis-server did not start: {log.read_text()}") from None
+            time.sleep(0.05)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def celery_app(make_app: Callable[..., Flask], training_checkpoint: Path, broker_url: str) -> Flask:
+    return make_app(MODEL_DIR=str(training_checkpoint), CELERY_BROKER_URL=broker_url, **SETTINGS)
+
+
+@pytest.fixture
+def start_worker(celery_app: Flask, tmp_path: Path) -> Iterator[Callable[[str], Worker]]:
+    """Start `celery worker` processes on the web app's database, directories and broker."""
+    config = celery_app.config
+    shared = {"DATABASE_URL": config["DATABASE_URL"], "DATA_DIR": config["DATA_DIR"],
+              "MODEL_DIR": config["MODEL_DIR"], "CELERY_BROKER_URL": config["CELERY_BROKER_URL"],
+              "INSTANCE_PATH": str(tmp_path), **SETTINGS}
+    environment = {**os.environ, "PYTHONPATH": str(ROOT),
+                   **{f"VOICEFORGE_{key}": str(value) for key, value in shared.items()}}
+    workers: list[Worker] = []
+
+    def start(name: str) -> Worker:
+        log = tmp_path / f"worker-{name}.log"
+        # The documented command line; its own process group, so kill -9 takes its pool and trainer too.
+        command = [sys.executable, "-m", "celery", "-A", "voiceforge.jobs.celery_backend", "worker",
+                   "--loglevel=INFO", "--concurrency=1", "-Q", "voiceforge", "-n", f"{name}@%h",
+                   "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log.open("wb"),
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        workers.append(Worker(process, log))
+        return workers[-1]
+
+    yield start
+    for worker in workers:
+        if worker.process.poll() is None:
+            os.killpg(worker.process.pid, signal.SIGKILL)
+            worker.process.wait(10)
+
+
+def wait_until(client: FlaskClient, job_id: str, done: Callable[[dict], bool], timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/jobs/{job_id}").json
+        if done(job) or job["state"] in FINISHED or time.monotonic() > deadline:
+            return job
+        time.sleep(0.3)
+
+
+def task_ids(worker: Worker) -> list[str]:
+    """The ids of the fine-tuning tasks a worker received, from its log."""
+    marker = "Task voiceforge.finetune["
+    return [line.split(marker, 1)[1].split("]", 1)[0] for line in worker.text().splitlines()
+            if marker in line and "received" in line]
+
+
+def test_a_celery_worker_fine_tunes_the_voice(celery_app: Flask,
+                                              start_worker: Callable[[str], Worker]) -> None:
+    client = celery_app.test_client()
+    worker = start_worker("one")
+    queued = enrol_with_fine_tuning(client)
+    assert queued.status_code == 202, queued.json
+    job_id, voice_id = queued.json["jobId"], queued.json["modelId"]
+
+    job = wait_for(client, job_id, FINISHED)
+    assert job["state"] == "succeeded", (job, worker.text()[-4000:])
+    assert job["attempts"] == 1 and job["steps"] > 0 and job["step"] == job["steps"], job
+    assert client.get(f"/api/voices/{voice_id}").json["kind"] == "finetuned"
+    speech = client.post("/api/tts", json={"text": "Hello there.", "voiceId": voice_id, "variability": 0})
+    assert speech.status_code == 200, speech.json  # the web app speaks with the weights the worker made
+    assert len(task_ids(worker)) == 1 and "succeeded in" in worker.text()
+
+
+def test_a_killed_worker_s_job_comes_back_and_resumes_from_its_checkpoint(
+        celery_app: Flask, start_worker: Callable[[str], Worker]) -> None:
+    client = celery_app.test_client()
+    first = start_worker("first")
+    queued = enrol_with_fine_tuning(client, epochs=8)
+    assert queued.status_code == 202, queued.json
+    job_id, voice_id = queued.json["jobId"], queued.json["modelId"]
+    wait_for(client, job_id, {"running"} | FINISHED)
+    delivered_by = time.time()  # the task reached the first worker before its job was running
+
+    # kill -9 the whole worker (main process, pool process, trainer) once a checkpoint exists (every 2 steps).
+    before = wait_until(client, job_id, lambda j: j["step"] >= 4)
+    assert before["state"] == "running" and before["attempts"] == 1, (before, first.text()[-4000:])
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait(10)
+
+    # The task was never acknowledged: Redis hands it to the next worker once its visibility timeout has
+    # passed (a new worker sweeps for such tasks as it starts), and the job's lease has expired by then.
+    time.sleep(max(0.0, delivered_by + VISIBILITY_SECONDS + 1 - time.time()))
+    second = start_worker("second")
+    resumed = wait_until(client, job_id, lambda j: j["attempts"] == 2 and j["step"] > before["step"])
+    assert resumed["state"] == "running" and resumed["attempts"] == 2, (resumed, second.text()[-4000:])
+    assert set(task_ids(second)) == set(task_ids(first))  # the same task, delivered again
+
+    # SIGTERM (docker stop, systemctl stop): the job checkpoints, is given back, and its task is sent again.
+    second.process.send_signal(signal.SIGTERM)
+    assert second.process.wait(60) == 0, second.text()[-4000:]
+    given_back = client.get(f"/api/jobs/{job_id}").json
+    assert given_back["state"] == "queued" and "resume" in given_back["message"], given_back
+    third = start_worker("third")
+    done = wait_for(client, job_id, FINISHED)
+    assert done["state"] == "succeeded", (done, third.text()[-4000:])
+    assert done["attempts"] == 2 and done["step"] == done["steps"], done  # a graceful stop costs no attempt
+    for worker in (second, third):
+        assert "training resumed from checkpoint" in worker.text(), worker.text()[-4000:]
+    assert task_ids(third) and not set(task_ids(third)) & set(task_ids(first))  # sent again on SIGTERM
+    assert client.get(f"/api/voices/{voice_id}").json["kind"] == "finetuned"
+
+
+def test_a_task_whose_job_runs_under_a_live_lease_waits_for_that_lease(
+        celery_app: Flask, start_worker: Callable[[str], Worker]) -> None:
+    client = celery_app.test_client()
+    queued = enrol_with_fine_tuning(client)  # no worker yet: its task waits in Redis
+    job_id = queued.json["jobId"]
+    with celery_app.app_context():
+        # As if another worker ran it and had just died: its lease has 15 s left.
+        db.session.execute(update(Job).where(Job.id == job_id).values(
+            state=JobState.running, lease_owner="elsewhere:1", attempts=1,
+            lease_expires_at=utcnow() + timedelta(seconds=15)))
+        db.session.commit()
+    worker = start_worker("patient")
+    done = wait_for(client, job_id, FINISHED)
+    assert done["state"] == "succeeded" and done["attempts"] == 2, (done, worker.text()[-4000:])
+    # It looked again every lease period (3 s), more often than Celery's default limit of 3 retries.
+    assert worker.text().count("retry: Retry in 3") >= 4, worker.text()[-4000:]
+
+
+def test_without_a_broker_fine_tuning_answers_503_and_the_job_can_be_retried(
+        make_app: Callable[..., Flask]) -> None:
+    app = make_app(CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0", **SETTINGS)  # nothing listens
+    client = app.test_client()
+    voice_id = client.post("/api/train-voice", json={"modelName": "Plain", "audioDataUri": recording(4.0)}
+                           ).json["modelId"]
+    asked = client.post(f"/api/voices/{voice_id}/fine-tune", json={"samples": samples()})
+    assert asked.status_code == 503 and "VOICEFORGE_CELERY_BROKER_URL" in asked.json["detail"], asked.json
+    [job] = client.get(f"/api/jobs?voiceId={voice_id}").json["jobs"]
+    assert job["state"] == "failed" and "could not be queued" in job["error"], job  # not stuck as queued
+    assert client.post(f"/api/voices/{voice_id}/fine-tune", json={"samples": samples()}).status_code == 503

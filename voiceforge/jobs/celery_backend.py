@@ -1,0 +1,120 @@
+"""The Celery backend (VOICEFORGE_JOB_BACKEND=celery): Redis hands each job to a `celery worker` process."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task, shared_task
+from celery.signals import worker_shutting_down
+from flask import Flask, current_app
+from kombu.exceptions import OperationalError
+
+from voiceforge.config import ConfigError
+from voiceforge.db import db
+from voiceforge.errors import ServiceUnavailable
+from voiceforge.jobs import store
+from voiceforge.jobs.runner import JobRunner
+from voiceforge.models import Job, JobState
+from voiceforge.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "voiceforge.finetune"
+QUEUE = "voiceforge"
+
+_runner: JobRunner | None = None  # this worker's runner, built by its first task
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Flask's pattern: a Celery app whose tasks run in `app`'s context, kept in app.extensions["celery"]."""
+    settings = get_runtime(app).settings
+
+    class FlaskTask(Task):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.conf.update(
+        broker_url=settings.celery_broker_url,
+        broker_connection_retry_on_startup=True,
+        # Acknowledged when it ends: the task of a worker that dies mid-job stays unacknowledged in
+        # Redis, which delivers it again once the visibility timeout has passed.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout},
+        worker_prefetch_multiplier=1,  # a worker reserves no job it cannot start now
+        # Tasks run in the worker's own process: training has a process of its own already, and
+        # billiard's daemonic prefork processes cannot start one (multiprocessing refuses).
+        worker_pool="solo",
+        task_default_queue=QUEUE,
+        task_ignore_result=True,  # the jobs table holds every outcome
+    )
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def send_job(job_id: str) -> None:
+    """Send the task of a job whose row is committed; 503 (and the job failed, retryable) without a broker."""
+    try:
+        current_app.extensions["celery"].send_task(TASK_NAME, args=(job_id,))
+    except OperationalError as error:
+        log.error("job %s: the Celery broker did not take its task: %s", job_id, error)
+        job = db.session.get(Job, job_id)
+        if job is not None and job.state == JobState.queued:
+            store.finish(job, JobState.failed, error=f"The job could not be queued: {error}",
+                         message="Failed.")
+        raise ServiceUnavailable("The job queue (VOICEFORGE_CELERY_BROKER_URL) is unreachable; try again "
+                                 "later.") from error
+
+
+@shared_task(name=TASK_NAME, bind=True, max_retries=None)  # retries: see below, as long as needed
+def finetune(task: Task, job_id: str) -> None:
+    """Claim the job under the heartbeat lease and run it here, exactly as a database runner does."""
+    global _runner
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if _runner is None or _runner.app is not app or _runner.stopping.is_set():
+        _runner = JobRunner(app)  # one per worker; a new one if a stop did not end the worker
+    runner = _runner
+    job = store.claim(job_id, runner.owner, runner.lease_seconds)
+    if job is None:
+        current = db.session.get(Job, job_id)
+        if current is not None and current.state == JobState.running:
+            # Its runner holds a live lease: the task came back while the job still runs (a run longer
+            # than the visibility timeout) or just after its worker died. Look again once that lease
+            # would have run out: a live runner renews it, a dead one's expires and this task claims it.
+            raise task.retry(countdown=runner.lease_seconds)
+        log.info("job %s is %s; nothing to do", job_id, current.state.value if current else "gone")
+        return
+    if runner.admit(job) and runner.execute(job_id) == JobState.queued:
+        send_job(job_id)  # given back on shutdown: another worker resumes it from its checkpoint
+
+
+@worker_shutting_down.connect
+def _stop_running_job(**_kwargs: Any) -> None:
+    """Warm shutdown (SIGTERM, Ctrl-C): the running job checkpoints and is queued again, as a runner's is."""
+    if _runner is not None:
+        _runner.stop()
+
+
+def make_celery() -> Celery:
+    """The Celery app of a worker: create_app() from the VOICEFORGE_* environment, and its Celery."""
+    from voiceforge import create_app
+
+    app = create_app()
+    if "celery" not in app.extensions:
+        raise ConfigError("JOB_BACKEND", app.config.get("JOB_BACKEND"), "celery, to run a Celery worker.")
+    return app.extensions["celery"]
+
+
+def __getattr__(name: str) -> Any:
+    """The module's `celery`, which `celery -A voiceforge.jobs.celery_backend worker` looks up.
+
+    Built on first use only: the web app imports this module to send tasks, with an app of its own.
+    """
+    if name == "celery":
+        celery = globals()["celery"] = make_celery()
+        return celery
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
