@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import av
-import numpy as np
 import openai
 import pytest
 import requests
 
+from tests.support.audio import decode_output
 from tests.support.reporting import show
 from tests.support.server import Server, start_server, stop_server
 from voiceforge.config import ConfigError
@@ -49,16 +47,6 @@ def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
-def decode(data: bytes, fmt: str) -> tuple[int, np.ndarray]:
-    """(sample rate, mono samples) through PyAV; pcm is read as int16 at 24 kHz."""
-    if fmt == "pcm":
-        return RATE, np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768
-    with av.open(io.BytesIO(data)) as container:
-        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
-        rate = container.streams.audio[0].rate
-    return rate, np.concatenate(frames)
-
-
 def spoken_voices(server: Server) -> list[str]:
     """The voice id of every request the server has spoken so far, from its log (in order)."""
     return [line.rsplit(", voice ", 1)[1].split(",")[0]
@@ -69,7 +57,7 @@ def spoken_voices(server: Server) -> list[str]:
 def test_every_response_format_decodes_at_its_rate(client: openai.OpenAI, fmt: str) -> None:
     audio = client.audio.speech.create(model="tts-1", input="Hello.", voice="alloy", response_format=fmt)
     assert audio.response.headers["Content-Type"].startswith(MIME[fmt])
-    rate, samples = decode(audio.content, fmt)
+    rate, samples = decode_output(audio.content, fmt)
     assert rate == (48000 if fmt == "opus" else RATE)  # Opus always decodes at 48 kHz
     assert 0.5 < samples.size / rate < 1.5  # the tiny model speaks 21 tokens: about 0.97 s
 
@@ -89,7 +77,7 @@ def test_the_stream_sends_its_first_bytes_long_before_its_last(client: openai.Op
     show(request, f"/v1/audio/speech, 4 sentences as mp3: {len(arrivals)} chunks, first after "
                   f"{first:.2f} s, last after {last:.2f} s")
     assert first < last / 2, (first, last)
-    rate, samples = decode(received, "mp3")
+    rate, samples = decode_output(received, "mp3")
     assert samples.size / rate > 3.5  # four sentences of about 1 s each, with pauses between
 
 
@@ -108,7 +96,7 @@ def test_sse_events_carry_the_audio_in_base64_then_the_usage(client: openai.Open
     usage = done["usage"]
     assert usage["input_tokens"] > 0 and usage["output_tokens"] == 0
     assert usage["total_tokens"] == usage["input_tokens"]
-    rate, samples = decode(b"".join(base64.b64decode(event["audio"]) for event in deltas), "wav")
+    rate, samples = decode_output(b"".join(base64.b64decode(event["audio"]) for event in deltas), "wav")
     assert rate == RATE and samples.size / rate > 1.8  # two sentences
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-import io
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import requests
 
+from tests.support.audio import decode_output
 from tests.support.checkpoint import build_checkpoint
 from tests.support.server import start_server, stop_server
 from voiceforge.audio.encode import FORMATS
@@ -27,16 +26,6 @@ SENTENCE = ("This sentence is long enough that two of them can never be merged i
             "since together they pass the limit. ")
 
 
-def decode(data: bytes, fmt: str) -> tuple[int, np.ndarray]:
-    """(sample rate, mono float samples) of encoded audio, through PyAV (pcm read as int16 at 24 kHz)."""
-    if fmt == "pcm":
-        return RATE, np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768
-    with av.open(io.BytesIO(data)) as container:
-        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
-        rate = container.streams.audio[0].rate
-    return rate, np.concatenate(frames)
-
-
 @pytest.fixture(scope="module")
 def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generation runs to 117 audio tokens (about 5 s): enough for several streaming windows."""
@@ -49,7 +38,7 @@ def test_tts_answers_every_format_as_a_data_uri_of_its_mime_type(client, fmt: st
     uri = client.post("/api/tts", json=body).json["audioDataUri"]
     prefix = f"data:{MIME[fmt]};base64,"
     assert uri.startswith(prefix)
-    rate, samples = decode(base64.b64decode(uri[len(prefix):]), fmt)
+    rate, samples = decode_output(base64.b64decode(uri[len(prefix):]), fmt)
     assert rate == (48000 if fmt == "opus" else RATE)
     assert 0.9 <= samples.size / rate <= 1.2  # 21 tokens of the tiny model: about 0.97 s
 
@@ -69,8 +58,8 @@ def test_the_stream_decodes_to_the_same_length_as_the_whole_response(client, fmt
     assert streamed.status_code == 200 and streamed.mimetype == MIME[fmt].split(";")[0]
     assert streamed.headers["Content-Type"].startswith(MIME[fmt])
     whole = client.post("/api/tts", json=body).json["audioDataUri"].split(",", 1)[1]
-    rate, stream_samples = decode(streamed.data, fmt)
-    _, whole_samples = decode(base64.b64decode(whole), fmt)
+    rate, stream_samples = decode_output(streamed.data, fmt)
+    _, whole_samples = decode_output(base64.b64decode(whole), fmt)
     # Codec framing may add up to ~0.1 s (aac priming, mp3 without its Xing header).
     assert abs(stream_samples.size - whole_samples.size) / rate < 0.1
 
@@ -164,3 +153,31 @@ def test_behind_gunicorn_first_bytes_come_early_and_a_disconnect_frees_the_engin
         assert "client went away" in server.log.read_text()
     finally:
         stop_server(server)
+
+
+def test_a_failure_after_the_first_byte_ends_the_stream_and_is_logged(
+        client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from voiceforge.services.engine import Engine
+
+    real = Engine.stream
+
+    def breaks_after_one_piece(self: Engine, *args: object, **kwargs: object):
+        pieces = real(self, *args, **kwargs)
+        try:
+            yield next(pieces)
+        finally:
+            pieces.close()
+        raise RuntimeError("the GPU fell off the bus")
+
+    monkeypatch.setattr(Engine, "stream", breaks_after_one_piece)
+    body = {"text": "Hello there.", "voiceId": "default-female", "variability": 0, "format": "pcm"}
+    response = client.post("/api/tts/stream", json=body, buffered=False)
+    assert response.status_code == 200  # the status line went out before the audio
+    received = b""
+    with pytest.raises(RuntimeError, match="fell off"):
+        for chunk in response.response:
+            received += chunk
+    assert received  # the first bytes arrived, then the stream ended instead of completing
+    assert "synthesis failed after" in caplog.text
+    # The queue place was given back: the next request is served.
+    assert client.post("/api/tts", json=body).status_code == 200

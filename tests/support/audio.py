@@ -183,3 +183,16 @@ def phrases(*parts: float, seed: int = 0) -> np.ndarray:
         else:
             pieces.append(np.zeros(round(seconds * VOICE_RATE), np.float32))
     return np.concatenate(pieces)
+
+
+def decode_output(data: bytes, fmt: str, *, pcm_rate: int = 24000) -> tuple[int, np.ndarray]:
+    """(sample rate, mono float samples) of the service's encoded audio, through PyAV.
+
+    `pcm` has no header: it is read as 16-bit little-endian samples at `pcm_rate`.
+    """
+    if fmt == "pcm":
+        return pcm_rate, np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768
+    with av.open(io.BytesIO(data)) as container:
+        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
+        rate = container.streams.audio[0].rate
+    return rate, np.concatenate(frames)
