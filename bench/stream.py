@@ -68,6 +68,38 @@ def encoder_costs(repeats: int) -> dict[str, tuple[float, float]]:
     return costs
 
 
+def engine_times(checkpoint: Path, repeats: int) -> dict[str, float]:
+    """Seconds for one sentence in-process: stock inference vs our windowed stream, and its thread."""
+    import torch
+
+    from voiceforge.services.engine import Engine, EngineSettings, read_speakers, stream_chunk
+    from voiceforge.services.synthesis import sampling_for
+
+    settings = EngineSettings(model_dir=str(checkpoint), model_name="bench", device="auto", queue_size=2)
+    engine = Engine(settings)
+    latents = read_speakers(checkpoint)["Ana Florence"]
+    greedy = sampling_for(0)
+    model = engine.model
+
+    def windowed() -> None:
+        with torch.inference_mode():
+            list(stream_chunk(model, SENTENCE, "en", latents, greedy, 1.0))
+
+    paths = {"whole (stock model.inference)": lambda: engine.synthesize(SENTENCE, "en", latents, greedy),
+             "streamed, same thread": windowed,
+             "streamed through Engine.stream's producer thread":
+                 lambda: list(engine.stream(SENTENCE, "en", latents, greedy))}
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for function in paths.values():
+        function()
+    for _ in range(repeats):
+        for name, function in paths.items():
+            started = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
@@ -75,6 +107,7 @@ def main() -> None:
                         help="audio-token cap per sentence (default: 63 tiny, 40 full)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--formats", default="wav,mp3,opus,aac,flac,pcm")
+    parser.add_argument("--engine-only", action="store_true", help="only the in-process engine timings")
     args = parser.parse_args()
     max_tokens = args.max_tokens or (63 if args.size == "tiny" else 40)
     formats = args.formats.split(",")
@@ -82,6 +115,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         checkpoint = build_checkpoint(tmp / "xtts", size=args.size, max_audio_tokens=max_tokens)
+        engine = engine_times(checkpoint, max(5, args.repeats))
+        print(f"in-process, one sentence of {max_tokens - 3} tokens, median of {max(5, args.repeats)}:")
+        for name, seconds in engine.items():
+            print(f"  {name:<52}{seconds:8.3f} s {seconds / next(iter(engine.values())):6.2f}x")
+        if args.engine_only:
+            return
         server = start_server(tmp, checkpoint, VOICEFORGE_WORKERS="1")
         try:
             warm = {"text": "Warm up.", "voiceId": "default-female", "variability": 0}

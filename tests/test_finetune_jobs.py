@@ -188,3 +188,39 @@ def test_a_full_disk_while_exporting_fails_the_job_and_the_voice_still_speaks(
     voice = ft_client.get(f"/api/voices/{queued['modelId']}").json
     assert voice["kind"] == "cloned" and voice["fineTuning"]["state"] == "failed"
     speak(ft_client, queued["modelId"])
+
+
+def test_the_jobs_cli_queues_lists_shows_cancels_and_retries(ft_app: Flask, ft_client: FlaskClient,
+                                                             tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from tests.support.audio import VOICE_RATE, encode_audio, phrases
+
+    enrolled = ft_client.post("/api/train-voice", json={"modelName": "Cli", "audioDataUri": recording()})
+    voice_id = enrolled.json["modelId"]
+    files = []
+    for index in range(4):
+        path = tmp_path / f"take{index}.wav"
+        path.write_bytes(encode_audio(phrases(0.3, 4.0, 0.3, seed=30 + index), VOICE_RATE, "wav")[0])
+        files.append(path)
+    transcripts = tmp_path / "takes.csv"
+    with transcripts.open("w", newline="") as handle:
+        csv.writer(handle).writerows((path.name, f"take number {i} of the voice")
+                                     for i, path in enumerate(files))
+    cli = ft_app.test_cli_runner()
+    untranscribed = cli.invoke(args=["voices", "finetune", voice_id, *map(str, files)])
+    assert untranscribed.exit_code == 1 and "has no text" in untranscribed.output
+
+    queued = cli.invoke(args=["voices", "finetune", voice_id, *map(str, files), "--transcripts",
+                              str(transcripts), "--epochs", "3"])
+    assert queued.exit_code == 0, queued.output
+    job_id = queued.output.split()[2].rstrip(".")
+    listed = json.loads(cli.invoke(args=["jobs", "list", "--voice", voice_id, "--json"]).output)
+    assert [(job["id"], job["state"], job["epochs"]) for job in listed] == [(job_id, "queued", 3)]
+    assert "queued" in cli.invoke(args=["jobs", "show", job_id]).output
+    assert cli.invoke(args=["jobs", "retry", job_id]).exit_code == 1  # only failed or cancelled ones
+    assert "cancelled" in cli.invoke(args=["jobs", "cancel", job_id]).output
+    assert cli.invoke(args=["jobs", "retry", job_id]).exit_code == 0
+    assert ft_client.get(f"/api/jobs/{job_id}").json["state"] == "queued"
+    assert "not found" in cli.invoke(args=["jobs", "show", "nope"]).output

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from voiceforge.errors import VoiceForgeError
 from voiceforge.schemas import JobSchema
@@ -117,6 +117,7 @@ def jobs_worker() -> None:
 
 
 @click.command("finetune")
+@with_appcontext  # added to the `voices` group from here, so not wrapped by AppGroup.command
 @click.argument("voice_id")
 @click.argument("files", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import queue
 import threading
@@ -26,12 +27,13 @@ log = logging.getLogger(__name__)
 OUTPUT_RATE = 24000  # XTTS-v2 vocoder output
 CONDITIONING_RATE = 22050  # XTTS-v2 conditioning input
 CHECKPOINT_FILES = ("config.json", "model.pth", "vocab.json")
-# Streaming: audio tokens in the first window (about 0.2 s of audio at speed 1, so audio starts
+# Streaming: audio tokens in the first window (about 0.35 s of audio at speed 1, so audio starts
 # early) and in each later one (about 1.5 s), decoder frames of context vocoded on each side of a
-# window (256 samples each), and the cross-fade between windows (21 ms).
+# window (256 samples each; 8 keep the streamed audio within one 16-bit step of the whole
+# response's, and the vocoder's extra work at 16 / 139 frames), and the cross-fade between windows.
 STREAM_FIRST_WINDOW_TOKENS = 8
 STREAM_WINDOW_TOKENS = 32
-STREAM_CONTEXT_FRAMES = 12
+STREAM_CONTEXT_FRAMES = 8
 STREAM_CROSSFADE_SAMPLES = 512
 HOW_TO_PROVIDE = (
     "Set VOICEFORGE_MODEL_DIR to an XTTS-v2 checkpoint directory (config.json, model.pth, vocab.json, "
@@ -334,7 +336,8 @@ def stream_chunk(model: Any, text: str, language: str, latents: Latents, samplin
     the length) and ignores greedy decoding. Here the cheap part of the decoder (interpolating GPT
     latents to decoder frames, which must be done on one global grid or windows come out of phase)
     runs over the latents so far, and the expensive HiFiGAN convolutions run only over each
-    window's new frames plus STREAM_CONTEXT_FRAMES on each side; the held-back right edge is
+    window's new frames plus STREAM_CONTEXT_FRAMES on each side (more when speech is slowed down,
+    where a token spans more frames and the interpolated edge moves further); the held-back edge is
     cross-faded with the next window's version of it. The first window is STREAM_FIRST_WINDOW_TOKENS
     long so audio starts early, later ones `window`. Greedy decoding samples with top_k=1, which
     picks exactly the tokens `model.inference` picks. Must run under the engine's model lock and
@@ -360,6 +363,7 @@ def stream_chunk(model: Any, text: str, language: str, latents: Latents, samplin
     emitted = 0  # decoder frames whose audio has been sent (the held-back edge excluded)
     tail: np.ndarray | None = None  # the last window's audio just past `emitted`, to cross-fade
     pending = STREAM_FIRST_WINDOW_TOKENS
+    context = math.ceil(STREAM_CONTEXT_FRAMES * max(1.0, 1.0 / max(speed, 0.05)))
     finished = False
     while not finished:
         try:
@@ -375,8 +379,8 @@ def stream_chunk(model: Any, text: str, language: str, latents: Latents, samplin
         pending = window
         frames = decoder_frames(model, torch.cat(hidden, dim=0)[None, :], speed)
         total = frames.shape[-1]
-        end = total if finished else max(emitted, total - STREAM_CONTEXT_FRAMES)
-        first = max(0, emitted - STREAM_CONTEXT_FRAMES)
+        end = total if finished else max(emitted, total - context)
+        first = max(0, emitted - context)
         wav = decoder.waveform_decoder(frames[..., first:total], g=speaker).reshape(-1).float().cpu().numpy()
         piece = wav[(emitted - first) * hop:(end - first) * hop].copy()
         if tail is not None:

@@ -66,7 +66,7 @@ class Speech:
                                         self.voice.weights)
 
     def stream(self) -> Iterator[np.ndarray]:
-        """Like chunks(), but each sentence arrives in windows of about a second as it is decoded.
+        """Like chunks(), but each sentence arrives in windows (about 1.5 s of audio) as it is decoded.
 
         The first audio is ready after one window of tokens and one vocoder pass, whatever the
         length of the text; with variability 0 the audio tokens are the ones chunks() speaks.
