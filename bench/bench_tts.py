@@ -8,11 +8,8 @@ the service's overhead and the cost of conditioning, not speech quality. CPU unl
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -23,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.audio import data_uri, encode_audio, speech_like  # noqa: E402
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from tests.support.server import start_server, stop_server  # noqa: E402
+from tests.support.timing import interleaved  # noqa: E402
 from voiceforge import create_app  # noqa: E402
 from voiceforge.audio.decode import decode_audio  # noqa: E402
 from voiceforge.audio.reference import prepare_reference  # noqa: E402
@@ -31,19 +29,6 @@ from voiceforge.services.engine import CONDITIONING_RATE, Latents  # noqa: E402
 from voiceforge.services.synthesis import sampling_for  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog."
-
-
-def interleaved(paths: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per path; the paths take turns in every round, so load affects all alike."""
-    for function in paths.values():
-        function()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(repeats):
-        for name, function in paths.items():
-            started = time.perf_counter()
-            function()
-            samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:

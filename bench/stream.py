@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.audio import speech_like  # noqa: E402
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from tests.support.server import start_server, stop_server  # noqa: E402
+from tests.support.timing import interleaved  # noqa: E402
 from voiceforge.audio.encode import FORMATS, StreamEncoder, encode  # noqa: E402
 
 # 127 characters: each sentence is a chunk of its own.
@@ -89,15 +90,7 @@ def engine_times(checkpoint: Path, repeats: int) -> dict[str, float]:
              "streamed, same thread": windowed,
              "streamed through Engine.stream's producer thread":
                  lambda: list(engine.stream(SENTENCE, "en", latents, greedy))}
-    samples: dict[str, list[float]] = {name: [] for name in paths}
-    for function in paths.values():
-        function()
-    for _ in range(repeats):
-        for name, function in paths.items():
-            started = time.perf_counter()
-            function()
-            samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return interleaved(paths, repeats)
 
 
 def main() -> None:
