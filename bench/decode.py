@@ -1,0 +1,254 @@
+"""Benchmark our decoding engine against stock XTTS `inference`, side by side in one run.
+
+Run: .venv/bin/python bench/decode.py [--size tiny|full] [--max-tokens N] [--device cpu|cuda]
+Builds a random-weight XTTS-v2 checkpoint in the release layout (no download). Random weights never
+emit the stop token, so every sentence runs to the token cap (--max-tokens - 3 tokens): the figures
+are per token and per second of audio produced (1,024 samples at 22.05 kHz per token, 46 ms).
+Prints: ms per token at batch 1 (stock, ours; on CUDA also ours with CUDA graphs and in bf16), the
+aggregate real-time factor at 1, 4, 8 and 32 concurrent requests against stock serial decoding, a
+10-sentence text at once against sentence by sentence, time to first audio, and greedy-token
+agreement with stock over --agreement sequences. --json writes the figures to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.checkpoint import build_checkpoint  # noqa: E402
+from voiceforge.decoding.gpt import GptDecoder  # noqa: E402
+from voiceforge.decoding.sampling import RowSettings  # noqa: E402
+from voiceforge.decoding.scheduler import BatchScheduler, Utterance  # noqa: E402
+from voiceforge.services.engine import load_xtts, read_speakers  # noqa: E402
+
+SAMPLES_PER_TOKEN = 1024 / 22050  # seconds of audio per GPT token at speed 1
+PENALTY = 5.0
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "She sells sea shells by the sea shore, every single morning.",
+    "A journey of a thousand miles begins with a single step.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "The weather today is sunny with a light breeze from the west.",
+    "Numbers like twelve and forty two are spelled out here.",
+    "Every voice deserves to be heard clearly and without delay.",
+    "We measured the engine side by side, round after round.",
+    "Short one.",
+    "This sentence is a little longer than the others, so its prompt is longer too.",
+]
+FOREIGN = {"de": "Ein kurzer deutscher Satz zum Testen.", "fr": "Une courte phrase en français.",
+           "es": "Una frase corta en español para probar.", "it": "Una breve frase in italiano."}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def stock_tokens(model, text: str, lang: str, voice) -> list[int]:
+    """Greedy audio tokens exactly as `model.inference` picks them (its gpt.generate call)."""
+    tokens = torch.IntTensor(model.tokenizer.encode(text.strip().lower(), lang=lang)).unsqueeze(0)
+    with torch.inference_mode():
+        codes = model.gpt.generate(cond_latents=voice.gpt_cond_latent.to(model.device),
+                                   text_inputs=tokens.to(model.device), do_sample=False, top_p=1.0, top_k=50,
+                                   temperature=1.0, num_return_sequences=1, num_beams=1, length_penalty=1.0,
+                                   repetition_penalty=PENALTY, output_attentions=False)
+    return codes[0].tolist()
+
+
+def stock_speak(model, text: str, lang: str, voice, device: str) -> float:
+    """Seconds for one stock `model.inference` (greedy, cached latents), audio included."""
+    sync(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model.inference(text, lang, voice.gpt_cond_latent, voice.speaker_embedding, do_sample=False,
+                        top_p=1.0, top_k=50, temperature=1.0, repetition_penalty=PENALTY)
+    sync(device)
+    return time.perf_counter() - started
+
+
+def utterance(model, text: str, lang: str, voice, *, first_window: int = 96, window: int = 96) -> Utterance:
+    tokens = torch.IntTensor(model.tokenizer.encode(text.strip().lower(), lang=lang))
+    return Utterance(tokens, voice.gpt_cond_latent, voice.speaker_embedding,
+                     RowSettings(greedy=True, repetition_penalty=PENALTY),
+                     first_window=first_window, window=window)
+
+
+def ours_speak(scheduler: BatchScheduler, model, items: list[tuple[str, str, object]]) -> tuple[float, list]:
+    """Seconds until every utterance's audio is in, all submitted at once; and the utterances."""
+    started = time.perf_counter()
+    utterances = [scheduler.submit(utterance(model, text, lang, voice)) for text, lang, voice in items]
+    for item in utterances:
+        item.audio()
+    return time.perf_counter() - started, utterances
+
+
+def first_audio(scheduler: BatchScheduler, model, voice) -> float:
+    started = time.perf_counter()
+    item = scheduler.submit(utterance(model, TEXTS[0], "en", voice, first_window=8, window=32))
+    pieces = item.pieces()
+    next(pieces)
+    elapsed = time.perf_counter() - started
+    for _ in pieces:
+        pass
+    return elapsed
+
+
+_STOCK: dict[tuple[str, str, int], list[int]] = {}  # stock's tokens, computed once for every variant
+
+
+def replay_ms(graphed, batch: int, kv_len: int, repeats: int = 200) -> float:
+    """Milliseconds per replay of one captured step (CUDA events), rows at position kv_len - 1."""
+    device = graphed.decoder.device
+    args = (torch.full((batch,), 7, device=device), torch.full((batch,), 5, device=device),
+            torch.full((batch,), kv_len - 1, device=device), kv_len)
+    for _ in range(10):
+        graphed.step(*args)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        graphed.step(*args)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def agreement(model, scheduler: BatchScheduler, voices: list, count: int) -> tuple[int, int, int]:
+    """(sequences with identical greedy tokens, sequences, identical tokens per 10,000) batched vs stock.
+
+    Identical tokens are counted up to the first difference in each sequence.
+    """
+    items = []
+    languages = ["en", *FOREIGN]
+    for index in range(count):
+        lang = languages[index % len(languages)]
+        text = TEXTS[index % len(TEXTS)] if lang == "en" else FOREIGN[lang]
+        items.append((f"{text} {index}" if index >= len(TEXTS) else text, lang, voices[index % len(voices)]))
+    same_sequences = same_tokens = total_tokens = 0
+    for start in range(0, count, scheduler.rows):
+        batch = items[start:start + scheduler.rows]
+        _elapsed, utterances = ours_speak(scheduler, model, batch)
+        for (text, lang, voice), item in zip(batch, utterances, strict=True):
+            key = (text, lang, id(voice))
+            if key not in _STOCK:
+                _STOCK[key] = stock_tokens(model, text, lang, voice)
+            stock = _STOCK[key]
+            same_sequences += stock == item.tokens
+            prefix = next((i for i, (a, b) in enumerate(zip(stock, item.tokens, strict=False)) if a != b),
+                          min(len(stock), len(item.tokens)))
+            same_tokens += prefix
+            total_tokens += len(stock)
+    return same_sequences, count, same_tokens * 10_000 // max(total_tokens, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
+    parser.add_argument("--max-tokens", type=int, default=64,
+                        help="gpt_max_audio_tokens (the cap is N - 3 tokens)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--concurrency", default="1,4,8,32")
+    parser.add_argument("--agreement", type=int, default=64, help="sequences compared with stock (greedy)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpoint", type=Path, help="an existing checkpoint directory (skips the build)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    figures: dict[str, object] = {"size": args.size, "device": args.device, "max_tokens": args.max_tokens}
+    if args.device.startswith("cuda"):
+        figures["gpu"] = torch.cuda.get_device_name()
+    directory = args.checkpoint or Path(tempfile.mkdtemp()) / "xtts"
+    if not args.checkpoint:
+        build_checkpoint(directory, size=args.size, max_audio_tokens=args.max_tokens,
+                         speakers=("Ana Florence", "Claribel Dervla", "Damien Black", "Zoe Z"))
+    model, device = load_xtts(directory, args.device)
+    voices = list(read_speakers(directory).values())
+    voice = voices[0]
+    concurrency = [int(n) for n in args.concurrency.split(",")]
+    rows = max([*concurrency, 10])
+    lock = threading.Lock()
+    cap = model.gpt.max_gen_mel_tokens
+    report = []
+
+    def show(label: str, value: str) -> None:
+        report.append(f"{label:<58} {value}")
+        print(report[-1], flush=True)
+
+    # Stock, batch 1 (also the serial baseline for concurrency: one request at a time).
+    stock_speak(model, TEXTS[0], "en", voice, device)
+    stock_s = statistics.median(stock_speak(model, TEXTS[0], "en", voice, device)
+                                for _ in range(args.repeats))
+    figures["stock_ms_per_token"] = 1000 * stock_s / cap
+    show("stock inference, ms per token (batch 1, vocoder incl.)", f"{figures['stock_ms_per_token']:.2f}")
+
+    variants = {"ours": BatchScheduler(model, lock, lambda _weights: None, rows=rows)}
+    if device.startswith("cuda"):
+        from voiceforge.decoding.cuda_graphs import GraphedStep
+
+        for name, dtype in (("ours+graphs", None), ("ours+graphs bf16", torch.bfloat16)):
+            decoder = GptDecoder(model, rows, dtype=dtype)
+            graphed = GraphedStep(decoder)
+            started = time.perf_counter()
+            graphed.capture()
+            figures[f"{name} capture_s"] = time.perf_counter() - started
+            for batch in (1, 8, 32):  # the GPT step alone: one graph replay, no sampling or vocoder
+                step_ms = replay_ms(graphed, batch, 256)
+                figures[f"{name} step_ms@{batch}"] = step_ms
+                show(f"{name}, GPT step alone (graph replay), batch {batch}, ms", f"{step_ms:.3f}")
+            variants[name] = BatchScheduler(model, lock, lambda _weights: None, decoder=decoder,
+                                            step_runner=graphed.step)
+    for name, scheduler in variants.items():
+        ours_speak(scheduler, model, [(TEXTS[0], "en", voice)])
+        ours_s = statistics.median(ours_speak(scheduler, model, [(TEXTS[0], "en", voice)])[0]
+                                   for _ in range(args.repeats))
+        figures[f"{name} ms_per_token"] = 1000 * ours_s / cap
+        show(f"{name}, ms per token (batch 1, vocoder incl.)", f"{figures[f'{name} ms_per_token']:.2f}")
+        figures[f"{name} first_audio_ms"] = 1000 * statistics.median(
+            first_audio(scheduler, model, voice) for _ in range(args.repeats))
+        show(f"{name}, first audio (8-token window), ms", f"{figures[f'{name} first_audio_ms']:.1f}")
+
+    stock_rtf = stock_s / (cap * SAMPLES_PER_TOKEN)
+    show("stock serial: real-time factor (any number of requests)", f"{stock_rtf:.3f}")
+    for name, scheduler in variants.items():
+        for n in concurrency:
+            items = [(TEXTS[i % len(TEXTS)], "en", voices[i % len(voices)]) for i in range(n)]
+            elapsed = min(ours_speak(scheduler, model, items)[0] for _ in range(max(1, args.repeats - 1)))
+            audio = n * cap * SAMPLES_PER_TOKEN
+            figures[f"{name} rtf@{n}"] = elapsed / audio
+            show(f"{name}, {n} concurrent: aggregate RTF (x real time; x stock)",
+                 f"{elapsed / audio:.4f} ({audio / elapsed:.1f}x; {stock_rtf * audio / elapsed:.2f}x)")
+
+    ten = [(text, "en", voice) for text in TEXTS]
+    serial = sum(stock_speak(model, text, "en", voice, device) for text, _lang, _voice in ten)
+    figures["ten_sentences_stock_s"] = serial
+    show("10 sentences, stock sentence by sentence, s", f"{serial:.2f}")
+    for name, scheduler in variants.items():
+        together = min(ours_speak(scheduler, model, ten)[0] for _ in range(max(1, args.repeats - 1)))
+        figures[f"ten_sentences {name} s"] = together
+        show(f"10 sentences, {name}, all at once, s (x faster)", f"{together:.2f} ({serial / together:.2f}x)")
+
+    for name, scheduler in variants.items():
+        if args.agreement:
+            same, count, per_10k = agreement(model, scheduler, voices, args.agreement)
+            figures[f"{name} agreement"] = [same, count, per_10k / 100]
+            show(f"{name}: greedy sequences identical to stock",
+                 f"{same}/{count} ({per_10k / 100:.2f}% of tokens)")
+        scheduler.close()
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    title = f"{args.size} architecture on {figures.get('gpu', device)}, cap {cap} tokens:"
+    print("\n".join(["", title, *report]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""XTTS-v2's GPT run step by step over a preallocated key/value cache, many sequences at once.
+
+The same arithmetic as the Hugging Face GPT-2 blocks inside XTTS (coqui builds its GPT from
+`transformers.GPT2Model` with the position embeddings removed; XTTS adds its own learned text and
+audio position embeddings to the inputs), written out so that one decoding step is a fixed sequence
+of tensor operations: no `generate()` machinery, no cache objects growing by concatenation, and a
+shape that CUDA graphs can capture. Sequences live in "rows" of the cache; rows 0..n-1 are the live
+ones (the scheduler keeps them packed), each with its own length, so keys past a row's length are
+masked out of its attention.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one decoding step gives for each live row: next-token logits and the GPT latent."""
+
+    logits: torch.Tensor  # (n, audio tokens), float32
+    latents: torch.Tensor  # (n, model_dim): final_norm of the last hidden state, what HiFiGAN vocodes
+
+
+class GptDecoder:
+    """The GPT of one loaded Xtts model, with a key/value cache of `rows` sequences.
+
+    In the model's own dtype the modules are referenced, not copied: swapping a voice's fine-tuned
+    weights in place (GptWeights.activate) is seen here at once. In another dtype (bf16/fp16 on a
+    GPU) the decoder works on a converted copy, which `refresh()` brings up to date after a swap.
+    """
+
+    def __init__(self, model: Any, rows: int, *, dtype: torch.dtype | None = None) -> None:
+        gpt = model.gpt
+        self.model = model
+        self.gpt = gpt
+        self.heads = gpt.heads
+        self.dim = gpt.model_dim
+        self.head_dim = self.dim // self.heads
+        self.device = next(gpt.parameters()).device
+        model_dtype = next(gpt.parameters()).dtype
+        self.dtype = dtype or model_dtype
+        self._source = _DecodingModules(gpt)
+        self.parts = self._source if self.dtype == model_dtype else copy.deepcopy(self._source).to(self.dtype)
+        self.blocks = list(self.parts.blocks)
+        self.start_token = gpt.start_audio_token
+        self.stop_token = gpt.stop_audio_token
+        self.max_new_tokens = gpt.max_gen_mel_tokens
+        # The longest prefix: 32 conditioning latents (the perceiver's), text tokens plus their start
+        # and stop tokens, then the start audio token; generation adds up to max_new_tokens.
+        cond = 32 if gpt.use_perceiver_resampler else gpt.max_prompt_tokens
+        self.max_prefix = cond + model.args.gpt_max_text_tokens + 2 + 1
+        self.max_len = self.max_prefix + self.max_new_tokens
+        self.rows = rows
+        # Zeros, not empty: a masked-out key must still be a finite number, or 0 * NaN poisons a row.
+        shape = (len(self.blocks), 2, rows, self.heads, self.max_len, self.head_dim)
+        self.cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # keys, values per layer
+        # On a CPU the step is the exact arithmetic of transformers' GPT-2 (so greedy tokens equal
+        # stock's); on CUDA, where a step is bound by its kernel count, attention is three fused
+        # kernels and GELU one (the same tanh approximation, rounded differently: the benchmark
+        # measures token agreement).
+        exact = self.device.type == "cpu"
+        self._mask, self._attend = (_sdpa_mask, _sdpa_attention) if exact else (_bmm_mask, _bmm_attention)
+        self._gelu = self.blocks[0].mlp.act if exact else functools.partial(F.gelu, approximate="tanh")
+
+    def refresh(self) -> None:
+        """Copy the model's current GPT weights into a converted copy (no-op when none is kept)."""
+        if self.parts is not self._source:
+            self.parts.load_state_dict(self._source.state_dict())
+
+    # -- prefix ---------------------------------------------------------------------------------
+    def prefix_embeddings(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+        """(T, dim): conditioning latents, text with its start/stop tokens, then the start audio token.
+
+        What `gpt.compute_embeddings` stores as the prefix, plus the first generated position,
+        without touching the model's shared `gpt_inference` state.
+        """
+        gpt, parts = self.gpt, self.parts
+        text = F.pad(text_tokens.view(1, -1), (0, 1), value=gpt.stop_text_token)
+        text = F.pad(text, (1, 0), value=gpt.start_text_token)
+        text_emb = parts.text_embedding(text) + parts.text_pos_embedding(text)
+        start = torch.full((1, 1), self.start_token, dtype=torch.long, device=text.device)
+        start_emb = parts.mel_embedding(start) + parts.mel_pos_embedding(start)
+        cond = cond_latent.to(text_emb.dtype).view(1, -1, self.dim)
+        return torch.cat([cond, text_emb, start_emb], dim=1)[0].to(self.dtype)
+
+    def prefill(self, row: int, embeddings: torch.Tensor) -> StepOutput:
+        """Run a prefix (T, dim) through every layer into cache row `row`; the output of its last position."""
+        length = embeddings.shape[0]
+        x = embeddings.view(1, length, self.dim)
+        for layer, block in enumerate(self.blocks):
+            h = block.ln_1(x)
+            q, k, v = self._qkv(block, h, 1, length)
+            self.cache[layer, 0, row, :, :length] = k[0]
+            self.cache[layer, 1, row, :, :length] = v[0]
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = self._finish_block(block, x, attended, 1, length)
+        return self._head(x[:, -1])
+
+    # -- one step -------------------------------------------------------------------------------
+    def step(self, tokens: torch.Tensor, audio_positions: torch.Tensor, cache_positions: torch.Tensor,
+             kv_len: int) -> StepOutput:
+        """Feed rows 0..n-1 their last token: `tokens`, `audio_positions` (index into the audio position
+        embedding) and `cache_positions` (where the token's key/value goes) are (n,) long tensors;
+        attention reads the first `kv_len` cache positions, masked per row to its own length.
+        """
+        n = tokens.shape[0]
+        x = self.parts.mel_embedding(tokens) + self.parts.mel_pos_embedding.emb(audio_positions)
+        x = x.to(self.dtype).view(n, 1, self.dim)
+        rows = torch.arange(n, device=tokens.device)
+        visible = torch.arange(kv_len, device=tokens.device).view(1, -1) <= cache_positions.view(-1, 1)
+        mask = self._mask(visible, self.heads, self.dtype)
+        for layer, block in enumerate(self.blocks):
+            h = block.ln_1(x)
+            qkv = torch.addmm(block.attn.c_attn.bias, h.view(n, self.dim), block.attn.c_attn.weight)
+            # Key and value of each row go into its cache row at its own position, in one write.
+            cache = self.cache[layer]
+            cache[:, rows, :, cache_positions] = qkv[:, self.dim:].view(n, 2, self.heads, self.head_dim)
+            query = qkv[:, :self.dim].view(n, self.heads, 1, self.head_dim)
+            attended = self._attend(query, cache[0, :n, :, :kv_len], cache[1, :n, :, :kv_len], mask)
+            x = self._finish_block(block, x, attended, n, 1)
+        return self._head(x[:, -1])
+
+    def move_row(self, source: int, target: int, length: int) -> None:
+        """Copy a sequence's cache from one row to another (to keep the live rows packed)."""
+        self.cache[:, :, target, :, :length] = self.cache[:, :, source, :, :length]
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def _qkv(self, block: Any, h: torch.Tensor, n: int, length: int) -> tuple[torch.Tensor, ...]:
+        attn = block.attn
+        qkv = torch.addmm(attn.c_attn.bias, h.reshape(n * length, self.dim), attn.c_attn.weight)
+        q, k, v = qkv.view(n, length, 3 * self.dim).split(self.dim, dim=2)
+        shape = (n, length, self.heads, self.head_dim)
+        return tuple(part.reshape(shape).transpose(1, 2) for part in (q, k, v))
+
+    def _finish_block(self, block: Any, x: torch.Tensor, attended: torch.Tensor, n: int,
+                      length: int) -> torch.Tensor:
+        merged = attended.transpose(1, 2).reshape(n * length, self.dim)
+        attn, mlp = block.attn, block.mlp
+        x = x + torch.addmm(attn.c_proj.bias, merged, attn.c_proj.weight).view(n, length, self.dim)
+        h = block.ln_2(x).view(n * length, self.dim)
+        h = self._gelu(torch.addmm(mlp.c_fc.bias, h, mlp.c_fc.weight))
+        return x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(n, length, self.dim)
+
+    def _head(self, last_hidden: torch.Tensor) -> StepOutput:
+        latents = self.parts.final_norm(self.parts.ln_f(last_hidden))
+        return StepOutput(self.parts.mel_head(latents).float(), latents)
+
+
+def _sdpa_mask(visible: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """(n, kv_len) visibility -> the boolean mask scaled_dot_product_attention broadcasts over heads."""
+    return visible.view(visible.shape[0], 1, 1, -1)
+
+
+def _sdpa_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """One query per row (n, heads, 1, head_dim) over its visible cached keys, as transformers does."""
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+
+
+def _bmm_mask(visible: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """(n, kv_len) visibility -> an additive mask (0 or -inf) per row and head, made once per step."""
+    bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    bias.masked_fill_(~visible, float("-inf"))
+    return bias.repeat_interleave(heads, dim=0).unsqueeze(1)
+
+
+def _bmm_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """The same attention in three kernels: scaled scores plus the mask, softmax, weighted values.
+
+    Rows and heads of the cache slices fold into one batch dimension without a copy.
+    """
+    n, heads, _one, head_dim = query.shape
+    length = keys.shape[2]
+    scores = torch.baddbmm(mask, query.reshape(n * heads, 1, head_dim),
+                           keys.reshape(n * heads, length, head_dim).transpose(1, 2), alpha=head_dim ** -0.5)
+    attended = torch.bmm(scores.softmax(dim=-1), values.reshape(n * heads, length, head_dim))
+    return attended.view(n, heads, 1, head_dim)
+
+
+class _DecodingModules(nn.Module):
+    """The parts of XTTS's GPT that decoding uses, gathered so they can be converted to one dtype."""
+
+    def __init__(self, gpt: Any) -> None:
+        super().__init__()
+        self.blocks = gpt.gpt.h
+        self.ln_f = gpt.gpt.ln_f
+        self.final_norm = gpt.final_norm
+        self.mel_head = gpt.mel_head
+        self.mel_embedding = gpt.mel_embedding
+        self.mel_pos_embedding = gpt.mel_pos_embedding
+        self.text_embedding = gpt.text_embedding
+        self.text_pos_embedding = gpt.text_pos_embedding

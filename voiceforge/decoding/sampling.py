@@ -1,0 +1,85 @@
+"""Choosing the next audio token for many sequences at once, each with its own settings.
+
+The same logits processing as Hugging Face `generate` does for stock XTTS, in its order: the
+repetition penalty over every token id the sequence has seen (its prompt's placeholder ids
+included), then, when sampling, temperature, top-k and top-p, and a draw; greedy rows take the
+arg-max of the penalised scores, as `do_sample=False` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RowSettings:
+    """One sequence's sampling: greedy, or temperature/top-k/top-p draws; always a repetition penalty."""
+
+    greedy: bool
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+class SamplingTable:
+    """Per-row sampling settings and seen-token masks, kept as tensors for the whole batch."""
+
+    def __init__(self, rows: int, vocab: int, device: torch.device) -> None:
+        self.vocab = vocab
+        self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device)
+        self.greedy = torch.ones(rows, dtype=torch.bool, device=device)
+        self.temperature = torch.ones(rows, device=device)
+        self.top_k = torch.full((rows,), vocab, dtype=torch.long, device=device)
+        self.top_p = torch.ones(rows, device=device)
+        self.penalty = torch.ones(rows, device=device)
+
+    def assign(self, row: int, settings: RowSettings, prompt_ids: list[int]) -> None:
+        """Give `row` a new sequence: its settings, and the ids its prompt holds (penalised like any)."""
+        self.seen[row] = False
+        self.seen[row, prompt_ids] = True
+        self.greedy[row] = settings.greedy
+        self.temperature[row] = max(settings.temperature, 1e-5)
+        self.top_k[row] = min(max(settings.top_k, 1), self.vocab) if settings.top_k > 0 else self.vocab
+        self.top_p[row] = settings.top_p
+        self.penalty[row] = settings.repetition_penalty
+
+    def move_row(self, source: int, target: int) -> None:
+        for table in (self.seen, self.greedy, self.temperature, self.top_k, self.top_p, self.penalty):
+            table[target] = table[source]
+
+    def choose(self, logits: torch.Tensor, rows: torch.Tensor | None = None, *, sample: bool | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Next token of `rows` (default 0..n-1) from their logits (n, vocab); marks them as seen.
+
+        `sample=False` says every row is greedy (saves reading the flags back from a GPU).
+        """
+        if rows is None:
+            rows = torch.arange(logits.shape[0], device=logits.device)
+        scores = logits.float()
+        penalty = self.penalty[rows, None]
+        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+        scores = torch.where(self.seen[rows], penalised, scores)
+        tokens = scores.argmax(dim=-1)
+        greedy = self.greedy[rows]
+        if sample if sample is not None else not bool(greedy.all()):
+            tokens = torch.where(greedy, tokens, self._draw(scores, rows, generator))
+        self.seen[rows, tokens] = True
+        return tokens
+
+    def _draw(self, scores: torch.Tensor, rows: torch.Tensor,
+              generator: torch.Generator | None) -> torch.Tensor:
+        scores = scores / self.temperature[rows, None]
+        # top-k: drop what is below the k-th largest score (ties with it stay, as in transformers).
+        descending = scores.sort(dim=-1, descending=True).values
+        kth = descending.gather(1, (self.top_k[rows] - 1).view(-1, 1))
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+        # top-p: drop the least likely tokens whose probabilities sum to at most 1 - top_p, keeping one.
+        ascending, order = scores.sort(dim=-1)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= (1 - self.top_p[rows, None])
+        drop[:, -1] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).view(-1)

@@ -1,0 +1,267 @@
+"""Continuous batching: one thread owns the model and decodes every sentence in flight together.
+
+Requests (and the sentences of one request) are `Utterance`s. The scheduler admits waiting ones
+at step boundaries, prefills each into a free row of the GPT's key/value cache, then advances all
+live rows by one token per step, each with its own sampling settings; a row leaves when it emits the
+stop token, reaches the token cap, or its consumer cancels it. After each step the vocoder windows
+that are ready, from any row, are vocoded together. Voices with fine-tuned weights only share a
+batch with sequences of the same weights: a batch drains before the weights change, and a waiting
+sequence of other weights stops newer ones from joining, so no voice waits for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from voiceforge.decoding.gpt import GptDecoder, StepOutput
+from voiceforge.decoding.sampling import RowSettings, SamplingTable
+from voiceforge.decoding.vocoder import Window, WindowedVocoding, vocode
+
+log = logging.getLogger(__name__)
+
+_DONE = object()  # end of an utterance's audio pieces
+# Token ids in stock XTTS's prompt (placeholder 1s for the prefix, then the start token), which
+# transformers' repetition penalty counts as seen: penalising them too keeps tokens identical.
+_PROMPT_PLACEHOLDER = 1
+
+
+@dataclass(eq=False)
+class Utterance:
+    """One sentence to speak: what to decode, and the queue its audio pieces arrive on.
+
+    `first_window` and `window` are vocoder window sizes in tokens; `tokens` collects the audio
+    tokens as they are chosen. Read the audio with `pieces()`; `cancel()` drops it at the next step.
+    """
+
+    text_tokens: torch.Tensor  # (T,) int, from the model's tokenizer
+    cond_latent: torch.Tensor  # (1, 32, dim)
+    speaker: torch.Tensor  # (1, 512, 1)
+    settings: RowSettings
+    speed: float = 1.0
+    weights: str | None = None  # a fine-tuned GPT's file, None for the checkpoint's
+    first_window: int = 32
+    window: int = 32
+    tokens: list[int] = field(default_factory=list)
+    _out: queue.Queue[Any] = field(default_factory=queue.Queue, repr=False)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def pieces(self) -> Iterator[np.ndarray]:
+        """Audio pieces (float32 mono, 24 kHz) as their windows are vocoded; raises what decoding raised."""
+        while (item := self._out.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def audio(self) -> np.ndarray:
+        pieces = list(self.pieces())
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+
+
+@dataclass(eq=False)
+class _Live:
+    """An utterance in a cache row: where its next key/value goes and its vocoder state."""
+
+    utterance: Utterance
+    vocoding: WindowedVocoding
+    cache_length: int  # positions filled in its cache row
+    last_token: int = 0
+    finished: bool = False
+
+
+class BatchScheduler:
+    """Owns a loaded Xtts model's decoding: submit utterances from any thread, read their pieces.
+
+    `model_lock` is held for each step (admissions, one token for every live row, vocoding), so
+    other users of the model (conditioning latents, weight swaps) interleave between steps;
+    `use_weights(path)` puts a fine-tuned GPT (or the checkpoint's, for None) in place under it.
+    `decoder` defaults to a GptDecoder of `rows` rows in the model's dtype; `step_runner` replaces
+    its step (CUDA graphs: cuda_graphs.GraphedStep.step).
+    """
+
+    def __init__(self, model: Any, model_lock: threading.Lock, use_weights: Callable[[str | None], None], *,
+                 rows: int = 8, decoder: GptDecoder | None = None,
+                 step_runner: Callable[..., StepOutput] | None = None) -> None:
+        self.model = model
+        self.decoder = decoder or GptDecoder(model, rows)
+        self.rows = self.decoder.rows
+        self._step_runner = step_runner or self.decoder.step
+        self._decoder_weights: object = None  # weights the decoder's converted copy was refreshed from
+        self.table = SamplingTable(self.rows, model.gpt.num_audio_tokens, self.decoder.device)
+        self._model_lock = model_lock
+        self._use_weights = use_weights
+        self._waiting: list[Utterance] = []
+        self._live: list[_Live] = []
+        self._weights: str | None = None  # the live batch's weights
+        self._condition = threading.Condition()
+        self._closed = False
+        self.steps = 0  # decoding steps run, for benchmarks and tests
+        self.max_batch = 0  # the most rows ever live in one step
+        self._thread = threading.Thread(target=self._run, name="voiceforge-decoder", daemon=True)
+        self._thread.start()
+
+    # -- from any thread -------------------------------------------------------------------------
+    def submit(self, utterance: Utterance) -> Utterance:
+        """Queue an utterance; its pieces arrive as it is decoded."""
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("the decoder is closed")
+            self._waiting.append(utterance)
+            self._condition.notify()
+        return utterance
+
+    def close(self) -> None:
+        """Stop the thread; whatever is waiting or live ends with an error."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._thread.join()
+
+    # -- the decoding thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._closed and not self._waiting and not self._live:
+                    self._condition.wait()
+                if self._closed:
+                    break
+                joining = self._take_joining()
+            try:
+                with self._model_lock, torch.inference_mode():
+                    self._use_weights(self._weights)
+                    if self._decoder_weights != (self._weights,):
+                        self.decoder.refresh()
+                        self._decoder_weights = (self._weights,)
+                    for utterance in joining:
+                        self._admit(utterance)
+                    self._drop_cancelled()
+                    if self._live:
+                        self._step()
+                        self._vocode()
+            except BaseException as error:  # handed to every consumer in the batch
+                log.exception("decoding failed; ending %d utterance(s)", len(self._live) + len(joining))
+                for live in self._live:
+                    live.utterance._out.put(error)
+                    live.finished = True
+                for utterance in joining:
+                    if not any(live.utterance is utterance for live in self._live):
+                        utterance._out.put(error)
+                        utterance._out.put(_DONE)
+            self._retire()
+        self._fail_all(RuntimeError("the decoder was closed"))
+
+    def _take_joining(self) -> list[Utterance]:
+        """Waiting utterances that may join now: same weights as the batch, oldest first, rows allowing."""
+        if not self._live and self._waiting:
+            self._weights = self._waiting[0].weights
+        joining: list[Utterance] = []
+        free = self.rows - len(self._live)
+        while self._waiting and len(joining) < free and self._waiting[0].weights == self._weights:
+            joining.append(self._waiting.pop(0))
+        return joining
+
+    def _admit(self, utterance: Utterance) -> None:
+        if utterance.cancelled:
+            utterance._out.put(_DONE)
+            return
+        decoder, row = self.decoder, len(self._live)
+        device = decoder.device
+        embeddings = decoder.prefix_embeddings(utterance.cond_latent.to(device),
+                                               utterance.text_tokens.to(device))
+        output = decoder.prefill(row, embeddings)
+        self.table.assign(row, utterance.settings, [_PROMPT_PLACEHOLDER, decoder.start_token])
+        token = int(self.table.choose(output.logits, torch.tensor([row], device=device),
+                                      sample=not utterance.settings.greedy)[0])
+        vocoding = WindowedVocoding(self.model, utterance.speaker.to(device), utterance.speed,
+                                    first=utterance.first_window, window=utterance.window)
+        live = _Live(utterance, vocoding, embeddings.shape[0])
+        self._live.append(live)
+        self._record(live, token, output.latents[0])
+
+    def _record(self, live: _Live, token: int, latent: torch.Tensor) -> None:
+        live.utterance.tokens.append(token)
+        live.vocoding.add(latent.float())
+        live.last_token = token
+        live.finished = (token == self.decoder.stop_token
+                         or len(live.utterance.tokens) >= self.decoder.max_new_tokens)
+
+    def _drop_cancelled(self) -> None:
+        for live in self._live:
+            if live.utterance.cancelled and not live.finished:
+                live.finished = True
+                live.utterance._out.put(_DONE)
+                live.vocoding = None  # type: ignore[assignment] - nothing more to vocode
+
+    def _step(self) -> None:
+        stepping = [live for live in self._live if not live.finished]
+        if not stepping:
+            return
+        # Finished rows (done this step, vocoded below) sit among live ones until _retire packs them.
+        n = len(self._live)
+        device = self.decoder.device
+        lengths = [live.cache_length for live in self._live]
+        tokens = torch.tensor([live.last_token for live in self._live], device=device)
+        audio_positions = torch.tensor([len(live.utterance.tokens) for live in self._live], device=device)
+        cache_positions = torch.tensor(lengths, device=device)
+        output = self._step_runner(tokens, audio_positions, cache_positions, max(lengths) + 1)
+        sample = any(not live.utterance.settings.greedy for live in self._live)
+        chosen = self.table.choose(output.logits, torch.arange(n, device=device), sample=sample).tolist()
+        latents = output.latents.float().clone()  # a graph's outputs are overwritten by its next replay
+        self.steps += 1
+        self.max_batch = max(self.max_batch, len(stepping))
+        for row, live in enumerate(self._live):
+            if live.finished:
+                continue  # its row was stepped only to keep the batch packed; the result is ignored
+            live.cache_length += 1
+            self._record(live, chosen[row], latents[row])
+
+    def _vocode(self) -> None:
+        windows: list[Window] = []
+        for live in self._live:
+            if live.vocoding is not None and (window := live.vocoding.take(live.finished)) is not None:
+                windows.append(window)
+        if not windows:
+            return
+        for window, wav in zip(windows, vocode(self.model, windows), strict=True):
+            piece = window.owner.finish(window, wav)
+            if piece.size:
+                next(live for live in self._live if live.vocoding is window.owner).utterance._out.put(piece)
+        for live in self._live:
+            if live.finished and live.vocoding is not None:
+                live.utterance._out.put(_DONE)
+                live.vocoding = None  # type: ignore[assignment]
+
+    def _retire(self) -> None:
+        """Remove finished rows, moving the last live row into each hole so rows 0..n-1 stay packed."""
+        for row in range(len(self._live) - 1, -1, -1):
+            if not self._live[row].finished:
+                continue
+            last = len(self._live) - 1
+            if row != last:
+                moved = self._live[last]
+                self.decoder.move_row(last, row, moved.cache_length)
+                self.table.move_row(last, row)
+                self._live[row] = moved
+            self._live.pop()
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._condition:
+            stranded = [live.utterance for live in self._live] + self._waiting
+            self._live, self._waiting = [], []
+        for utterance in stranded:
+            utterance._out.put(error)
+            utterance._out.put(_DONE)

@@ -1,0 +1,122 @@
+"""HiFiGAN over bounded, overlapping windows of GPT latents, many sequences' windows in one batch.
+
+Stock `inference_stream` re-runs HiFiGAN over every latent so far at each chunk (quadratic in the
+length). Here the cheap part of the decoder (interpolating GPT latents to decoder frames, which must
+be done on one global grid or windows come out of phase) runs over a sequence's latents so far, and
+the expensive HiFiGAN convolutions run only over each window's new frames plus CONTEXT_FRAMES on
+each side (more when speech is slowed down, where a token spans more frames and the interpolated edge
+moves further); the held-back edge is cross-faded with the next window's version of it. Windows of
+equal shape from different sequences are vocoded as one batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Decoder frames of context vocoded on each side of a window (256 samples each; 8 keep the windowed
+# audio within one 16-bit step of a single pass over everything) and the cross-fade between windows.
+CONTEXT_FRAMES = 8
+CROSSFADE_SAMPLES = 512
+# Decoder frames vocoded in one HiFiGAN call. On a GPU a batch keeps the chip busy; on a CPU the
+# convolutions are already compute-bound at batch 1 and a big batch only thrashes the caches.
+BATCH_FRAMES = {"cuda": 32768, "cpu": 1}
+
+
+@dataclass
+class Window:
+    """Decoder frames to vocode for one sequence, and where its new audio lies in the result."""
+
+    owner: WindowedVocoding
+    frames: torch.Tensor  # (1, channels, T)
+    speaker: torch.Tensor  # (1, 512, 1)
+    keep_from: int  # output samples before this belong to audio already sent
+    keep_to: int  # ... and from here on are the held-back edge
+    end: int  # decoder frames whose audio is final once this window is sent
+
+
+class WindowedVocoding:
+    """One sequence's latents so far, cut into vocoder windows of `window` tokens (`first` for the first)."""
+
+    def __init__(self, model: Any, speaker: torch.Tensor, speed: float, *, first: int, window: int) -> None:
+        self.model = model
+        self.decoder = model.hifigan_decoder
+        self.hop = self.decoder.output_hop_length  # output samples per decoder frame
+        self.speaker = speaker
+        self.speed = speed
+        self.window = window
+        self.pending = first  # tokens still to come before the next window
+        self.context = math.ceil(CONTEXT_FRAMES * max(1.0, 1.0 / max(speed, 0.05)))
+        self.latents: list[torch.Tensor] = []
+        self.emitted = 0  # decoder frames whose audio has been sent (the held-back edge excluded)
+        self.tail: np.ndarray | None = None  # audio just past `emitted`, to cross-fade with the next window
+
+    def add(self, latent: torch.Tensor) -> None:
+        """One more GPT latent (model_dim,)."""
+        self.latents.append(latent)
+        self.pending -= 1
+
+    def take(self, finished: bool) -> Window | None:
+        """The next window when enough latents are in (or the sequence has finished), else None."""
+        if not self.latents or (not finished and self.pending > 0):
+            return None
+        self.pending = self.window
+        frames = decoder_frames(self.model, torch.stack(self.latents)[None], self.speed)
+        total = frames.shape[-1]
+        end = total if finished else max(self.emitted, total - self.context)
+        first = max(0, self.emitted - self.context)
+        return Window(self, frames[..., first:total], self.speaker, (self.emitted - first) * self.hop,
+                      (end - first) * self.hop, end)
+
+    def finish(self, window: Window, wav: np.ndarray) -> np.ndarray:
+        """The audio to send for a vocoded window: its new part, cross-faded with the previous tail."""
+        piece = wav[window.keep_from:window.keep_to].copy()
+        if self.tail is not None:
+            fade = min(self.tail.size, piece.size)
+            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+            piece[:fade] = self.tail[:fade] * (1.0 - ramp) + piece[:fade] * ramp
+        self.tail = wav[window.keep_to:window.keep_to + CROSSFADE_SAMPLES].copy()
+        self.emitted = window.end
+        return piece
+
+
+def vocode(model: Any, windows: list[Window]) -> list[np.ndarray]:
+    """HiFiGAN over each window (float32 mono at 24 kHz, in order); equal shapes share one batch."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, window in enumerate(windows):
+        groups[tuple(window.frames.shape)].append(index)
+    budget = BATCH_FRAMES.get(windows[0].frames.device.type, 1) if windows else 1
+    batches = []
+    for shape, indices in groups.items():
+        size = max(1, budget // shape[-1])
+        batches += [indices[start:start + size] for start in range(0, len(indices), size)]
+    results: list[np.ndarray | None] = [None] * len(windows)
+    generator = model.hifigan_decoder.waveform_decoder
+    for indices in batches:
+        frames = torch.cat([windows[i].frames for i in indices])
+        speakers = torch.cat([windows[i].speaker for i in indices])
+        wavs = generator(frames, g=speakers).float().cpu().numpy()
+        for row, index in enumerate(indices):
+            results[index] = wavs[row].reshape(-1)
+    return results  # type: ignore[return-value]
+
+
+def decoder_frames(model: Any, gpt_latents: torch.Tensor, speed: float) -> torch.Tensor:
+    """GPT latents (1, T, C) -> HiFiGAN input frames, exactly as `model.inference` then HifiDecoder do."""
+    decoder = model.hifigan_decoder
+    length_scale = 1.0 / max(speed, 0.05)
+    if length_scale != 1.0:
+        gpt_latents = F.interpolate(gpt_latents.transpose(1, 2), scale_factor=length_scale,
+                                    mode="linear").transpose(1, 2)
+    frames = F.interpolate(gpt_latents.transpose(1, 2), mode="linear",
+                           scale_factor=[decoder.ar_mel_length_compression / decoder.output_hop_length])
+    if decoder.output_sample_rate != decoder.input_sample_rate:
+        frames = F.interpolate(frames, scale_factor=[decoder.output_sample_rate / decoder.input_sample_rate],
+                               mode="linear")
+    return frames
