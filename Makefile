@@ -16,14 +16,13 @@ test: install-dev
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-$(VENV)/.installed: requirements.txt setup.cfg
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+# scripts/install.sh is the one install: CI (.ci/run -> make test) and the Dockerfile run it too.
+$(VENV)/.installed: requirements.txt setup.cfg scripts/install.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh --dev
 	touch $@
 
 migrate: install

@@ -1,7 +1,11 @@
 """gunicorn settings: gthread workers, no preload (CUDA must not be initialised before fork)."""
 
 import os
+import shutil
 import sys
+import tempfile
+
+from voiceforge.logs import LOG_FORMATS, gunicorn_logconfig
 
 bind = os.environ.get("VOICEFORGE_BIND", "0.0.0.0:8000")
 # Each worker holds its own model (about 4 GB of RAM on CPU, 2 GB on a GPU): keep workers few.
@@ -11,26 +15,20 @@ threads = int(os.environ.get("VOICEFORGE_THREADS", "8"))
 preload_app = False
 # Synthesis of long text on a CPU can take minutes; a worker is not hung while it speaks.
 timeout = int(os.environ.get("VOICEFORGE_TIMEOUT", "600"))
-graceful_timeout = 30
+# SIGTERM (a deploy, `docker stop`): workers stop accepting, finish the requests in flight for up to
+# this long, then exit; the job runner checkpoints and gives its job back (on_exit below).
+graceful_timeout = int(os.environ.get("VOICEFORGE_GRACEFUL_TIMEOUT", "30"))
 # gunicorn's largest request line, so long (hostile) voice ids still reach the app's JSON 404.
 limit_request_line = 8190
 accesslog = None  # the app logs one line per request itself, without bodies
 errorlog = "-"
-# Any case works (`info`, `INFO`). A nonsense level is reported by create_app in on_starting below, as
-# one line naming the variable; gunicorn's own logging must not crash on it first.
+# Any case works (`info`, `INFO`). A nonsense level or format is reported by create_app in on_starting
+# below, as one line naming the variable; gunicorn's own logging must not crash on it first.
 _level = os.environ.get("VOICEFORGE_LOG_LEVEL", "info").strip().lower()
 loglevel = _level if _level in ("debug", "info", "warning", "error", "critical") else "info"
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
-                             "stream": "ext://sys.stderr"}},
-    "loggers": {
-        "voiceforge": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False},
-        "gunicorn.error": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False},
-    },
-}
+_format = os.environ.get("VOICEFORGE_LOG_FORMAT", "text").strip().lower()
+# gunicorn's error log, our loggers and libraries' warnings: one format (text or JSON lines) on stderr.
+logconfig_dict = gunicorn_logconfig(loglevel.upper(), _format if _format in LOG_FORMATS else "text")
 
 
 def on_starting(server) -> None:
@@ -39,6 +37,7 @@ def on_starting(server) -> None:
     A bad setting stops the server here with one line naming it (exit status 1), instead of every
     worker failing to boot. Only the database and the voice files are touched: no model, no CUDA.
     """
+    _fresh_metrics_dir(server)
     from voiceforge import create_app
     from voiceforge.config import ConfigError
     from voiceforge.runtime import get_runtime, warn_if_no_model
@@ -63,8 +62,36 @@ def when_ready(server) -> None:
         server.voiceforge_runner.start()
 
 
+def child_exit(server, worker) -> None:
+    """A worker is gone: its live gauges (queue depth, model loaded) stop counting in /metrics."""
+    from voiceforge.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
+
+
 def on_exit(server) -> None:
     """Stop the job runner: a running job checkpoints and gives its lease back for the next start."""
     runner = getattr(server, "voiceforge_runner", None)
     if runner is not None:
         runner.stop(timeout=graceful_timeout)
+    created = getattr(server, "voiceforge_metrics_dir", None)
+    if created:
+        shutil.rmtree(created, ignore_errors=True)
+
+
+def _fresh_metrics_dir(server) -> None:
+    """prometheus-client's multiprocess mode: every process writes its metrics to files in one directory.
+
+    Set before prometheus_client is first imported (create_app imports it), and inherited by the workers
+    and the job runner. An operator's PROMETHEUS_MULTIPROC_DIR is emptied (values of an earlier run must
+    not count); otherwise a temporary directory is made and removed at exit.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.remove(os.path.join(directory, name))
+    else:
+        directory = server.voiceforge_metrics_dir = tempfile.mkdtemp(prefix="voiceforge-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory

@@ -18,27 +18,33 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
 
     A bad setting raises ConfigError (one line naming the variable, the value and what is allowed)
     before anything starts. `engine` shares an engine already built for the same settings (tests).
+    The console (a page at `/`, voiceforge/console/) is mounted beside the API.
     Nothing heavy happens here: torch is imported and the model loaded on first use only.
     """
     from voiceforge.api import register_api
     from voiceforge.cli import register_cli
     from voiceforge.config import load_config
+    from voiceforge.console import register_console
     from voiceforge.db import register_db
     from voiceforge.errors import register_error_handlers
     from voiceforge.http import register_body_limit, register_request_logging
+    from voiceforge.logs import configure_logging
+    from voiceforge.metrics import register_metrics
     from voiceforge.runtime import register_runtime
-    from voiceforge.settings import Settings, configure_logging
+    from voiceforge.settings import Settings
 
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=instance_path or os.environ.get("VOICEFORGE_INSTANCE_PATH") or None)
     load_config(app, config)
     settings = Settings.from_config(app.config)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     register_runtime(app, settings, engine)
     register_request_logging(app)
     register_body_limit(app)
     register_db(app)
     register_api(app)
+    register_console(app)
+    register_metrics(app)
     register_error_handlers(app)
     register_cli(app)
     if settings.job_backend == "celery":

@@ -40,10 +40,16 @@ DEFAULTS: dict[str, Any] = {
     },
     "LATENT_CACHE_SIZE": 64,
     "INFERENCE_QUEUE_SIZE": 8,  # requests using or waiting for the model per process; beyond: 503
+    # The decoder (voiceforge/decoding/): sentences decoded together per process (key/value cache
+    # rows), the GPT's dtype while decoding (bfloat16/float16 only on CUDA), CUDA graphs on CUDA.
+    "MAX_BATCH": 8,
+    "DECODER_DTYPE": "float32",
+    "CUDA_GRAPHS": True,
     "DB_BUSY_TIMEOUT_MS": 5000,
     "API_KEYS": [],
     "API_KEYS_FILE": None,
     "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "text",  # text | json: one JSON object per line (voiceforge/logs.py)
     # Fine-tuning (voiceforge/finetune/) and the jobs that run it (voiceforge/jobs/).
     "FINETUNE_MIN_SPEECH_SECONDS": 120.0,  # less speech than this is refused (422), as the anchors do
     "FINETUNE_MAX_SAMPLE_SECONDS": 600.0,  # decoding of each recording stops here

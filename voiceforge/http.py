@@ -1,4 +1,4 @@
-"""Cross-cutting HTTP concerns: body limits, request ids and the one-line access log."""
+"""Cross-cutting HTTP concerns: body limits, request ids, the one-line access log and request metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import uuid
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from voiceforge import logs, metrics
 from voiceforge.errors import PayloadTooLarge
 
 access_log = logging.getLogger("voiceforge.access")
@@ -56,15 +57,33 @@ def register_request_logging(app: Flask) -> None:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         g.request_id = incoming if SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()
+        # Every log line of this request (JSON format) carries these; services add voice id and chars.
+        logs.reset_context(request_id=g.request_id, method=request.method, route=_route())
 
     @app.after_request
     def _finish(response: Response) -> Response:
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers[REQUEST_ID_HEADER] = request_id
-        elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        route = request.url_rule.rule if request.url_rule else "<unmatched>"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        route = _route()
+        metrics.record_request(request.method, route, response.status_code, elapsed)
+        # A streamed body's length is unknown until it is sent; asking would buffer it.
+        size = None if response.is_streamed else response.calculate_content_length()
+        fields = {"request_id": request_id, "method": request.method, "route": route,
+                  "status": response.status_code, "duration_ms": round(elapsed * 1000, 1), "bytes": size,
+                  "voice_id": _voice_id()}
         access_log.info("method=%s route=%s status=%s latency_ms=%.1f request_id=%s bytes=%s",
-                        request.method, route, response.status_code, elapsed_ms, request_id,
-                        # A streamed body's length is unknown until it is sent; asking would buffer it.
-                        None if response.is_streamed else response.calculate_content_length())
+                        request.method, route, response.status_code, elapsed * 1000, request_id, size,
+                        extra=fields)
         return response
+
+
+def _route() -> str:
+    """The URL rule (/api/voices/<voice_id>), not the path: bounded for metrics, no ids in it."""
+    return request.url_rule.rule if request.url_rule else metrics.UNMATCHED_ROUTE
+
+
+def _voice_id() -> str | None:
+    """The voice a request spoke with or addressed (a URL's id may be any hostile string: kept short)."""
+    voice_id = logs.context().get("voice_id") or (request.view_args or {}).get("voice_id")
+    return str(voice_id)[:100] if voice_id else None

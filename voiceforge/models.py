@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text, event
+from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 
 from voiceforge.db import db
 
@@ -48,6 +49,9 @@ class Voice(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # Raised by one on every change of the row (see _bump_version): per-process caches key by (id, version),
+    # so a change made by another instance sharing the database is seen at once.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     # Deleting a voice deletes its jobs (the database cascades too).
     jobs: Mapped[list[Job]] = relationship(back_populates="voice", cascade="all, delete-orphan",
@@ -55,6 +59,16 @@ class Voice(db.Model):
 
     def __repr__(self) -> str:
         return f"<Voice {self.id} {self.status.value}>"
+
+
+@event.listens_for(Voice, "before_update")
+def _bump_version(_mapper: Any, _connection: Any, voice: Voice) -> None:
+    """Every UPDATE of a voice row raises its version, in SQL (`version + 1`), so two instances that
+    change the same row at once still end with distinct versions."""
+    session = object_session(voice)
+    # before_update also runs for rows marked dirty without a net change: those keep their version.
+    if session is not None and session.is_modified(voice, include_collections=False):
+        voice.version = Voice.version + 1
 
 
 class JobState(enum.StrEnum):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from voiceforge.config import DEFAULTS, ConfigError
+from voiceforge.logs import LOG_FORMATS
 from voiceforge.services.languages import ALIASES, SUPPORTED_LANGUAGES
 from voiceforge.services.storage import is_valid_id
 from voiceforge.services.voices import BUILTIN_PREFIX
@@ -37,7 +37,11 @@ class Settings:
     openai_voices: Mapping[str, str]  # OpenAI voice name -> our voice id, every default name included
     latent_cache_size: int
     inference_queue_size: int
+    max_batch: int
+    decoder_dtype: str
+    cuda_graphs: bool
     log_level: str
+    log_format: str  # text | json (voiceforge/logs.py)
     finetune_min_speech_seconds: float
     finetune_max_sample_seconds: float
     finetune_epochs: int
@@ -72,7 +76,11 @@ class Settings:
             openai_voices=_openai_voices(config),
             latent_cache_size=_number(config, "LATENT_CACHE_SIZE", int, minimum=1),
             inference_queue_size=_number(config, "INFERENCE_QUEUE_SIZE", int, minimum=1),
+            max_batch=_number(config, "MAX_BATCH", int, minimum=1),
+            decoder_dtype=_decoder_dtype(config),
+            cuda_graphs=bool(config.get("CUDA_GRAPHS")),
             log_level=log_level(config.get("LOG_LEVEL")),
+            log_format=_choice(config, "LOG_FORMAT", LOG_FORMATS),
             finetune_min_speech_seconds=_number(config, "FINETUNE_MIN_SPEECH_SECONDS", float, minimum=1.0),
             finetune_max_sample_seconds=_number(config, "FINETUNE_MAX_SAMPLE_SECONDS", float, minimum=10.0),
             finetune_epochs=_number(config, "FINETUNE_EPOCHS", int, minimum=1),
@@ -135,6 +143,14 @@ def _choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> st
     return value
 
 
+def _decoder_dtype(config: Mapping[str, Any]) -> str:
+    value = _choice(config, "DECODER_DTYPE", ("float32", "bfloat16", "float16"))
+    if value != "float32" and _device(config) == "cpu":
+        raise ConfigError("DECODER_DTYPE", config.get("DECODER_DTYPE"), "float32 on a CPU (half precision "
+                          "is for CUDA; on a CPU it is slower and changes the audio).")
+    return value
+
+
 def _broker(config: Mapping[str, Any]) -> str | None:
     url = config.get("CELERY_BROKER_URL") or None
     if str(config.get("JOB_BACKEND") or "").lower() == "celery" and not url:
@@ -170,8 +186,3 @@ def _openai_voices(config: Mapping[str, Any]) -> dict[str, str]:
                               "echo=default-damien-black) or a cloned voice's id.")
     # A table that names only some voices overrides those; the rest keep their defaults.
     return {**DEFAULTS["OPENAI_VOICES"], **{name.strip(): voice_id for name, voice_id in value.items()}}
-
-
-def configure_logging(level: str) -> None:
-    """Set the level of the `voiceforge` loggers."""
-    logging.getLogger("voiceforge").setLevel(level)

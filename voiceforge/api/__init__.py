@@ -92,7 +92,8 @@ API_SETTINGS = {
     "OPENAPI_URL_PREFIX": "/api",
     "OPENAPI_JSON_PATH": "openapi.json",
     "OPENAPI_SWAGGER_UI_PATH": "docs",
-    "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+    # Served by voiceforge/console/swagger_ui.py from the swagger-ui-bundle package: no CDN, works offline.
+    "OPENAPI_SWAGGER_UI_URL": "/swagger-ui/",
 }
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voiceforge import metrics
+
 if TYPE_CHECKING:
     import torch
 
@@ -145,7 +147,9 @@ class GptWeights:
 
     def _state(self, path: str, identity: tuple[int, int, int], *, device: Any) -> dict[str, torch.Tensor]:
         cached = self._loaded.get(path)
-        if cached is not None and cached[0] == identity:
+        hit = cached is not None and cached[0] == identity
+        metrics.record_cache("finetuned_weights", hit=hit)
+        if hit:
             self._loaded.move_to_end(path)
             return cached[1]
         import torch

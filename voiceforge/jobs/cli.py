@@ -98,14 +98,13 @@ def jobs_retry(job_id: str) -> None:
 @jobs_cli.command("worker")
 def jobs_worker() -> None:
     """Run a job runner here until SIGTERM/SIGINT (needs the same database and data directory)."""
-    import logging
-
     from voiceforge.jobs.runner import JobRunner
+    from voiceforge.logs import configure_logging
     from voiceforge.runtime import get_runtime
 
     # Its own process (gunicorn's master starts it with the same stderr): log like the service does.
-    logging.basicConfig(level=get_runtime().settings.log_level,
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    settings = get_runtime().settings
+    configure_logging(settings.log_level, settings.log_format, install_handler=True)
     runner = JobRunner(current_app._get_current_object())  # type: ignore[attr-defined]
 
     def stop(_signum: int, _frame: object) -> None:

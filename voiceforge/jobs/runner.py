@@ -20,6 +20,7 @@ from typing import Any
 
 from flask import Flask
 
+from voiceforge import logs, metrics
 from voiceforge.jobs import store
 from voiceforge.models import Job, JobState
 from voiceforge.runtime import get_runtime
@@ -109,6 +110,14 @@ class JobRunner:
 
         The state it left the job in (queued: given back); None when another runner took it over.
         """
+        started = time.monotonic()
+        state = self._execute(job_id)
+        outcome = {None: "lost", JobState.queued: "released"}.get(state) or state.value
+        metrics.record_job(outcome, time.monotonic() - started)
+        return state
+
+    def _execute(self, job_id: str) -> JobState | None:
+        logs.reset_context(job_id=job_id)  # each job's thread: its JSON log lines carry the job id
         with self.app.app_context():
             runtime = get_runtime(self.app)
             job = store.get_job(job_id)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 
+from voiceforge import metrics
+
 log = logging.getLogger(__name__)
 
 # The same runner as `flask jobs worker`, in a process of its own: training needs memory and CPU
@@ -39,6 +41,7 @@ class RunnerSupervisor:
         while not self._stopping.is_set():
             assert self.process is not None
             code = self.process.wait()
+            metrics.mark_process_dead(self.process.pid)  # its live gauges (GPU memory) no longer count
             if self._stopping.wait(self.restart_delay):
                 return
             self.restarts += 1

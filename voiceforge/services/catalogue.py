@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from voiceforge import metrics
 from voiceforge.errors import Conflict, NotFound
 from voiceforge.models import Voice, VoiceKind, VoiceStatus
 from voiceforge.services import voices
@@ -49,19 +50,25 @@ def builtin_id(speaker: str) -> str:
 
 
 class LatentCache:
-    """A small LRU of persisted voice latents, so a voice's file is read once, not per request."""
+    """A small LRU of persisted voice latents, so a voice's file is read once, not per request.
+
+    Keyed by the file and the voice row's version: another instance sharing the registry may change
+    a voice (re-enrol, fine-tune) and rewrite its file in place; the row's new version misses here.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
-        self._items: OrderedDict[str, Latents] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int | None], Latents] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path) -> Latents:
-        key = str(path)
+    def get(self, path: Path, version: int | None = None) -> Latents:
+        key = (str(path), version)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
+                metrics.record_cache("latents", hit=True)
                 return self._items[key]
+        metrics.record_cache("latents", hit=False)
         latents = Latents.load(path)
         with self._lock:
             self._items[key] = latents
@@ -104,7 +111,7 @@ class VoiceCatalogue:
             raise Conflict(f"Voice {voice_id!r} is not ready (status: {voice.status.value}).",
                            extra={"status": voice.status.value})
         try:
-            latents = self.latent_cache.get(self.settings.data_dir / voice.latents_path)
+            latents = self.latent_cache.get(self.settings.data_dir / voice.latents_path, voice.version)
         except FileNotFoundError:
             raise Conflict(f"Voice {voice_id!r} has lost its files; re-enrol it.") from None
         weights = str(self.settings.data_dir / voice.weights_path) if voice.weights_path else None

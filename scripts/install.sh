@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The one install: a virtual environment with the pinned requirements. `make install` (so `make run`,
+# `make test` and CI's .ci/run) and the Dockerfile all run this script, so CI proves the image's install.
+#   scripts/install.sh          runtime requirements (requirements.txt)
+#   scripts/install.sh --dev    plus the test and lint tools (requirements-dev.txt)
+# PYTHON (default python3.11) makes the environment at VENV (default .venv) unless one is there already.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+
+test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -r requirements.txt
+if [ "${1:-}" = "--dev" ]; then
+  "$VENV/bin/python" -m pip install --quiet -r requirements-dev.txt
+fi

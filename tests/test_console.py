@@ -1,0 +1,359 @@
+"""The console at `/` and Swagger UI's local assets: served in-process, then used in headless Chromium.
+
+The browser tests run against a real gunicorn: record, clone, speak, fine-tune, keys. The browser's
+microphone is Chromium's fake device playing a WAV this module makes; voices are made through the page's
+own buttons and files, never through the API behind its back. A failing browser test leaves a
+screenshot, the page's HTML and its console log in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin
+
+import pytest
+import requests
+
+from tests.support.browser import artifacts_on_failure, chromium, fake_microphone
+from tests.support.console import ConsolePage, microphone_wav, sample_wavs
+from tests.support.finetune import TEXTS, build_training_checkpoint
+from tests.support.server import Server, start_server, stop_server
+
+slow = pytest.mark.slow  # real gunicorns, a real browser, real training
+
+KEY = "console-test-key"
+# Enough speech for a fine-tuning request in tests (the default is 120 s); a rate that moves a tiny model.
+FINE_TUNING = {"VOICEFORGE_FINETUNE_MIN_SPEECH_SECONDS": "10", "VOICEFORGE_FINETUNE_LEARNING_RATE": "1e-3"}
+# Three sentences of 127 characters: three chunks of speech, so the stream arrives in parts.
+LONG_TEXT = ("This sentence is long enough that two of them can never be merged into one chunk of speech, "
+             "since together they pass the limit. ") * 3
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path) -> Iterator[Server]:
+    """A server that requires an API key, on the plain test checkpoint (it cannot fine-tune: no dvae.pth)."""
+    server = start_server(tmp_path_factory.mktemp("console"), checkpoint_dir, VOICEFORGE_API_KEYS=KEY,
+                          **FINE_TUNING)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def trainable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server without keys whose checkpoint can train; gunicorn's master runs the job runner."""
+    checkpoint = build_training_checkpoint(tmp_path_factory.mktemp("console-ft") / "xtts")
+    server = start_server(tmp_path_factory.mktemp("console-ft-server"), checkpoint, **FINE_TUNING)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    directory = tmp_path_factory.mktemp("console-audio")
+    return {"microphone": microphone_wav(directory / "microphone.wav"), "samples": sample_wavs(directory)}
+
+
+@pytest.fixture(scope="module")
+def driver(files: dict) -> Iterator[object]:
+    with chromium(*fake_microphone(files["microphone"]), "--window-size=1280,1600") as session:
+        yield session
+
+
+@pytest.fixture(autouse=True)
+def _artifacts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed browser test leaves a screenshot, the page and the browser's log in test-artifacts/."""
+    if "driver" not in request.fixturenames:
+        yield
+        return
+    with artifacts_on_failure(request.getfixturevalue("driver"), request):
+        yield
+
+
+@pytest.fixture
+def page(driver, keyed: Server) -> ConsolePage:
+    """The console on the keyed server with the key entered, as a user starts."""
+    console = ConsolePage(driver, keyed.url).open()
+    console.use_key(KEY)
+    console.wait_for_voices()
+    console.severe_log_entries()  # what came before the key (401s) is not the test's business
+    return console
+
+
+def api(server: Server, method: str, path: str, **kwargs: object) -> requests.Response:
+    return requests.request(method, server.url + path, headers={"X-API-Key": KEY}, timeout=60, **kwargs)
+
+
+class References(HTMLParser):
+    """Every URL a page loads: src of scripts, images and media, href of stylesheets and icons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag in ("script", "img", "audio", "source") and values.get("src"):
+            self.urls.append(values["src"])
+        if tag == "link" and values.get("href"):
+            self.urls.append(values["href"])
+
+
+def references(html: str) -> list[str]:
+    parser = References()
+    parser.feed(html)
+    return parser.urls
+
+
+def test_the_console_is_served_without_a_key_from_local_files_only(make_app) -> None:
+    client = make_app(API_KEYS=[KEY]).test_client()
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert "<title>VoiceForge console</title>" in html
+    assert not re.search(r"https?://", html)  # no CDN: the page works on an offline machine
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "script-src 'self';" in policy  # nothing from elsewhere runs
+    urls = references(html)
+    assert {"console/console.css", "console/console.js"} <= set(urls)
+    for url in urls:
+        if url.startswith("data:"):
+            continue
+        asset = client.get(urljoin("/", url))
+        assert asset.status_code == 200, url
+        assert not re.search(rb"https?://(?!www\.w3\.org)", asset.data), url
+    for module in ("api", "enrol", "jobs", "player", "recorder", "ui", "voices"):
+        assert client.get(f"/console/{module}.js").mimetype == "text/javascript"
+    assert client.get("/api/voices").status_code == 401  # the API behind it still needs the key
+    assert client.get("/console/nope.js").status_code == 404
+
+
+def test_swagger_ui_loads_its_assets_from_this_server(make_app) -> None:
+    client = make_app(API_KEYS=[KEY]).test_client()  # the documents stay open with keys on
+    docs = client.get("/api/docs")
+    assert docs.status_code == 200
+    html = docs.get_data(as_text=True)
+    assert not re.search(r"https?://", html)  # it used to load from a CDN
+    urls = references(html)
+    assert len(urls) == 3 and all(url.startswith("/swagger-ui/") for url in urls), urls
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.data) > 10_000, url
+        assert asset.headers["Cache-Control"] == "public, max-age=86400"
+    assert client.get("/swagger-ui/../__init__.py").status_code == 404  # only the package's files
+    assert client.get("/swagger-ui/%2e%2e/__init__.py").status_code == 404
+
+
+@slow
+def test_swagger_ui_renders_offline_in_chromium(driver, keyed: Server) -> None:
+    page = ConsolePage(driver, keyed.url)
+    driver.get(keyed.url + "/api/docs")
+    title = page.wait(lambda: page.all(".swagger-ui .info .title"), 60, "Swagger UI to render")[0]
+    assert title.text.startswith("VoiceForge")
+    assert page.all(".opblock-summary-path[data-path='/api/tts']")
+    # Nothing failed to load (the browser's own guess at /favicon.ico aside: flask-smorest's page names none).
+    assert [entry for entry in page.severe_log_entries() if "/favicon.ico" not in entry] == []
+
+
+@slow
+def test_the_page_needs_no_key_but_its_api_calls_carry_the_one_given(driver, keyed: Server) -> None:
+    assert requests.get(keyed.url + "/", timeout=10).status_code == 200  # no key, no secrets in it
+    assert requests.get(keyed.url + "/api/voices", timeout=10).status_code == 401
+    console = ConsolePage(driver, keyed.url).open()
+    console.script("sessionStorage.clear()")
+    console.open()
+    notice = console.wait(lambda: console.text("notice"), 30, "the notice about the key")
+    assert "requires an API key" in notice
+    assert "valid API key is required" in console.wait(lambda: console.text("voices-status"), 30)
+    assert console.voice_options() == []
+
+    console.use_key(KEY)
+    assert "default-female" in console.wait_for_voices()
+    assert [entry for entry in console.severe_log_entries() if "401" not in entry] == []  # 401s only
+    assert not console.by_id("notice").is_displayed()
+    assert console.script("return sessionStorage.getItem('voiceforge.apiKey')") == KEY
+    assert console.script("return localStorage.length") == 0  # never kept beyond the tab's session
+    urls = console.script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert any("/api/voices" in url for url in urls)
+    assert not [url for url in urls if KEY in url]  # a header, never part of a URL
+
+    console.open()  # a reload keeps the key for this tab
+    assert console.by_id("api-key").get_attribute("value") == KEY
+    assert "default-female" in console.wait_for_voices()
+    assert console.severe_log_entries() == []
+
+
+@slow
+def test_every_control_is_labelled_and_the_page_fits_a_phone(page: ConsolePage, files: dict) -> None:
+    page.choose_files(files["samples"][:2])  # takes bring their own players, fields and buttons
+    page.by_id("mode-finetune").click()
+    assert page.by_id("voice-epochs").is_displayed()
+    unlabelled = page.script("""
+        const controls = 'input, select, textarea, button, canvas, audio, [role=progressbar]';
+        return [...document.querySelectorAll(controls)]
+          .filter(e => e.type !== 'hidden')
+          .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label')
+                        || e.getAttribute('aria-labelledby')
+                        || (e.tagName === 'BUTTON' && e.textContent.trim())))
+          .map(e => e.outerHTML.slice(0, 80));
+    """)
+    assert unlabelled == []
+    live = page.script("return [...document.querySelectorAll('[aria-live], [role=alert]')].map(e => e.id)")
+    assert {"notice", "readiness", "speak-status", "record-status", "create-status", "voices-status",
+            "jobs-status"} <= set(live)
+    assert "width=device-width" in page.script(
+        "return document.querySelector('meta[name=viewport]').content")
+    # Every control is reachable with the Tab key: none is taken out of the order.
+    assert page.script("return [...document.querySelectorAll('button, input, select, textarea, a[href]')]"
+                       ".filter(e => e.tabIndex < 0).length") == 0
+    try:
+        page.driver.set_window_size(390, 844)  # a phone
+        page.wait(lambda: page.script("return window.innerWidth") <= 400, 10, "the narrow window")
+        overflow = page.script("const root = document.documentElement;"
+                               "return root.scrollWidth - root.clientWidth")
+        assert overflow <= 0  # nothing needs sideways scrolling
+        field = page.by_id("speak-text").rect
+        assert field["x"] >= 0 and field["x"] + field["width"] <= 390
+    finally:
+        page.driver.set_window_size(1280, 1600)
+    assert page.severe_log_entries() == []
+
+
+@slow
+def test_record_clone_speak_plays_while_streaming(page: ConsolePage, keyed: Server) -> None:
+    page.record(5.0)
+    assert re.fullmatch(r"Recorded [45]\.\d s\.", page.text("record-status"))
+    status = page.create_voice("Microphone voice")
+    assert status == "Microphone voice is ready: choose it under Speak."
+    voice_id = page.by_id("speak-voice").get_attribute("value")
+    assert voice_id.startswith("microphone-voice-")  # the new voice is chosen for speaking
+    card = page.voice_card(voice_id).text
+    assert "Microphone voice" in card and "ready" in card and "cloned" in card and "English (en)" in card
+    assert page.all("#takes li") == []  # the form is ready for the next voice
+
+    assert page.speak(LONG_TEXT, variability=0).startswith("Done: ")
+    heard = page.player()
+    assert "error" not in heard, heard
+    assert heard["how"] == "media-source"  # MP3 into the element through MediaSource
+    assert heard["duration"] > 3.0 and heard["currentTime"] > 0, heard  # it plays
+    assert heard["playingAt"] < heard["endAt"], heard  # playback began before the stream ended
+    assert abs(heard["waveSeconds"] - heard["duration"]) < 0.2, heard
+    assert heard["painted"] > 1000 and heard["paintedRows"] > 10, heard  # a waveform, not a line
+    assert heard["canvasLabel"].startswith("Waveform of the synthesised speech, ")
+    assert not heard["linkHidden"] and heard["href"].startswith("blob:")
+    assert heard["download"] == f"speech-{voice_id}.mp3"
+    assert heard["blobType"] == "audio/mpeg" and heard["blobSize"] > 10_000, heard
+    assert page.severe_log_entries() == []
+
+
+@slow
+def test_wav_plays_on_web_audio_as_it_streams(page: ConsolePage) -> None:
+    voice_id = page.by_id("speak-voice").get_attribute("value")
+    assert page.speak(LONG_TEXT, fmt="wav", variability=0).startswith("Done: ")
+    heard = page.player()
+    assert "error" not in heard, heard
+    assert heard["how"] == "web-audio"
+    assert heard["playingAt"] < heard["endAt"], heard
+    # Three chunks of 0.97 s and two pauses of 0.18 s (tests/test_browser.py), now in the element too.
+    assert 3.1 <= heard["duration"] <= 3.4 and 3.1 <= heard["waveSeconds"] <= 3.4, heard
+    assert heard["download"] == f"speech-{voice_id}.wav" and heard["blobType"] == "audio/wav"
+    # 24 kHz, 16-bit mono: the header and about 3.2 s of samples.
+    assert 140_000 < heard["blobSize"] < 170_000, heard
+
+
+@slow
+def test_a_too_short_recording_shows_the_servers_message(page: ConsolePage, keyed: Server) -> None:
+    before = api(keyed, "GET", "/api/voices").json()["voices"]
+    page.record(1.0)
+    status = page.create_voice("Too short")
+    assert re.fullmatch(r"The recording has only \d\.\d s of speech; at least 3\.0 s are needed\.", status)
+    assert "error" in page.by_id("create-status").get_attribute("class")
+    assert len(page.all("#takes li")) == 1  # kept, so the user can add to it or remove it
+    assert api(keyed, "GET", "/api/voices").json()["voices"] == before
+
+
+@slow
+def test_rename_and_delete_a_voice(page: ConsolePage, keyed: Server) -> None:
+    page.record(4.0)
+    assert page.create_voice("Old name") == "Old name is ready: choose it under Speak."
+    voice_id = page.by_id("speak-voice").get_attribute("value")
+
+    card = page.voice_card(voice_id)
+    card.find_element("xpath", ".//button[text()='Rename']").click()
+    field = page.by_id(f"rename-{voice_id}")
+    assert field == page.driver.switch_to.active_element  # the keyboard lands in the field
+    field.clear()
+    field.send_keys("New name\n")  # Enter submits
+    page.wait(lambda: "New name" in page.voice_card(voice_id).text, 30, "the new name")
+    page.wait(lambda: page.text("voices-status") == "Renamed to New name.", 10, "the announcement")
+    assert api(keyed, "GET", f"/api/voices/{voice_id}").json()["name"] == "New name"
+    assert "New name" in page.script("return document.getElementById('speak-voice').selectedOptions[0].text")
+
+    page.voice_card(voice_id).find_element("xpath", ".//button[text()='Delete']").click()
+    page.driver.switch_to.alert.accept()
+    page.wait(lambda: not page.all(f'#voice-list li[data-voice-id="{voice_id}"]'), 30, "the card to go")
+    page.wait(lambda: page.text("voices-status") == "Deleted New name.", 10, "the announcement")
+    assert api(keyed, "GET", f"/api/voices/{voice_id}").status_code == 404
+    assert voice_id not in page.voice_options()
+
+
+@slow
+def test_a_failed_job_shows_its_reason(page: ConsolePage, files: dict) -> None:
+    page.choose_files(files["samples"])
+    status = page.create_voice("Untrainable", transcripts=TEXTS, epochs=1)
+    assert status.startswith("Untrainable is ready to speak now, and fine-tuning is queued")
+    page.wait(lambda: page.job_card().get_attribute("data-state") == "failed", 180, "the job to fail")
+    card = page.job_card()
+    # This checkpoint lacks the training files: the card and the announcement give the server's reason.
+    reason = r"^Failed: The model directory \S+ has no dvae\.pth, mel_stats\.pth, which fine-tuning needs"
+    assert re.search(reason, card.text, re.MULTILINE), card.text
+    assert "Cancel" not in card.text
+    assert "failed: " in page.text("jobs-status") and "dvae.pth" in page.text("jobs-status")
+
+
+@slow
+def test_a_fine_tuning_jobs_progress_bar_reaches_100_percent(driver, trainable: Server, files: dict) -> None:
+    page = ConsolePage(driver, trainable.url).open()
+    page.wait_for_voices()
+    page.record(4.0)
+    page.choose_files(files["samples"])
+    status = page.create_voice("Tuned", transcripts=[TEXTS[0], *TEXTS], epochs=2)
+    assert status.startswith("Tuned is ready to speak now, and fine-tuning is queued"), status
+    voice_id = page.by_id("speak-voice").get_attribute("value")
+    bar = page.job_card().find_element("css selector", "[role=progressbar]")
+    assert bar.get_attribute("aria-valuemin") == "0" and bar.get_attribute("aria-valuemax") == "100"
+
+    seen: list[int] = []
+
+    def finished() -> bool:
+        card = page.job_card()
+        value = int(card.find_element("css selector", "[role=progressbar]").get_attribute("aria-valuenow"))
+        if not seen or seen[-1] != value:
+            seen.append(value)
+        return card.get_attribute("data-state") in ("succeeded", "failed", "cancelled")
+
+    page.wait(finished, 300, "the job to finish")
+    card = page.job_card()
+    assert card.get_attribute("data-state") == "succeeded", card.text
+    bar = card.find_element("css selector", "[role=progressbar]")
+    assert bar.get_attribute("aria-valuenow") == "100" and bar.text == "100%"
+    assert bar.get_attribute("aria-valuetext") == "100%, epoch 2 of 2"
+    assert page.script("return arguments[0].querySelector('.fill').getBoundingClientRect().width"
+                       " / arguments[0].querySelector('.track').clientWidth", bar) > 0.99  # drawn full
+    assert seen == sorted(seen) and any(0 < value < 100 for value in seen), seen  # it moved, live
+    assert "Epoch\n2 of 2" in card.text and "Loss" in card.text
+    assert "succeeded" in page.text("jobs-status")
+    page.wait(lambda: "finetuned" in page.voice_card(voice_id).text, 30, "the voice to be fine-tuned")
+
+    # A second job, cancelled from its card: it ends cancelled, and its Cancel button goes.
+    page.choose_files(files["samples"])
+    page.create_voice("Cancelled", transcripts=TEXTS, epochs=50)
+    page.wait(lambda: page.job_card().get_attribute("data-state") in ("queued", "running"), 30)
+    page.job_card().find_element("xpath", ".//button[text()='Cancel']").click()
+    page.wait(lambda: page.job_card().get_attribute("data-state") == "cancelled", 120, "cancellation")
+    assert "Cancel" not in page.job_card().find_element("css selector", ".actions").text \
+        if page.job_card().find_elements("css selector", ".actions") else True
+    assert "was cancelled" in page.wait(lambda: "cancelled" in page.text("jobs-status")
+                                        and page.text("jobs-status"), 30)

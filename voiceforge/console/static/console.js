@@ -1,0 +1,119 @@
+// The console page: the key, the service's readiness and the Speak form; voices, new voices and jobs
+// are wired by their own modules.
+
+import {apiKey, isSendableKey, setApiKey} from './api.js';
+import {setupEnrolment} from './enrol.js';
+import {setupJobs} from './jobs.js';
+import {drawWaveform, EXTENSIONS, streamSpeech} from './player.js';
+import {$, explain, LANGUAGES, notify, say} from './ui.js';
+import {setupVoices} from './voices.js';
+
+function fillLanguages(select, firstLabel) {
+  select.append(new Option(firstLabel, ''));
+  for (const [code, name] of Object.entries(LANGUAGES)) select.append(new Option(`${name} (${code})`, code));
+}
+
+async function showReadiness() {
+  const element = $('readiness');
+  try {
+    const body = await (await fetch('readyz', {cache: 'no-store'})).json();
+    if (body.status === 'ready') {
+      const model = body.model || {};
+      say(element, `Ready: the model ${model.loaded ? `is loaded (${model.device})` : 'loads on first use'}.`, 'ok');
+    } else {
+      say(element, `Unavailable: ${body.model?.problem || `database ${body.database}`}`, 'error');
+    }
+  } catch (error) {
+    say(element, `The service could not be reached (${error.message}).`, 'error');
+  }
+}
+
+function setupKey(reload) {
+  const input = $('api-key');
+  input.value = apiKey();
+  $('key-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const key = input.value.trim();
+    if (key && !isSendableKey(key)) {
+      notify('An API key is printable ASCII without spaces.');
+      return;
+    }
+    setApiKey(key);
+    notify('');
+    reload();
+  });
+  $('api-key-forget').addEventListener('click', () => {
+    input.value = '';
+    setApiKey('');
+    reload();
+  });
+}
+
+function setupSpeak() {
+  const form = $('speak-form');
+  const status = $('speak-status');
+  const audio = $('speak-audio');
+  const canvas = $('speak-waveform');
+  const download = $('speak-download');
+  for (const name of ['speed', 'variability']) {
+    const input = $(`speak-${name}`);
+    const output = $(`speak-${name}-value`);
+    const show = () => { output.textContent = Number(input.value).toFixed(2); };
+    input.addEventListener('input', show);
+    show();
+  }
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const button = $('speak-button');
+    const format = $('speak-format').value;
+    const body = {text: $('speak-text').value, voiceId: $('speak-voice').value, format,
+                  speed: Number($('speak-speed').value), variability: Number($('speak-variability').value)};
+    if ($('speak-language').value) body.language = $('speak-language').value;
+    button.disabled = true;
+    form.setAttribute('aria-busy', 'true');
+    say(status, 'Synthesising…');
+    for (const key of ['how', 'playingAt', 'endAt']) delete audio.dataset[key];
+    try {
+      const result = await streamSpeech(body, audio);
+      if (download.href) URL.revokeObjectURL(download.href);
+      download.href = URL.createObjectURL(result.blob);
+      download.download = `speech-${body.voiceId}.${EXTENSIONS[format] || 'audio'}`;
+      download.hidden = false;
+      // How it played, and milliseconds from the request to playback and to the last byte.
+      audio.dataset.how = result.how;
+      if (result.timings.playing !== null) audio.dataset.playingAt = String(result.timings.playing);
+      audio.dataset.endAt = String(result.timings.end);
+      const seconds = await drawWaveform(canvas, result.blob);
+      canvas.setAttribute('aria-label', `Waveform of the synthesised speech, ${seconds.toFixed(1)} s`);
+      canvas.dataset.seconds = seconds.toFixed(3);
+      say(status, result.complete ? `Done: ${seconds.toFixed(1)} s of speech.`
+        : `The stream broke off: only ${seconds.toFixed(1)} s arrived.`, result.complete ? 'ok' : 'error');
+    } catch (error) {
+      if (error.name !== 'AbortError') say(status, explain(error), 'error');
+    } finally {
+      button.disabled = false;
+      form.removeAttribute('aria-busy');
+    }
+  });
+}
+
+function start() {
+  fillLanguages($('speak-language'), "The voice's language");
+  fillLanguages($('voice-language'), "The server's default");
+  let voices = null;
+  const jobs = setupJobs({onFinished: () => voices.refresh()});
+  voices = setupVoices({onChange: () => jobs.refresh()});
+  jobs.useNames(voices.name);
+  setupEnrolment({voices, jobs});
+  setupSpeak();
+  const reload = async () => {
+    notify('');
+    await voices.refresh(); // first, so that jobs show their voice's name
+    jobs.refresh();
+  };
+  setupKey(reload);
+  showReadiness();
+  reload();
+}
+
+start();

@@ -1,0 +1,144 @@
+// New voice: takes from the microphone or from files, each with an optional transcript; clone at once,
+// or clone and queue fine-tuning on all of them.
+
+import {api, dataUri} from './api.js';
+import {Recorder, recordingUnavailable} from './recorder.js';
+import {$, el, explain, say} from './ui.js';
+
+/** Wire the New voice form; created voices and jobs show in `voices` and `jobs`. */
+export function setupEnrolment({voices, jobs}) {
+  const form = $('voice-form');
+  const takesList = $('takes');
+  const recordButton = $('record-button');
+  const timer = $('record-timer');
+  const recordStatus = $('record-status');
+  const createStatus = $('create-status');
+  const recorder = new Recorder();
+  const takes = []; // {blob, label, url, transcript}
+  let ticking = null;
+  let counter = 0;
+
+  const unavailable = recordingUnavailable();
+  if (unavailable) {
+    recordButton.disabled = true;
+    say(recordStatus, unavailable);
+  }
+
+  recordButton.addEventListener('click', async () => {
+    if (recorder.recording) {
+      clearInterval(ticking);
+      try {
+        const blob = await recorder.stop();
+        addTake(blob, `Recording ${++counter}`);
+        say(recordStatus, `Recorded ${timer.textContent}.`, 'ok');
+      } catch (error) {
+        say(recordStatus, explain(error), 'error');
+      }
+      recordButton.textContent = 'Record';
+      recordButton.setAttribute('aria-pressed', 'false');
+      return;
+    }
+    try {
+      await recorder.start();
+    } catch (error) {
+      // NotAllowedError: the user (or a policy) refused the microphone.
+      say(recordStatus, error.name === 'NotAllowedError'
+        ? 'The browser was not allowed to use the microphone.' : explain(error), 'error');
+      return;
+    }
+    recordButton.textContent = 'Stop';
+    recordButton.setAttribute('aria-pressed', 'true');
+    say(recordStatus, 'Recording… press Stop when done.');
+    timer.textContent = '0.0 s';
+    ticking = setInterval(() => { timer.textContent = `${recorder.seconds.toFixed(1)} s`; }, 100);
+  });
+
+  $('voice-files').addEventListener('change', (event) => {
+    for (const file of event.target.files) addTake(file, file.name);
+    say(recordStatus, `${event.target.files.length} file(s) added.`, 'ok');
+    event.target.value = ''; // choosing the same file again adds it again
+  });
+
+  for (const radio of form.elements.mode) {
+    radio.addEventListener('change', () => { $('epochs-row').hidden = !fineTuning(); renderTakes(); });
+  }
+
+  function fineTuning() {
+    return form.elements.mode.value === 'finetune';
+  }
+
+  function addTake(blob, label) {
+    takes.push({blob, label, url: URL.createObjectURL(blob), transcript: ''});
+    renderTakes();
+  }
+
+  function renderTakes() {
+    takesList.replaceChildren(...takes.map((take, index) => {
+      const id = `take-${index}`;
+      const role = index === 0 ? ' (cloned from)' : '';
+      return el('li', {class: 'take', dataset: {index}},
+        el('span', {class: 'take-label', id: `${id}-label`}, `${take.label}${role}`),
+        el('audio', {controls: true, src: take.url, preload: 'metadata', 'aria-labelledby': `${id}-label`}),
+        el('label', {for: `${id}-text`}, `What ${take.label} says${fineTuning() ? '' : ' (optional)'}`),
+        el('input', {id: `${id}-text`, class: 'transcript', value: take.transcript, maxlength: 2000,
+                     oninput: (event) => { take.transcript = event.target.value; }}),
+        el('button', {type: 'button', 'aria-describedby': `${id}-label`, onclick: () => removeTake(index)},
+           'Remove'));
+    }));
+  }
+
+  function removeTake(index) {
+    URL.revokeObjectURL(takes[index].url);
+    takes.splice(index, 1);
+    renderTakes();
+    (takesList.querySelector('button') || recordButton).focus();
+  }
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    if (recorder.recording) {
+      say(createStatus, 'Stop the recording first.', 'error');
+      recordButton.focus();
+      return;
+    }
+    if (!takes.length) {
+      say(createStatus, 'Record or choose at least one recording first.', 'error');
+      recordButton.focus();
+      return;
+    }
+    const button = $('create-button');
+    button.disabled = true;
+    form.setAttribute('aria-busy', 'true');
+    say(createStatus, fineTuning() ? 'Uploading and cloning; fine-tuning will be queued…' : 'Cloning…');
+    try {
+      const uris = await Promise.all(takes.map((take) => dataUri(take.blob)));
+      const body = {modelName: $('voice-name').value.trim(), audioDataUri: uris[0]};
+      if ($('voice-language').value) body.language = $('voice-language').value;
+      const text = (take) => take.transcript.trim() || undefined;
+      if (fineTuning()) {
+        Object.assign(body, {fineTune: true, epochs: Number($('voice-epochs').value), transcript: text(takes[0]),
+                             samples: takes.slice(1).map((take, i) => ({audioDataUri: uris[i + 1], text: text(take)}))});
+      }
+      const answer = await api('api/train-voice', {method: 'POST', body});
+      say(createStatus, answer.jobId
+        ? `${body.modelName} is ready to speak now, and fine-tuning is queued (see Fine-tuning jobs).`
+        : `${body.modelName} is ready: choose it under Speak.`, 'ok');
+      await voices.refresh(answer.modelId);
+      if (answer.jobId) jobs.refresh();
+      clearForm();
+    } catch (error) {
+      say(createStatus, explain(error), 'error');
+    } finally {
+      button.disabled = false;
+      form.removeAttribute('aria-busy');
+    }
+  });
+
+  function clearForm() {
+    for (const take of takes) URL.revokeObjectURL(take.url);
+    takes.length = 0;
+    counter = 0;
+    $('voice-name').value = '';
+    renderTakes();
+  }
+}

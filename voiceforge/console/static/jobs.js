@@ -1,0 +1,129 @@
+// Fine-tuning jobs: a live progress bar each (progress, epoch, loss, time left), cancel, the failure reason.
+// Polled once a second while a job is queued or running: the API has no push channel, and a job's row
+// changes at most once per training step anyway.
+
+import {api} from './api.js';
+import {$, el, explain, facts, say} from './ui.js';
+
+const POLL_MS = 1000;
+const SHOWN = 20; // newest jobs listed
+const ACTIVE = new Set(['queued', 'running']);
+
+/** Wire the jobs section; `onFinished` runs when a job ends (the voice's kind may have changed). */
+export function setupJobs({onFinished, voiceName = (id) => id}) {
+  const list = $('job-list');
+  const status = $('jobs-status');
+  const seen = new Map(); // job id -> {state, firstAt, firstProgress}: for announcements and time left
+  let timer = null;
+  let names = voiceName;
+
+  async function refresh() {
+    clearTimeout(timer);
+    timer = null;
+    let jobs;
+    try {
+      jobs = (await api('api/jobs')).jobs.slice(0, SHOWN);
+    } catch (error) {
+      say(status, explain(error), 'error');
+      return;
+    }
+    announce(jobs);
+    render(jobs);
+    if (jobs.some((job) => ACTIVE.has(job.state))) timer = setTimeout(refresh, POLL_MS);
+  }
+
+  function announce(jobs) {
+    let finished = false;
+    for (const job of jobs) {
+      const before = seen.get(job.id);
+      if (!before) {
+        seen.set(job.id, {state: job.state, firstAt: performance.now(), firstProgress: job.progress});
+        continue;
+      }
+      if (before.state !== job.state) {
+        before.state = job.state;
+        if (!ACTIVE.has(job.state)) finished = true;
+        const what = `Fine-tuning of ${names(job.voiceId)}`;
+        const words = {running: `${what} started.`, succeeded: `${what} succeeded: the voice now speaks with its own weights.`,
+                       failed: `${what} failed: ${job.error || 'no reason given'}`, cancelled: `${what} was cancelled.`};
+        say(status, words[job.state] || `${what}: ${job.state}.`, job.state === 'failed' ? 'error' : '');
+      }
+    }
+    if (!jobs.length) say(status, 'No fine-tuning jobs yet.');
+    if (finished) onFinished();
+  }
+
+  function render(jobs) {
+    // Keep the card that holds the focus (a Cancel button) instead of rebuilding it under the user.
+    for (const job of jobs) {
+      const existing = list.querySelector(`[data-job-id="${CSS.escape(job.id)}"]`);
+      const fresh = card(job);
+      if (existing) existing.replaceWith(fresh);
+      else list.append(fresh);
+    }
+    const ids = new Set(jobs.map((job) => job.id));
+    for (const item of [...list.children]) if (!ids.has(item.dataset.jobId)) item.remove();
+    // Newest first, as the API lists them.
+    for (const job of jobs) list.append(list.querySelector(`[data-job-id="${CSS.escape(job.id)}"]`));
+  }
+
+  function card(job) {
+    const percent = Math.round(100 * (job.progress || 0));
+    const epochText = job.epochs ? `epoch ${job.epoch || 0} of ${job.epochs}` : '';
+    const headingId = `job-${job.id}-title`;
+    const focused = document.activeElement?.closest?.(`[data-job-id="${CSS.escape(job.id)}"]`);
+    const bar = el('div', {class: `progress ${job.state}`, role: 'progressbar', 'aria-valuemin': 0,
+                           'aria-valuemax': 100, 'aria-valuenow': percent, 'aria-labelledby': headingId,
+                           'aria-valuetext': [`${percent}%`, epochText].filter(Boolean).join(', ')},
+                   el('div', {class: 'track'}, el('div', {class: 'fill'})),
+                   el('span', {class: 'label', 'aria-hidden': 'true'}, `${percent}%`));
+    const rows = [['State', el('span', {class: `badge ${job.state}`}, job.state)]];
+    if (job.epochs) rows.push(['Epoch', `${job.epoch || 0} of ${job.epochs}`]);
+    if (job.steps) rows.push(['Step', `${job.step || 0} of ${job.steps}`]);
+    if (job.loss !== null && job.loss !== undefined) rows.push(['Loss', job.loss.toFixed(3)]);
+    if (job.datasetSeconds) rows.push(['Speech', `${Math.round(job.datasetSeconds)} s`]);
+    if (job.state === 'running') rows.push(['Time left', timeLeft(job)]);
+    const item = el('li', {class: 'card', dataset: {jobId: job.id, state: job.state}},
+      el('h3', {id: headingId}, `Fine-tuning ${names(job.voiceId)}`),
+      bar,
+      facts(rows),
+      job.message && job.state !== 'failed' ? el('p', {class: 'message'}, job.message) : null,
+      job.state === 'failed' ? el('p', {class: 'error'}, `Failed: ${job.error || 'no reason given'}`) : null,
+      ACTIVE.has(job.state)
+        ? el('div', {class: 'actions'}, el('button', {type: 'button', class: 'danger', 'aria-describedby': headingId,
+                                                      onclick: () => cancel(job)}, 'Cancel'))
+        : null);
+    // Through the CSSOM: the page's CSP refuses inline style attributes, not this.
+    item.querySelector('.fill').style.width = `${percent}%`;
+    if (focused) queueMicrotask(() => item.querySelector('button')?.focus());
+    return item;
+  }
+
+  function timeLeft(job) {
+    // From the progress this page has watched: the browser's and the server's clocks may disagree.
+    const first = seen.get(job.id);
+    const elapsed = (performance.now() - first.firstAt) / 1000;
+    const gained = job.progress - first.firstProgress;
+    if (elapsed < 2 || gained <= 0) return 'estimating…';
+    const seconds = ((1 - job.progress) * elapsed) / gained;
+    if (seconds < 60) return `about ${Math.max(1, Math.round(seconds))} s`;
+    if (seconds < 3600) return `about ${Math.round(seconds / 60)} min`;
+    return `about ${(seconds / 3600).toFixed(1)} h`;
+  }
+
+  async function cancel(job) {
+    try {
+      await api(`api/jobs/${encodeURIComponent(job.id)}/cancel`, {method: 'POST'});
+      say(status, `Cancelling the fine-tuning of ${names(job.voiceId)}…`);
+    } catch (error) {
+      say(status, explain(error), 'error');
+    }
+    refresh();
+  }
+
+  return {
+    refresh,
+    /** Name jobs by their voice's name (the voice list is loaded after the jobs module exists). */
+    useNames(lookup) { names = lookup; },
+  };
+}

@@ -1,0 +1,57 @@
+// Small helpers every part of the console shares: status messages, the page notice, language names.
+
+import {ApiError} from './api.js';
+
+// XTTS-v2's languages (the server refuses others with 422).
+export const LANGUAGES = {
+  en: 'English', es: 'Spanish', fr: 'French', de: 'German', it: 'Italian', pt: 'Portuguese', pl: 'Polish',
+  tr: 'Turkish', ru: 'Russian', nl: 'Dutch', cs: 'Czech', ar: 'Arabic', 'zh-cn': 'Chinese', hu: 'Hungarian',
+  ko: 'Korean', ja: 'Japanese', hi: 'Hindi',
+};
+
+export const $ = (id) => document.getElementById(id);
+
+/** Show `text` in a status element (an aria-live region reads it out); 'error' and 'ok' style it. */
+export function say(element, text, kind = '') {
+  element.textContent = text;
+  element.classList.toggle('error', kind === 'error');
+  element.classList.toggle('ok', kind === 'ok');
+}
+
+/** The page's notice (role=alert), for what concerns the whole page, such as a missing key; '' hides it. */
+export function notify(text) {
+  const notice = $('notice');
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+/** The words to show for a failed call: the server's own detail; a 401 also says where the key goes. */
+export function explain(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    notify('This server requires an API key: enter it at the top of the page.');
+    return `${error.message} Enter the API key at the top of the page.`;
+  }
+  return error.message || String(error);
+}
+
+/** An element with attributes and children: el('button', {type: 'button'}, 'Delete'). */
+export function el(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === false || value === null || value === undefined) continue;
+    if (name.startsWith('on')) element.addEventListener(name.slice(2), value);
+    else if (name === 'dataset') Object.assign(element.dataset, value);
+    else element.setAttribute(name, value === true ? '' : String(value));
+  }
+  element.append(...children.filter((child) => child !== null && child !== undefined && child !== false));
+  return element;
+}
+
+export function languageName(code) {
+  return code ? `${LANGUAGES[code] || code} (${code})` : 'not set';
+}
+
+/** A <dl> row pair: term and description. */
+export function facts(pairs) {
+  return el('dl', {class: 'facts'}, ...pairs.flatMap(([term, value]) => [el('dt', {}, term), el('dd', {}, value)]));
+}
