@@ -70,10 +70,10 @@ def encoder_costs(repeats: int) -> dict[str, tuple[float, float]]:
 
 
 def engine_times(checkpoint: Path, repeats: int) -> dict[str, float]:
-    """Seconds for one sentence in-process: stock inference vs our windowed stream, and its thread."""
+    """Seconds for one sentence in-process: stock inference, and our decoder whole and streamed."""
     import torch
 
-    from voiceforge.services.engine import Engine, EngineSettings, read_speakers, stream_chunk
+    from voiceforge.services.engine import Engine, EngineSettings, read_speakers
     from voiceforge.services.synthesis import sampling_for
 
     settings = EngineSettings(model_dir=str(checkpoint), model_name="bench", device="auto", queue_size=2)
@@ -82,14 +82,19 @@ def engine_times(checkpoint: Path, repeats: int) -> dict[str, float]:
     greedy = sampling_for(0)
     model = engine.model
 
-    def windowed() -> None:
+    def stock() -> None:
         with torch.inference_mode():
-            list(stream_chunk(model, SENTENCE, "en", latents, greedy, 1.0))
+            model.inference(SENTENCE, "en", latents.gpt_cond_latent, latents.speaker_embedding,
+                            do_sample=False, repetition_penalty=greedy.repetition_penalty)
 
-    paths = {"whole (stock model.inference)": lambda: engine.synthesize(SENTENCE, "en", latents, greedy),
-             "streamed, same thread": windowed,
-             "streamed through Engine.stream's producer thread":
-                 lambda: list(engine.stream(SENTENCE, "en", latents, greedy))}
+    def whole() -> None:
+        engine.synthesize(SENTENCE, "en", latents, greedy)
+
+    def streamed() -> None:
+        list(engine.stream(SENTENCE, "en", latents, greedy))
+
+    paths = {"whole, stock model.inference": stock, "whole, our decoder (Engine.synthesize)": whole,
+             "streamed, our decoder (Engine.stream)": streamed}
     return interleaved(paths, repeats)
 
 

@@ -117,13 +117,13 @@ def test_the_requested_language_reaches_the_model(client, monkeypatch: pytest.Mo
     from tests.support.audio import data_uri, encode_audio, speech_like
 
     languages: list[str] = []
-    real = Engine.synthesize
+    real = Engine.speak
 
-    def recording(self: Engine, text: str, language: str, *args: object, **kwargs: object) -> np.ndarray:
+    def recording(self: Engine, texts: list[str], language: str, *args: object, **kwargs: object) -> list:
         languages.append(language)
-        return real(self, text, language, *args, **kwargs)
+        return real(self, texts, language, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "synthesize", recording)
+    monkeypatch.setattr(Engine, "speak", recording)
     data, mime = encode_audio(speech_like(4.0, 48000), 48000, "wav")
     russian = client.post("/api/train-voice", json={"modelName": "Ru", "audioDataUri": data_uri(data, mime),
                                                     "language": "ru"}).json["modelId"]

@@ -16,7 +16,6 @@ from tests.support.server import start_server, stop_server
 from voiceforge.audio.encode import FORMATS
 from voiceforge.runtime import get_runtime
 from voiceforge.services import synthesis
-from voiceforge.services.engine import stream_chunk
 
 RATE = 24000
 MIME = {"wav": "audio/wav", "mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac",
@@ -77,36 +76,41 @@ def test_errors_known_before_the_audio_answer_json_as_tts_does(client) -> None:
 
 
 @pytest.mark.parametrize("speed", [1.0, 0.7, 1.6])
-def test_windowed_streaming_picks_the_whole_responses_tokens_and_audio(
+def test_whole_and_streamed_speech_have_stock_xtts_tokens_and_audio(
         make_app, long_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, speed: float) -> None:
+    """Our decoder and windowed vocoder against stock `model.inference`, greedy."""
     app = make_app(MODEL_DIR=str(long_checkpoint))
     runtime = get_runtime(app)
     model = runtime.engine.model
-    whole_tokens: list[list[int]] = []
+    stock_tokens: list[list[int]] = []
     generate = model.gpt.generate
 
     def spying_generate(*args: object, **kwargs: object):
         codes = generate(*args, **kwargs)
-        whole_tokens.append(codes[0].tolist())
+        stock_tokens.append(codes[0].tolist())
         return codes
 
     monkeypatch.setattr(model.gpt, "generate", spying_generate)
     greedy = synthesis.sampling_for(0)
     with app.app_context():
         voice = runtime.catalogue.handle("default-female")
-        whole = runtime.engine.synthesize("Streaming test.", "en", voice.latents, greedy, speed)
-        streamed_tokens: list[int] = []
         import torch
 
         with torch.inference_mode():
-            pieces = list(stream_chunk(model, "Streaming test.", "en", voice.latents, greedy, speed,
-                                       tokens=streamed_tokens))
-    assert len(streamed_tokens) == 117 and whole_tokens == [streamed_tokens]
+            stock = model.inference("Streaming test.", "en", voice.latents.gpt_cond_latent,
+                                    voice.latents.speaker_embedding, do_sample=False, speed=speed,
+                                    repetition_penalty=greedy.repetition_penalty)["wav"]
+        (whole,) = runtime.engine.speak(["Streaming test."], "en", voice.latents, greedy, speed)
+        (streamed,) = runtime.engine.speak(["Streaming test."], "en", voice.latents, greedy, speed,
+                                           streaming=True)
+        whole_audio = whole.audio()
+        pieces = list(streamed.pieces())
+    assert len(stock_tokens[0]) == 117 and stock_tokens == [whole.tokens] == [streamed.tokens]
     assert len(pieces) >= 4  # a short first window, then windows of 32 tokens
-    streamed = np.concatenate(pieces)
-    assert streamed.size == whole.size
-    # Below one step of 16-bit audio (measured: at most 1.2e-5 with 8 frames of vocoder context).
-    assert np.abs(streamed - whole).max() < 1 / 32768
+    for audio in (whole_audio, np.concatenate(pieces)):
+        assert audio.size == stock.size
+        # Below one step of 16-bit audio (measured: at most 1.6e-5 with 8 frames of vocoder context).
+        assert np.abs(audio - stock).max() < 1 / 32768
 
 
 def test_streamed_sampling_with_variability_still_varies(make_app) -> None:
@@ -158,19 +162,18 @@ def test_behind_gunicorn_first_bytes_come_early_and_a_disconnect_frees_the_engin
 
 def test_a_failure_after_the_first_byte_ends_the_stream_and_is_logged(
         client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from voiceforge.services.engine import Engine
+    from voiceforge.decoding import scheduler
 
-    real = Engine.stream
+    real = scheduler.vocode
+    calls: list[int] = []
 
-    def breaks_after_one_piece(self: Engine, *args: object, **kwargs: object):
-        pieces = real(self, *args, **kwargs)
-        try:
-            yield next(pieces)
-        finally:
-            pieces.close()
-        raise RuntimeError("the GPU fell off the bus")
+    def breaks_at_the_second_window(model: object, windows: list) -> object:
+        calls.append(len(windows))
+        if len(calls) == 2:
+            raise RuntimeError("the GPU fell off the bus")
+        yield from real(model, windows)
 
-    monkeypatch.setattr(Engine, "stream", breaks_after_one_piece)
+    monkeypatch.setattr(scheduler, "vocode", breaks_at_the_second_window)
     body = {"text": "Hello there.", "voiceId": "default-female", "variability": 0, "format": "pcm"}
     response = client.post("/api/tts/stream", json=body, buffered=False)
     assert response.status_code == 200  # the status line went out before the audio
@@ -180,5 +183,5 @@ def test_a_failure_after_the_first_byte_ends_the_stream_and_is_logged(
             received += chunk
     assert received  # the first bytes arrived, then the stream ended instead of completing
     assert "synthesis failed after" in caplog.text
-    # The queue place was given back: the next request is served.
+    # The queue place was given back and the decoder carries on: the next request is served.
     assert client.post("/api/tts", json=body).status_code == 200

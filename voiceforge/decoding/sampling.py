@@ -58,10 +58,7 @@ class SamplingTable:
         """
         if rows is None:
             rows = torch.arange(logits.shape[0], device=logits.device)
-        scores = logits.float()
-        penalty = self.penalty[rows, None]
-        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-        scores = torch.where(self.seen[rows], penalised, scores)
+        scores = self.penalised(logits, rows)
         tokens = scores.argmax(dim=-1)
         greedy = self.greedy[rows]
         if sample if sample is not None else not bool(greedy.all()):
@@ -69,8 +66,20 @@ class SamplingTable:
         self.seen[rows, tokens] = True
         return tokens
 
+    def penalised(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Scores after the repetition penalty: seen tokens' logits divided (or, if negative, multiplied)."""
+        scores = logits.float()
+        penalty = self.penalty[rows, None]
+        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+        return torch.where(self.seen[rows], penalised, scores)
+
     def _draw(self, scores: torch.Tensor, rows: torch.Tensor,
               generator: torch.Generator | None) -> torch.Tensor:
+        filtered = self.filtered(scores, rows)
+        return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).view(-1)
+
+    def filtered(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Penalised scores after temperature, top-k and top-p: what a sampled row draws from."""
         scores = scores / self.temperature[rows, None]
         # top-k: drop what is below the k-th largest score (ties with it stay, as in transformers).
         descending = scores.sort(dim=-1, descending=True).values
@@ -81,5 +90,4 @@ class SamplingTable:
         cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
         drop = cumulative <= (1 - self.top_p[rows, None])
         drop[:, -1] = False
-        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-        return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).view(-1)
+        return scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))

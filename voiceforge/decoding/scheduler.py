@@ -152,16 +152,14 @@ class BatchScheduler:
                     if self._live:
                         self._step()
                         self._vocode()
-            except BaseException as error:  # handed to every consumer in the batch
-                log.exception("decoding failed; ending %d utterance(s)", len(self._live) + len(joining))
-                for live in self._live:
-                    live.utterance._out.put(error)
-                    live.finished = True
-                for utterance in joining:
-                    if not any(live.utterance is utterance for live in self._live):
-                        utterance._out.put(error)
-                        utterance._out.put(_DONE)
-            self._retire()
+                    self._retire()
+            except BaseException as error:  # handed to every consumer in the batch; the thread goes on
+                stranded = {id(item): item for item in [live.utterance for live in self._live] + joining}
+                log.exception("decoding failed; ending %d utterance(s)", len(stranded))
+                for utterance in stranded.values():  # one that already ended never reads these
+                    utterance._out.put(error)
+                    utterance._out.put(_DONE)
+                self._live = []  # every row is free again; their caches are simply overwritten
         self._fail_all(RuntimeError("the decoder was closed"))
 
     def _take_joining(self) -> list[Utterance]:
@@ -236,12 +234,12 @@ class BatchScheduler:
                 windows.append(window)
         if not windows:
             return
-        for window, wav in zip(windows, vocode(self.model, windows), strict=True):
+        for window, wav in vocode(self.model, windows):  # each piece goes out as soon as it is ready
+            live = next(live for live in self._live if live.vocoding is window.owner)
             piece = window.owner.finish(window, wav)
             if piece.size:
-                next(live for live in self._live if live.vocoding is window.owner).utterance._out.put(piece)
-        for live in self._live:
-            if live.finished and live.vocoding is not None:
+                live.utterance._out.put(piece)
+            if live.finished:  # that was its last window
                 live.utterance._out.put(_DONE)
                 live.vocoding = None  # type: ignore[assignment]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,25 +87,25 @@ class WindowedVocoding:
         return piece
 
 
-def vocode(model: Any, windows: list[Window]) -> list[np.ndarray]:
-    """HiFiGAN over each window (float32 mono at 24 kHz, in order); equal shapes share one batch."""
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for index, window in enumerate(windows):
-        groups[tuple(window.frames.shape)].append(index)
+def vocode(model: Any, windows: list[Window]) -> Iterator[tuple[Window, np.ndarray]]:
+    """HiFiGAN over each window: (window, float32 mono audio at 24 kHz) as each batch is done.
+
+    Windows of equal shape share a batch, up to BATCH_FRAMES decoder frames.
+    """
+    groups: dict[tuple[int, ...], list[Window]] = defaultdict(list)
+    for window in windows:
+        groups[tuple(window.frames.shape)].append(window)
     budget = BATCH_FRAMES.get(windows[0].frames.device.type, 1) if windows else 1
-    batches = []
-    for shape, indices in groups.items():
-        size = max(1, budget // shape[-1])
-        batches += [indices[start:start + size] for start in range(0, len(indices), size)]
-    results: list[np.ndarray | None] = [None] * len(windows)
     generator = model.hifigan_decoder.waveform_decoder
-    for indices in batches:
-        frames = torch.cat([windows[i].frames for i in indices])
-        speakers = torch.cat([windows[i].speaker for i in indices])
-        wavs = generator(frames, g=speakers).float().cpu().numpy()
-        for row, index in enumerate(indices):
-            results[index] = wavs[row].reshape(-1)
-    return results  # type: ignore[return-value]
+    for shape, group in groups.items():
+        size = max(1, budget // shape[-1])
+        for start in range(0, len(group), size):
+            batch = group[start:start + size]
+            frames = torch.cat([window.frames for window in batch])
+            speakers = torch.cat([window.speaker for window in batch])
+            wavs = generator(frames, g=speakers).float().cpu().numpy()
+            for window, wav in zip(batch, wavs, strict=True):
+                yield window, wav.reshape(-1)
 
 
 def decoder_frames(model: Any, gpt_latents: torch.Tensor, speed: float) -> torch.Tensor:

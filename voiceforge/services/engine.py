@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ import numpy as np
 from voiceforge.errors import Busy, ServiceUnavailable, Unprocessable
 
 if TYPE_CHECKING:
+    from voiceforge.decoding.scheduler import BatchScheduler, Utterance
     from voiceforge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,14 +26,13 @@ log = logging.getLogger(__name__)
 OUTPUT_RATE = 24000  # XTTS-v2 vocoder output
 CONDITIONING_RATE = 22050  # XTTS-v2 conditioning input
 CHECKPOINT_FILES = ("config.json", "model.pth", "vocab.json")
-# Streaming: audio tokens in the first window (about 0.35 s of audio at speed 1, so audio starts
-# early) and in each later one (about 1.5 s), decoder frames of context vocoded on each side of a
-# window (256 samples each; 8 keep the streamed audio within one 16-bit step of the whole
-# response's, and the vocoder's extra work at 16 / 139 frames), and the cross-fade between windows.
+# Vocoder windows, in audio tokens (about 46 ms of audio each at speed 1). Streaming: a small
+# first window so audio starts early (about 0.35 s), then about 1.5 s per window. A whole response
+# uses bigger windows (about 4.5 s): fewer vocoder calls, while every window still has the same
+# bounded cost (voiceforge/decoding/vocoder.py).
 STREAM_FIRST_WINDOW_TOKENS = 8
 STREAM_WINDOW_TOKENS = 32
-STREAM_CONTEXT_FRAMES = 8
-STREAM_CROSSFADE_SAMPLES = 512
+WHOLE_WINDOW_TOKENS = 96
 HOW_TO_PROVIDE = (
     "Set VOICEFORGE_MODEL_DIR to an XTTS-v2 checkpoint directory (config.json, model.pth, vocab.json, "
     "speakers_xtts.pth), or accept the Coqui Public Model License with COQUI_TOS_AGREED=1 so the "
@@ -84,11 +82,16 @@ class EngineSettings:
     device: str
     queue_size: int
     finetuned_cache: int = 2  # fine-tuned voices' GPT weights kept resident
+    max_batch: int = 8  # sequences decoded together (rows of the key/value cache)
+    decoder_dtype: str = "float32"  # the GPT's dtype while decoding (bfloat16/float16: CUDA only)
+    cuda_graphs: bool = True  # capture the decoding step in CUDA graphs (CUDA only)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineSettings:
         return cls(model_dir=settings.model_dir, model_name=settings.model_name, device=settings.device,
-                   queue_size=settings.inference_queue_size, finetuned_cache=settings.finetuned_cache)
+                   queue_size=settings.inference_queue_size, finetuned_cache=settings.finetuned_cache,
+                   max_batch=settings.max_batch, decoder_dtype=settings.decoder_dtype,
+                   cuda_graphs=settings.cuda_graphs)
 
 
 class Engine:
@@ -106,6 +109,7 @@ class Engine:
         self._speakers: dict[str, Latents] | None = None
         self._load_error: str | None = None  # why the last load failed; cleared by a good load
         self._gpt_weights: Any = None  # GptWeights: swaps fine-tuned voices' GPT in, under _model_lock
+        self._decoder: BatchScheduler | None = None  # built on first synthesis, after the model
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -246,69 +250,95 @@ class Engine:
         if len(tokens) >= model.args.gpt_max_text_tokens:
             raise Unprocessable("A sentence is too long for the model; add punctuation.")
 
+    def speak(self, texts: list[str], language: str, latents: Latents, sampling: Sampling, speed: float = 1.0,
+              weights: str | None = None, *, streaming: bool = False) -> list[Utterance]:
+        """Hand every chunk of a request to the decoder at once; their audio arrives on each Utterance.
+
+        The chunks are decoded together (and with other requests' chunks): continuous batching.
+        Text the model's tokenizer refuses raises 422 here, before anything is queued. `streaming`
+        vocodes in small windows (the first one smaller still) so audio can start early; otherwise
+        in windows of WHOLE_WINDOW_TOKENS. Cancel the utterances of a request that is abandoned.
+        """
+        import torch
+
+        from voiceforge.decoding.sampling import RowSettings
+        from voiceforge.decoding.scheduler import Utterance
+
+        model = self.model
+        lang = language.split("-")[0]
+        token_lists = []
+        for text in texts:
+            try:
+                tokens = model.tokenizer.encode(text.strip().lower(), lang=lang)
+            except NotImplementedError as error:
+                raise unspeakable(language, error) from error
+            if len(tokens) >= model.args.gpt_max_text_tokens:  # XTTS asserts past 400 text tokens
+                raise Unprocessable("A sentence is too long for the model; add punctuation.")
+            token_lists.append(torch.IntTensor(tokens))
+        row = RowSettings(greedy=sampling.greedy, temperature=sampling.temperature, top_k=sampling.top_k,
+                          top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty)
+        first, window = ((STREAM_FIRST_WINDOW_TOKENS, STREAM_WINDOW_TOKENS) if streaming
+                         else (WHOLE_WINDOW_TOKENS, WHOLE_WINDOW_TOKENS))
+        decoder = self.decoder()
+        return [decoder.submit(Utterance(tokens, latents.gpt_cond_latent, latents.speaker_embedding, row,
+                                         speed, weights, first_window=first, window=window))
+                for tokens in token_lists]
+
     def synthesize(self, text: str, language: str, latents: Latents, sampling: Sampling,
                    speed: float = 1.0, weights: str | None = None) -> np.ndarray:
         """Speak one chunk of text (under the language's limit): float32 mono at 24 kHz."""
-        import torch
-
-        model = self.model
-        with self._model_lock, torch.inference_mode():
-            self.use_weights(model, weights)
-            try:
-                result = model.inference(
-                    text, language, latents.gpt_cond_latent, latents.speaker_embedding,
-                    temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                    repetition_penalty=sampling.repetition_penalty, do_sample=not sampling.greedy,
-                    speed=speed, enable_text_splitting=False)
-            except NotImplementedError as error:
-                raise unspeakable(language, error) from error
-            except AssertionError as error:
-                # XTTS asserts when a chunk exceeds 400 text tokens.
-                raise Unprocessable("A sentence is too long for the model; add punctuation.") from error
-        wav = result["wav"]
-        wav = wav.numpy() if hasattr(wav, "numpy") else np.asarray(wav)
-        return wav.astype(np.float32, copy=False).reshape(-1)
+        (utterance,) = self.speak([text], language, latents, sampling, speed, weights)
+        try:
+            return utterance.audio()
+        finally:
+            utterance.cancel()
 
     def stream(self, text: str, language: str, latents: Latents, sampling: Sampling, speed: float = 1.0,
-               weights: str | None = None, *, window: int = STREAM_WINDOW_TOKENS) -> Iterator[np.ndarray]:
-        """Speak one chunk of text as audio pieces of about `window` tokens each, as they are decoded.
+               weights: str | None = None) -> Iterator[np.ndarray]:
+        """Speak one chunk of text as audio pieces (about 1.5 s each, the first shorter) as they are decoded.
 
-        The model runs in a producer thread that holds the model lock for the whole chunk (XTTS's
-        generation keeps state on the model, so two must never interleave), while the caller's
-        thread only hands pieces on: a slow client never holds the model. Closing the iterator
-        (a client that disconnects) stops the producer within one window.
+        Closing the iterator (a client that disconnects) drops the chunk from the decoder at its next step.
         """
-        pieces: queue.Queue[Any] = queue.Queue()
-        stop = threading.Event()
-        model = self.model
-
-        def produce() -> None:
-            import torch
-
-            try:
-                with self._model_lock, torch.inference_mode():
-                    self.use_weights(model, weights)
-                    for piece in stream_chunk(model, text, language, latents, sampling, speed, window=window):
-                        if stop.is_set():
-                            return
-                        pieces.put(piece)
-            except NotImplementedError as error:
-                pieces.put(unspeakable(language, error))
-            except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
-                pieces.put(error)
-            finally:
-                pieces.put(_DONE)
-
-        producer = threading.Thread(target=produce, name="voiceforge-stream", daemon=True)
-        producer.start()
+        (utterance,) = self.speak([text], language, latents, sampling, speed, weights, streaming=True)
         try:
-            while (item := pieces.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            yield from utterance.pieces()
         finally:
-            stop.set()
-            producer.join()
+            utterance.cancel()
+
+    def decoder(self) -> BatchScheduler:
+        """The continuous-batching decoder that owns the model's generation (built on first use).
+
+        On CUDA its step is captured in CUDA graphs first (a few seconds, once per process).
+        """
+        if self._decoder is None:
+            model = self.model
+            with self._load_lock:
+                if self._decoder is None:
+                    self._decoder = self._build_decoder(model)
+        return self._decoder
+
+    def _build_decoder(self, model: Any) -> BatchScheduler:
+        import torch
+
+        from voiceforge.decoding.gpt import GptDecoder
+        from voiceforge.decoding.scheduler import BatchScheduler
+
+        dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        dtype = dtypes[self.settings.decoder_dtype]
+        started = time.perf_counter()
+        with self._model_lock, torch.inference_mode():
+            gpt = GptDecoder(model, self.settings.max_batch, dtype=dtype)
+            step_runner = None
+            if gpt.device.type == "cuda" and self.settings.cuda_graphs:
+                from voiceforge.decoding.cuda_graphs import GraphedStep
+
+                graphed = GraphedStep(gpt)
+                graphed.capture()  # under the model lock: nothing else may launch work during a capture
+                step_runner = graphed.step
+        log.info("decoder ready: %d rows, %s, %s in %.1f s", gpt.rows, gpt.dtype,
+                 "CUDA graphs" if step_runner else "eager steps", time.perf_counter() - started)
+        return BatchScheduler(model, self._model_lock, lambda weights: self.use_weights(model, weights),
+                              decoder=gpt, step_runner=step_runner)
 
     @contextmanager
     def reserve(self) -> Iterator[None]:
@@ -322,92 +352,6 @@ class Engine:
             yield
         finally:
             self._slots.release()
-
-
-_DONE = object()  # end of a producer's pieces
-
-
-def stream_chunk(model: Any, text: str, language: str, latents: Latents, sampling: Sampling,
-                 speed: float, *, window: int = STREAM_WINDOW_TOKENS,
-                 tokens: list[int] | None = None) -> Iterator[np.ndarray]:
-    """Generate one chunk's audio tokens one by one and vocode them in bounded, cross-faded windows.
-
-    Stock `inference_stream` re-runs HiFiGAN over every latent so far at each chunk (quadratic in
-    the length) and ignores greedy decoding. Here the cheap part of the decoder (interpolating GPT
-    latents to decoder frames, which must be done on one global grid or windows come out of phase)
-    runs over the latents so far, and the expensive HiFiGAN convolutions run only over each
-    window's new frames plus STREAM_CONTEXT_FRAMES on each side (more when speech is slowed down,
-    where a token spans more frames and the interpolated edge moves further); the held-back edge is
-    cross-faded with the next window's version of it. The first window is STREAM_FIRST_WINDOW_TOKENS
-    long so audio starts early, later ones `window`. Greedy decoding samples with top_k=1, which
-    picks exactly the tokens `model.inference` picks. Must run under the engine's model lock and
-    torch.inference_mode(). When `tokens` is given, the audio tokens are appended to it.
-    """
-    import torch
-
-    lang = language.split("-")[0]
-    text_tokens = torch.IntTensor(model.tokenizer.encode(text.strip().lower(), lang=lang)).unsqueeze(0)
-    text_tokens = text_tokens.to(model.device)
-    speaker = latents.speaker_embedding.to(model.device)
-    inputs = model.gpt.compute_embeddings(latents.gpt_cond_latent.to(model.device), text_tokens)
-    generator = model.gpt.get_generator(
-        fake_inputs=inputs, do_sample=True, top_k=1 if sampling.greedy else sampling.top_k,
-        top_p=1.0 if sampling.greedy else sampling.top_p,
-        temperature=1.0 if sampling.greedy else sampling.temperature,
-        repetition_penalty=sampling.repetition_penalty, length_penalty=1.0, num_beams=1,
-        num_return_sequences=1, output_attentions=False, output_hidden_states=True,
-        return_dict_in_generate=True)
-    decoder = model.hifigan_decoder
-    hop = decoder.output_hop_length  # output samples per decoder frame (HiFiGAN upsamples by this)
-    hidden: list[Any] = []
-    emitted = 0  # decoder frames whose audio has been sent (the held-back edge excluded)
-    tail: np.ndarray | None = None  # the last window's audio just past `emitted`, to cross-fade
-    pending = STREAM_FIRST_WINDOW_TOKENS
-    context = math.ceil(STREAM_CONTEXT_FRAMES * max(1.0, 1.0 / max(speed, 0.05)))
-    finished = False
-    while not finished:
-        try:
-            token, latent = next(generator)
-            hidden.append(latent)
-            if tokens is not None:
-                tokens.append(int(token))
-            pending -= 1
-        except StopIteration:
-            finished = True
-        if not hidden or (not finished and pending > 0):
-            continue
-        pending = window
-        frames = decoder_frames(model, torch.cat(hidden, dim=0)[None, :], speed)
-        total = frames.shape[-1]
-        end = total if finished else max(emitted, total - context)
-        first = max(0, emitted - context)
-        wav = decoder.waveform_decoder(frames[..., first:total], g=speaker).reshape(-1).float().cpu().numpy()
-        piece = wav[(emitted - first) * hop:(end - first) * hop].copy()
-        if tail is not None:
-            fade = min(tail.size, piece.size)
-            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
-            piece[:fade] = tail[:fade] * (1.0 - ramp) + piece[:fade] * ramp
-        tail = wav[(end - first) * hop:(end - first) * hop + STREAM_CROSSFADE_SAMPLES].copy()
-        emitted = end
-        if piece.size:
-            yield piece
-
-
-def decoder_frames(model: Any, gpt_latents: Any, speed: float) -> Any:
-    """GPT latents (1, T, C) -> HiFiGAN input frames, exactly as `model.inference` then HifiDecoder do."""
-    import torch.nn.functional as F
-
-    decoder = model.hifigan_decoder
-    length_scale = 1.0 / max(speed, 0.05)
-    if length_scale != 1.0:
-        gpt_latents = F.interpolate(gpt_latents.transpose(1, 2), scale_factor=length_scale,
-                                    mode="linear").transpose(1, 2)
-    frames = F.interpolate(gpt_latents.transpose(1, 2), mode="linear",
-                           scale_factor=[decoder.ar_mel_length_compression / decoder.output_hop_length])
-    if decoder.output_sample_rate != decoder.input_sample_rate:
-        frames = F.interpolate(frames, scale_factor=[decoder.output_sample_rate / decoder.input_sample_rate],
-                               mode="linear")
-    return frames
 
 
 def unspeakable(language: str, error: Exception) -> Unprocessable:

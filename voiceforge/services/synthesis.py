@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from voiceforge import logs, metrics
 from voiceforge.runtime import Runtime
 from voiceforge.services.catalogue import VoiceHandle
 from voiceforge.services.engine import OUTPUT_RATE, Sampling
+
+if TYPE_CHECKING:
+    from voiceforge.decoding.scheduler import Utterance
 from voiceforge.services.languages import normalise_language
 from voiceforge.services.text import clean_text, split_text
 
@@ -55,15 +61,11 @@ class Speech:
         return OUTPUT_RATE
 
     def chunks(self) -> Iterator[np.ndarray]:
-        """Mono float32 audio at 24 kHz: each sentence chunk, with the configured pause between them."""
-        engine = self.runtime.engine
-        pause = np.zeros(int(OUTPUT_RATE * self.runtime.settings.sentence_pause_ms / 1000), dtype=np.float32)
-        with self._place:
-            for index, text in enumerate(self.chunks_of_text):
-                if index and pause.size:
-                    yield pause
-                yield engine.synthesize(text, self.language, self.voice.latents, self.sampling, self.speed,
-                                        self.voice.weights)
+        """Mono float32 audio at 24 kHz: each sentence chunk, with the configured pause between them.
+
+        Every chunk is handed to the decoder at once, so the sentences are decoded together.
+        """
+        yield from self._speak(streaming=False)
 
     def stream(self) -> Iterator[np.ndarray]:
         """Like chunks(), but each sentence arrives in windows (about 1.5 s of audio) as it is decoded.
@@ -71,18 +73,45 @@ class Speech:
         The first audio is ready after one window of tokens and one vocoder pass, whatever the
         length of the text; with variability 0 the audio tokens are the ones chunks() speaks.
         """
+        yield from self._speak(streaming=True)
+
+    def _speak(self, *, streaming: bool) -> Iterator[np.ndarray]:
         engine = self.runtime.engine
         pause = np.zeros(int(OUTPUT_RATE * self.runtime.settings.sentence_pause_ms / 1000), dtype=np.float32)
+        # A whole response hands every chunk to the decoder at once (decoded together). A stream keeps
+        # only the chunk being sent and the next one in flight: the next is ready before the current
+        # one has played, its first audio does not wait behind the rest, and a client that goes away
+        # has little left to cancel.
+        ahead = 1 if streaming else len(self.chunks_of_text)
+        pending = list(self.chunks_of_text)
+        in_flight: list[Utterance] = []
+
+        def submit(count: int) -> None:
+            texts, pending[:] = pending[:count], pending[count:]
+            if texts:
+                in_flight.extend(engine.speak(texts, self.language, self.voice.latents, self.sampling,
+                                              self.speed, self.voice.weights, streaming=streaming))
+
         with self._place:
-            for index, text in enumerate(self.chunks_of_text):
-                if index and pause.size:
-                    yield pause
-                pieces = engine.stream(text, self.language, self.voice.latents, self.sampling, self.speed,
-                                       self.voice.weights)
-                try:
-                    yield from pieces
-                finally:
-                    pieces.close()  # stops the producer at once when the consumer stops early
+            started = time.perf_counter()
+            samples = tokens = 0
+            try:
+                submit(1 + ahead)
+                index = 0
+                while in_flight:
+                    utterance = in_flight.pop(0)
+                    if index and pause.size:
+                        yield pause
+                    for piece in utterance.pieces():
+                        samples += piece.size
+                        yield piece
+                    tokens += len(utterance.tokens)
+                    submit(1)
+                    index += 1
+            finally:
+                for utterance in in_flight:  # a consumer that stops early frees the decoder's rows
+                    utterance.cancel()
+            metrics.record_synthesis(time.perf_counter() - started, samples / OUTPUT_RATE, tokens)
 
     def close(self) -> None:
         """Give the queue place back without speaking (or after an early stop)."""
@@ -109,6 +138,7 @@ def prepare(runtime: Runtime, text: str, voice_id: str, *, speed: float = 1.0, v
     for chunk in chunks:
         runtime.engine.check_text(chunk, lang)
     place = ExitStack()
-    place.enter_context(runtime.engine.reserve())
+    place.enter_context(metrics.queue_place(runtime.engine.reserve()))  # counts depth and 503 refusals
+    logs.bind(voice_id=voice_id, chars=len(cleaned))  # the request's log lines carry them; never the text
     log.info("speaking %d chunk(s), %d chars, voice %s, %s", len(chunks), len(cleaned), voice_id, lang)
     return Speech(runtime, chunks, lang, voice, sampling_for(variability), speed, place)

@@ -1,0 +1,233 @@
+"""Our decoding engine (voiceforge/decoding/) against stock XTTS: same tokens, batched, continuous.
+
+Every test runs the real model code of a random-weight checkpoint; the CUDA tests run only where
+CUDA is present (a GPU machine), and skip cleanly elsewhere.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.support.checkpoint import build_checkpoint
+from voiceforge.decoding.sampling import RowSettings, SamplingTable
+from voiceforge.finetune.export import export_gpt
+from voiceforge.services.engine import Engine, EngineSettings, Latents, Sampling, read_speakers
+
+# What variability 0 and 1 mean (voiceforge.services.synthesis.sampling_for), spelled out so these
+# tests import no web stack: they also run on a bare GPU machine.
+GREEDY = Sampling(greedy=True, temperature=1.0, top_p=1.0)
+VARIED = Sampling(greedy=False, temperature=1.0, top_p=0.95)
+
+
+def every_text() -> list[tuple[str, str]]:
+    """(language, text) pairs of TEXTS, in order."""
+    return [(language, text) for language, texts in TEXTS.items() for text in texts]
+TEXTS = {
+    "en": ["Hello there.", "The quick brown fox jumps over the lazy dog.", "Numbers like 42 are spelled out.",
+           "A somewhat longer sentence, with a comma, to make a longer prompt for the model."],
+    "de": ["Guten Morgen, wie geht es dir?", "Ein kurzer Satz."],
+    "fr": ["Bonjour à tous.", "Une phrase un peu plus longue que la première."],
+    "es": ["Hola, ¿qué tal?"], "pt": ["Bom dia a todos."], "pl": ["Dzień dobry."],
+    "ru": ["Привет, как дела?"], "nl": ["Goedemorgen allemaal."], "tr": ["Günaydın."],
+}
+
+
+def stock_tokens(engine: Engine, text: str, language: str, latents: Latents) -> list[int]:
+    """Greedy audio tokens exactly as stock `model.inference` chooses them (its gpt.generate call)."""
+    model = engine.model
+    tokens = torch.IntTensor(model.tokenizer.encode(text.strip().lower(), lang=language)).unsqueeze(0)
+    with torch.inference_mode():
+        codes = model.gpt.generate(cond_latents=latents.gpt_cond_latent.to(model.device),
+                                   text_inputs=tokens.to(model.device), do_sample=False, top_p=1.0, top_k=50,
+                                   temperature=1.0, num_return_sequences=1, num_beams=1, length_penalty=1.0,
+                                   repetition_penalty=GREEDY.repetition_penalty, output_attentions=False)
+    return codes[0].tolist()
+
+
+@pytest.fixture(scope="module")
+def voices(checkpoint_dir: Path) -> list[Latents]:
+    return list(read_speakers(checkpoint_dir).values())
+
+
+@pytest.fixture(scope="module")
+def long_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """Sequences of 247 tokens (about 11 s of audio): long enough to join or cancel mid-way."""
+    checkpoint = build_checkpoint(tmp_path_factory.mktemp("long") / "xtts", max_audio_tokens=250)
+    return Engine(EngineSettings(model_dir=str(checkpoint), model_name="unused", device="cpu", queue_size=8))
+
+
+def test_greedy_tokens_equal_stock_over_texts_voices_and_languages(shared_engine: Engine, voices) -> None:
+    items = [(text, language, voices[n % len(voices)]) for n, (language, text) in enumerate(every_text())]
+    # All at once: more than the decoder's 8 rows, so sequences join as others leave.
+    spoken = [(item, shared_engine.speak([item[0]], item[1], item[2], GREEDY)[0]) for item in items]
+    for (text, language, latents), utterance in spoken:
+        utterance.audio()
+        assert utterance.tokens == stock_tokens(shared_engine, text, language, latents), (text, language)
+    assert len(items) > 8 and shared_engine.decoder().max_batch > 1
+
+
+def test_a_sequence_decoded_in_a_batch_gives_the_tokens_and_audio_it_gives_alone(
+        shared_engine: Engine, voices) -> None:
+    text, latents = "The same sentence, alone and in company.", voices[0]
+    (alone,) = shared_engine.speak([text], "en", latents, GREEDY)
+    alone_audio = alone.audio()
+    # In company: sampled rows (variability 1), other voices, other speeds, in the same steps.
+    crowd = [shared_engine.speak([f"Other words number {n}."], "en", voices[n % len(voices)],
+                                 VARIED, speed=0.8 + 0.1 * n)[0] for n in range(5)]
+    (together,) = shared_engine.speak([text], "en", latents, GREEDY)
+    together_audio = together.audio()
+    for utterance in crowd:
+        assert utterance.audio().size > 0
+    assert together.tokens == alone.tokens
+    assert np.abs(together_audio - alone_audio).max() < 1e-6
+
+
+def test_sequences_join_and_leave_at_step_boundaries(long_engine: Engine, voices) -> None:
+    decoder = long_engine.decoder()
+    steps_before = decoder.steps
+    (first,) = long_engine.speak(["A first sentence starts alone."], "en", voices[0], GREEDY,
+                                 streaming=True)
+    pieces = first.pieces()
+    next(pieces)  # the first window is out: `first` is mid-sequence
+    (second,) = long_engine.speak(["A second one joins it."], "en", voices[1], GREEDY)
+    second.audio()
+    list(pieces)
+    # Decoded side by side: far fewer steps than one after the other would take.
+    assert decoder.steps - steps_before < (len(first.tokens) + len(second.tokens)) * 0.75
+    assert second.tokens == stock_tokens(long_engine, "A second one joins it.", "en", voices[1])
+    assert first.tokens == stock_tokens(long_engine, "A first sentence starts alone.", "en", voices[0])
+
+
+def test_a_cancelled_sequence_leaves_the_batch_at_the_next_step(long_engine: Engine, voices) -> None:
+    decoder = long_engine.decoder()
+    (doomed,) = long_engine.speak(["Nobody listens to the end of this."], "en", voices[0], GREEDY,
+                                  streaming=True)
+    pieces = doomed.pieces()
+    next(pieces)
+    doomed.cancel()
+    assert len(list(pieces)) <= 1  # at most the window that was being vocoded
+    assert len(doomed.tokens) < decoder.decoder.max_new_tokens / 2
+    (after,) = long_engine.speak(["Room for the next one."], "en", voices[1], GREEDY)
+    assert after.audio().size > 0
+
+
+def test_fine_tuned_weights_decode_only_with_their_own(shared_engine: Engine, voices, tmp_path: Path) -> None:
+    model = shared_engine.model
+    generator = torch.Generator().manual_seed(3)
+    trainer_state = {f"xtts.gpt.{name}": tensor + 0.05 * torch.randn(tensor.shape, generator=generator)
+                     for name, tensor in model.gpt.state_dict().items() if tensor.is_floating_point()}
+    torch.save({"model": trainer_state}, tmp_path / "checkpoint.pth")
+    weights = str(export_gpt(tmp_path / "checkpoint.pth", tmp_path / "gpt.pth").path)
+    text, latents = "Whose weights speak this?", voices[0]
+    (base_alone,) = shared_engine.speak([text], "en", latents, GREEDY)
+    base_alone.audio()
+    (tuned_alone,) = shared_engine.speak([text], "en", latents, GREEDY, weights=weights)
+    tuned_alone.audio()
+    assert tuned_alone.tokens != base_alone.tokens  # the weights matter
+    # Interleaved requests: each is decoded with its own weights, never in a batch with the other's.
+    mixed = [shared_engine.speak([text], "en", latents, GREEDY, weights=weights if n % 2 else None)[0]
+             for n in range(6)]
+    for n, utterance in enumerate(mixed):
+        utterance.audio()
+        assert utterance.tokens == (tuned_alone if n % 2 else base_alone).tokens
+    (base_again,) = shared_engine.speak([text], "en", latents, GREEDY)
+    base_again.audio()
+    assert base_again.tokens == base_alone.tokens
+
+
+def test_sampling_follows_transformers_logits_processing() -> None:
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    vocab, rows = 1026, 5
+    table = SamplingTable(rows, vocab, torch.device("cpu"))
+    settings = [RowSettings(False, 0.75, 50, 0.85, 5.0), RowSettings(False, 1.0, 10, 0.95, 2.0),
+                RowSettings(False, 0.3, 1026, 0.5, 1.0), RowSettings(False, 1.5, 3, 1.0, 10.0),
+                RowSettings(True, 1.0, 50, 1.0, 5.0)]
+    history = torch.randint(0, vocab, (rows, 12), generator=generator)
+    for row, (setting, seen) in enumerate(zip(settings, history, strict=True)):
+        table.assign(row, setting, seen.tolist())
+    logits = torch.randn(rows, vocab, generator=generator) * 4
+    all_rows = torch.arange(rows)
+    ours = table.filtered(table.penalised(logits, all_rows), all_rows)
+    for row, setting in enumerate(settings[:4]):
+        scores = RepetitionPenaltyLogitsProcessor(setting.repetition_penalty)(history[row:row + 1],
+                                                                              logits[row:row + 1].clone())
+        for warper in (TemperatureLogitsWarper(setting.temperature), TopKLogitsWarper(setting.top_k),
+                       TopPLogitsWarper(setting.top_p)):
+            scores = warper(history[row:row + 1], scores)
+        kept = torch.isfinite(scores[0])
+        assert torch.equal(kept, torch.isfinite(ours[row]))
+        assert torch.allclose(scores[0][kept], ours[row][kept])
+    greedy = RepetitionPenaltyLogitsProcessor(5.0)(history[4:5], logits[4:5].clone()).argmax()
+    assert table.choose(logits, all_rows)[4] == greedy
+
+
+# -- CUDA: graphs and half precision (a GPU machine only) ------------------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def cuda_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_checkpoint(tmp_path_factory.mktemp("cuda") / "xtts", max_audio_tokens=120)
+
+
+@cuda
+@pytest.mark.parametrize("graphs", [True, False])
+def test_on_cuda_greedy_tokens_equal_stock(cuda_checkpoint: Path, graphs: bool) -> None:
+    engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
+                                   queue_size=8, max_batch=8, cuda_graphs=graphs))
+    voices = list(read_speakers(cuda_checkpoint).values())
+    items = [(text, language, voices[n % len(voices)]) for n, (language, text) in enumerate(every_text())]
+    spoken = [engine.speak([text], language, latents, GREEDY)[0] for text, language, latents in items]
+    for (text, language, latents), utterance in zip(items, spoken, strict=True):
+        assert utterance.audio().size > 0
+        assert utterance.tokens == stock_tokens(engine, text, language, latents), (text, language)
+    engine.decoder().close()
+
+
+@cuda
+def test_on_cuda_concurrent_streams_stay_apart(cuda_checkpoint: Path) -> None:
+    engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
+                                   queue_size=32, max_batch=32))
+    voices = list(read_speakers(cuda_checkpoint).values())
+    results: dict[int, list[int]] = {}
+
+    def one(n: int) -> None:
+        (utterance,) = engine.speak([f"Stream number {n} speaks."], "en", voices[n % 3], GREEDY,
+                                    streaming=True)
+        if sum(piece.size for piece in utterance.pieces()) > 0:
+            results[n] = utterance.tokens
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 16
+    for n in (0, 5, 15):  # each as stock decodes it alone: sixteen streams at once never mix
+        assert results[n] == stock_tokens(engine, f"Stream number {n} speaks.", "en", voices[n % 3])
+    engine.decoder().close()
+
+
+@cuda
+def test_on_cuda_bfloat16_decodes_speech(cuda_checkpoint: Path) -> None:
+    engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
+                                   queue_size=8, max_batch=8, decoder_dtype="bfloat16"))
+    voices = list(read_speakers(cuda_checkpoint).values())
+    spoken = [engine.speak([text], "en", voices[0], GREEDY)[0] for text in TEXTS["en"]]
+    for utterance in spoken:
+        audio = utterance.audio()
+        assert audio.size > 0 and np.isfinite(audio).all() and 0 < len(utterance.tokens) <= 117
+    assert engine.decoder().decoder.dtype == torch.bfloat16
+    engine.decoder().close()
