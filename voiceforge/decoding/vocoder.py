@@ -43,7 +43,10 @@ class Window:
 
 
 class WindowedVocoding:
-    """One sequence's latents so far, cut into vocoder windows of `window` tokens (`first` for the first)."""
+    """One sequence's latents so far, cut into vocoder windows: `first` tokens, then twice as many each
+    time up to `window` (a small first window starts the audio early; bigger ones later cost less:
+    each window re-vocodes its context frames).
+    """
 
     def __init__(self, model: Any, speaker: torch.Tensor, speed: float, *, first: int, window: int) -> None:
         self.model = model
@@ -52,6 +55,7 @@ class WindowedVocoding:
         self.speaker = speaker
         self.speed = speed
         self.window = window
+        self.size = first  # tokens in the current window
         self.pending = first  # tokens still to come before the next window
         self.context = math.ceil(CONTEXT_FRAMES * max(1.0, 1.0 / max(speed, 0.05)))
         self.latents: list[torch.Tensor] = []
@@ -67,7 +71,8 @@ class WindowedVocoding:
         """The next window when enough latents are in (or the sequence has finished), else None."""
         if not self.latents or (not finished and self.pending > 0):
             return None
-        self.pending = self.window
+        self.size = min(self.size * 2, self.window)
+        self.pending = self.size
         frames = decoder_frames(self.model, torch.stack(self.latents)[None], self.speed)
         total = frames.shape[-1]
         end = total if finished else max(self.emitted, total - self.context)

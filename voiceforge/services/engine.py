@@ -27,11 +27,11 @@ OUTPUT_RATE = 24000  # XTTS-v2 vocoder output
 CONDITIONING_RATE = 22050  # XTTS-v2 conditioning input
 CHECKPOINT_FILES = ("config.json", "model.pth", "vocab.json")
 # Vocoder windows, in audio tokens (about 46 ms of audio each at speed 1). Streaming: a small
-# first window so audio starts early (about 0.35 s), then about 1.5 s per window. A whole response
-# uses bigger windows (about 4.5 s): fewer vocoder calls, while every window still has the same
-# bounded cost (voiceforge/decoding/vocoder.py).
+# first window so audio starts early (about 0.35 s), then each window twice the last, up to about
+# 3 s. A whole response uses windows of about 4.5 s. Every window has a bounded cost, and fewer,
+# bigger windows re-vocode less context (voiceforge/decoding/vocoder.py).
 STREAM_FIRST_WINDOW_TOKENS = 8
-STREAM_WINDOW_TOKENS = 32
+STREAM_WINDOW_TOKENS = 64
 WHOLE_WINDOW_TOKENS = 96
 HOW_TO_PROVIDE = (
     "Set VOICEFORGE_MODEL_DIR to an XTTS-v2 checkpoint directory (config.json, model.pth, vocab.json, "
