@@ -55,6 +55,6 @@ def tts_stream(body: dict) -> Response:
     """Speak `text` as a stream: every error that can be known before the audio answers JSON as /api/tts does.
 
     A failure after the first byte ends the stream without its final chunk (and is logged); a client
-    that disconnects stops synthesis within one window (about 1.5 s of audio).
+    that disconnects stops synthesis at the next decoding step once the server notices (its next write).
     """
     return audio_response(_prepare(body), body["format"])

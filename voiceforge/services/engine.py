@@ -295,7 +295,7 @@ class Engine:
 
     def stream(self, text: str, language: str, latents: Latents, sampling: Sampling, speed: float = 1.0,
                weights: str | None = None) -> Iterator[np.ndarray]:
-        """Speak one chunk of text as audio pieces (about 1.5 s each, the first shorter) as they are decoded.
+        """Speak one chunk of text as audio pieces (0.35 s, then each twice the last up to 3 s) as decoded.
 
         Closing the iterator (a client that disconnects) drops the chunk from the decoder at its next step.
         """

@@ -68,7 +68,7 @@ class Speech:
         yield from self._speak(streaming=False)
 
     def stream(self) -> Iterator[np.ndarray]:
-        """Like chunks(), but each sentence arrives in windows (about 1.5 s of audio) as it is decoded.
+        """Like chunks(), but each sentence arrives in windows (0.35 s of audio, growing to 3 s) as decoded.
 
         The first audio is ready after one window of tokens and one vocoder pass, whatever the
         length of the text; with variability 0 the audio tokens are the ones chunks() speaks.
