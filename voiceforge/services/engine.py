@@ -1,4 +1,4 @@
-"""The XTTS-v2 holder: one model per process, loaded lazily, thread-safe, inference serialised."""
+"""The XTTS-v2 holder: one model per process, loaded lazily; speech goes through its batching decoder."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class EngineSettings:
 
 
 class Engine:
-    """Owns one XTTS-v2 model. Loading happens once, on first use; model calls run one at a time."""
+    """Owns one XTTS-v2 model, loaded on first use; model calls run one at a time (the decoder batches)."""
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
