@@ -154,7 +154,7 @@ def test_a_worker_without_a_request_speaks_exactly_as_the_api_does(app, client) 
 
 def test_prepare_refuses_unspeakable_text_before_any_audio(app, monkeypatch: pytest.MonkeyPatch) -> None:
     synthesised: list[str] = []
-    monkeypatch.setattr(Engine, "synthesize", lambda self, text, *a, **k: synthesised.append(text))
+    monkeypatch.setattr(Engine, "speak", lambda self, texts, *a, **k: synthesised.extend(texts))
     runtime = get_runtime(app)
     with app.app_context(), pytest.raises(Unprocessable, match="spell out"):
         synthesis.prepare(runtime, "Good morning. मेरे पास 5 सेब हैं।", "default-female", language="hi")

@@ -181,13 +181,13 @@ def test_variability_zero_repeats_exactly_and_sampling_varies(client) -> None:
 
 def test_long_text_is_split_into_sentences_and_joined(client, monkeypatch: pytest.MonkeyPatch) -> None:
     spoken: list[str] = []
-    original = Engine.synthesize
+    original = Engine.speak
 
-    def recording_synthesize(self: Engine, text: str, *args: object, **kwargs: object) -> np.ndarray:
-        spoken.append(text)
-        return original(self, text, *args, **kwargs)
+    def recording_speak(self: Engine, texts: list[str], *args: object, **kwargs: object) -> list:
+        spoken.extend(texts)
+        return original(self, texts, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "synthesize", recording_synthesize)
+    monkeypatch.setattr(Engine, "speak", recording_speak)
     sentence = "This sentence is about sixty characters long, give or take. "
     response = speak(client, "default-female", sentence * 12)
     assert response.status_code == 200
