@@ -28,9 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from voiceforge.decoding.gpt import GptDecoder  # noqa: E402
-from voiceforge.decoding.sampling import RowSettings  # noqa: E402
 from voiceforge.decoding.scheduler import BatchScheduler, Utterance  # noqa: E402
-from voiceforge.services.engine import load_xtts, read_speakers  # noqa: E402
+from voiceforge.services.engine import Sampling, load_xtts, read_speakers  # noqa: E402
 
 SAMPLES_PER_TOKEN = 1024 / 22050  # seconds of audio per GPT token at speed 1
 PENALTY = 5.0
@@ -80,7 +79,7 @@ def stock_speak(model, text: str, lang: str, voice, device: str) -> float:
 def utterance(model, text: str, lang: str, voice, *, first_window: int = 96, window: int = 96) -> Utterance:
     tokens = torch.IntTensor(model.tokenizer.encode(text.strip().lower(), lang=lang))
     return Utterance(tokens, voice.gpt_cond_latent, voice.speaker_embedding,
-                     RowSettings(greedy=True, repetition_penalty=PENALTY),
+                     Sampling(greedy=True, temperature=1.0, top_p=1.0, repetition_penalty=PENALTY),
                      first_window=first_window, window=window)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.support.checkpoint import build_checkpoint
-from voiceforge.decoding.sampling import RowSettings, SamplingTable
+from voiceforge.decoding.sampling import SamplingTable
 from voiceforge.finetune.export import export_gpt
 from voiceforge.services.engine import Engine, EngineSettings, Latents, Sampling, read_speakers
 
@@ -151,9 +151,10 @@ def test_sampling_follows_transformers_logits_processing() -> None:
     generator = torch.Generator().manual_seed(0)
     vocab, rows = 1026, 5
     table = SamplingTable(rows, vocab, torch.device("cpu"))
-    settings = [RowSettings(False, 0.75, 50, 0.85, 5.0), RowSettings(False, 1.0, 10, 0.95, 2.0),
-                RowSettings(False, 0.3, 1026, 0.5, 1.0), RowSettings(False, 1.5, 3, 1.0, 10.0),
-                RowSettings(True, 1.0, 50, 1.0, 5.0)]
+    settings = [Sampling(False, temperature=t, top_k=k, top_p=p, repetition_penalty=r)
+                for t, k, p, r in ((0.75, 50, 0.85, 5.0), (1.0, 10, 0.95, 2.0), (0.3, 1026, 0.5, 1.0),
+                                   (1.5, 3, 1.0, 10.0))]
+    settings.append(Sampling(True, temperature=1.0, top_k=50, top_p=1.0, repetition_penalty=5.0))
     history = torch.randint(0, vocab, (rows, 12), generator=generator)
     for row, (setting, seen) in enumerate(zip(settings, history, strict=True)):
         table.assign(row, setting, seen.tolist())

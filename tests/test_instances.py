@@ -7,17 +7,15 @@ create databases (.ci/run starts one with scripts/start-postgres.sh); the cache 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from tests.support.audio import data_uri, encode_audio, speech_like
+from tests.support.postgres import fresh_database
 from tests.support.server import Server, start_server, stop_server
 from voiceforge.db import db
 from voiceforge.models import Voice
@@ -30,14 +28,8 @@ def postgres_url() -> Iterator[str]:
     """A fresh, empty database on the test server, dropped afterwards."""
     if not SERVER_URL:
         pytest.skip("VOICEFORGE_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL for it)")
-    name = f"voiceforge_instances_{secrets.token_hex(4)}"
-    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(SERVER_URL, "voiceforge_instances") as url:
+        yield url
 
 
 def recording(seed: int) -> str:

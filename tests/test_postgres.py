@@ -7,7 +7,6 @@ Runs when VOICEFORGE_TEST_POSTGRES_URL points at a server where it may create da
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect
 
+from tests.support.postgres import fresh_database
 from tests.support.registry import add_stored_voice
 from voiceforge import create_app
 from voiceforge.db import db
@@ -29,14 +28,8 @@ pytestmark = pytest.mark.skipif(not SERVER_URL, reason="VOICEFORGE_TEST_POSTGRES
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty database on the test server, dropped afterwards."""
-    name = f"voiceforge_test_{secrets.token_hex(4)}"
-    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(SERVER_URL, "voiceforge_test") as url:
+        yield url
 
 
 def test_migrations_round_trip_and_match_the_models_on_postgres(postgres_url: str, tmp_path: Path) -> None:

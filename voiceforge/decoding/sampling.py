@@ -8,20 +8,12 @@ arg-max of the penalised scores, as `do_sample=False` does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-
-@dataclass(frozen=True)
-class RowSettings:
-    """One sequence's sampling: greedy, or temperature/top-k/top-p draws; always a repetition penalty."""
-
-    greedy: bool
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+if TYPE_CHECKING:
+    from voiceforge.services.engine import Sampling
 
 
 class SamplingTable:
@@ -36,7 +28,7 @@ class SamplingTable:
         self.top_p = torch.ones(rows, device=device)
         self.penalty = torch.ones(rows, device=device)
 
-    def assign(self, row: int, settings: RowSettings, prompt_ids: list[int]) -> None:
+    def assign(self, row: int, settings: Sampling, prompt_ids: list[int]) -> None:
         """Give `row` a new sequence: its settings, and the ids its prompt holds (penalised like any)."""
         self.seen[row] = False
         self.seen[row, prompt_ids] = True

@@ -16,14 +16,17 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from voiceforge.decoding.gpt import GptDecoder, StepOutput
-from voiceforge.decoding.sampling import RowSettings, SamplingTable
+from voiceforge.decoding.sampling import SamplingTable
 from voiceforge.decoding.vocoder import Window, WindowedVocoding, vocode
+
+if TYPE_CHECKING:
+    from voiceforge.services.engine import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ class Utterance:
     text_tokens: torch.Tensor  # (T,) int, from the model's tokenizer
     cond_latent: torch.Tensor  # (1, 32, dim)
     speaker: torch.Tensor  # (1, 512, 1)
-    settings: RowSettings
+    settings: Sampling
     speed: float = 1.0
     weights: str | None = None  # a fine-tuned GPT's file, None for the checkpoint's
     first_window: int = 32

@@ -261,7 +261,6 @@ class Engine:
         """
         import torch
 
-        from voiceforge.decoding.sampling import RowSettings
         from voiceforge.decoding.scheduler import Utterance
 
         model = self.model
@@ -275,12 +274,10 @@ class Engine:
             if len(tokens) >= model.args.gpt_max_text_tokens:  # XTTS asserts past 400 text tokens
                 raise Unprocessable("A sentence is too long for the model; add punctuation.")
             token_lists.append(torch.IntTensor(tokens))
-        row = RowSettings(greedy=sampling.greedy, temperature=sampling.temperature, top_k=sampling.top_k,
-                          top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty)
         first, window = ((STREAM_FIRST_WINDOW_TOKENS, STREAM_WINDOW_TOKENS) if streaming
                          else (WHOLE_WINDOW_TOKENS, WHOLE_WINDOW_TOKENS))
         decoder = self.decoder()
-        return [decoder.submit(Utterance(tokens, latents.gpt_cond_latent, latents.speaker_embedding, row,
+        return [decoder.submit(Utterance(tokens, latents.gpt_cond_latent, latents.speaker_embedding, sampling,
                                          speed, weights, first_window=first, window=window))
                 for tokens in token_lists]
 
