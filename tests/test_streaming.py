@@ -113,6 +113,27 @@ def test_whole_and_streamed_speech_have_stock_xtts_tokens_and_audio(
         assert np.abs(audio - stock).max() < 1 / 32768
 
 
+def test_a_streams_later_sentences_come_in_full_windows_with_the_same_audio(
+        make_app, long_checkpoint: Path) -> None:
+    """Only the first sentence needs a small first window; later ones are decoded while it plays, and
+    bigger windows re-vocode less context. Every sentence still sounds as in the whole response."""
+    app = make_app(MODEL_DIR=str(long_checkpoint))
+    engine = get_runtime(app).engine
+    greedy = synthesis.sampling_for(0)
+    texts = ["The first sentence starts the stream.", "The second follows it."]
+    with app.app_context():
+        latents = get_runtime(app).catalogue.handle("default-female").latents
+        wholes = [item.audio() for item in engine.speak(texts, "en", latents, greedy)]
+        first, second = engine.speak(texts, "en", latents, greedy, streaming=True)
+        (later,) = engine.speak(texts[:1], "en", latents, greedy, streaming=True, continuing=True)
+        pieces = [list(item.pieces()) for item in (first, second, later)]
+    tokens = 1024  # output samples per audio token
+    assert len(pieces[0]) == 4 and pieces[0][0].size <= 8 * tokens  # windows of 8, 16, 32, 61 tokens
+    assert [len(p) for p in pieces[1:]] == [2, 2] and pieces[1][0].size > 60 * tokens  # 64, then 53
+    for streamed, whole in zip(pieces, [*wholes, wholes[0]], strict=True):
+        assert np.abs(np.concatenate(streamed) - whole).max() < 1 / 32768
+
+
 def test_streamed_sampling_with_variability_still_varies(make_app) -> None:
     client = make_app().test_client()
     body = {"text": "Hello there.", "voiceId": "default-female", "variability": 1.0, "format": "pcm"}

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from voiceforge.decoding.gpt import GptDecoder, StepOutput
+from voiceforge.decoding.hifigan import TrimmedGenerator
 from voiceforge.decoding.sampling import SamplingTable
 from voiceforge.decoding.vocoder import Window, WindowedVocoding, vocode
 
@@ -103,6 +104,7 @@ class BatchScheduler:
         self.decoder = decoder or GptDecoder(model, rows)
         self.rows = self.decoder.rows
         self._step_runner = step_runner or self.decoder.step
+        self.vocoder = TrimmedGenerator(model.hifigan_decoder.waveform_decoder)
         self._decoder_weights: object = None  # weights the decoder's converted copy was refreshed from
         self.table = SamplingTable(self.rows, model.gpt.num_audio_tokens, self.decoder.device)
         self._model_lock = model_lock
@@ -237,7 +239,7 @@ class BatchScheduler:
                 windows.append(window)
         if not windows:
             return
-        for window, wav in vocode(self.model, windows):  # each piece goes out as soon as it is ready
+        for window, wav in vocode(self.vocoder, windows):  # each piece goes out as soon as it is ready
             live = next(live for live in self._live if live.vocoding is window.owner)
             piece = window.owner.finish(window, wav)
             if piece.size:

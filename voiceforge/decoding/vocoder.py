@@ -5,8 +5,9 @@ length). Here the cheap part of the decoder (interpolating GPT latents to decode
 be done on one global grid or windows come out of phase) runs over a sequence's latents so far, and
 the expensive HiFiGAN convolutions run only over each window's new frames plus CONTEXT_FRAMES on
 each side (more when speech is slowed down, where a token spans more frames and the interpolated edge
-moves further); the held-back edge is cross-faded with the next window's version of it. Windows of
-equal shape from different sequences are vocoded as one batch.
+moves further), trimmed stage by stage to what the kept audio depends on (hifigan.py); the held-back
+edge is cross-faded with the next window's version of it. Windows of equal shape from different
+sequences are vocoded as one batch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from voiceforge.decoding.hifigan import TrimmedGenerator
 
 # Decoder frames of context vocoded on each side of a window (256 samples each; 8 keep the windowed
 # audio within one 16-bit step of a single pass over everything) and the cross-fade between windows.
@@ -40,6 +43,11 @@ class Window:
     keep_from: int  # output samples before this belong to audio already sent
     keep_to: int  # ... and from here on are the held-back edge
     end: int  # decoder frames whose audio is final once this window is sent
+
+    @property
+    def vocoded_to(self) -> int:
+        """Output samples vocoded: the new audio and the edge cross-faded into the next window."""
+        return min(self.keep_to + CROSSFADE_SAMPLES, self.frames.shape[-1] * self.owner.hop)
 
 
 class WindowedVocoding:
@@ -81,34 +89,37 @@ class WindowedVocoding:
                       (end - first) * self.hop, end)
 
     def finish(self, window: Window, wav: np.ndarray) -> np.ndarray:
-        """The audio to send for a vocoded window: its new part, cross-faded with the previous tail."""
-        piece = wav[window.keep_from:window.keep_to].copy()
+        """The audio to send for a vocoded window (`wav` is its samples keep_from..vocoded_to): the new
+        part, cross-faded with the previous tail.
+        """
+        kept = window.keep_to - window.keep_from
+        piece = wav[:kept].copy()
         if self.tail is not None:
             fade = min(self.tail.size, piece.size)
             ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
             piece[:fade] = self.tail[:fade] * (1.0 - ramp) + piece[:fade] * ramp
-        self.tail = wav[window.keep_to:window.keep_to + CROSSFADE_SAMPLES].copy()
+        self.tail = wav[kept:].copy()
         self.emitted = window.end
         return piece
 
 
-def vocode(model: Any, windows: list[Window]) -> Iterator[tuple[Window, np.ndarray]]:
-    """HiFiGAN over each window: (window, float32 mono audio at 24 kHz) as each batch is done.
+def vocode(generator: TrimmedGenerator, windows: list[Window]) -> Iterator[tuple[Window, np.ndarray]]:
+    """HiFiGAN over each window: (window, its float32 mono 24 kHz samples keep_from..vocoded_to) as
+    each batch is done.
 
-    Windows of equal shape share a batch, up to BATCH_FRAMES decoder frames.
+    Windows of equal shape and kept span share a batch, up to BATCH_FRAMES decoder frames.
     """
     groups: dict[tuple[int, ...], list[Window]] = defaultdict(list)
     for window in windows:
-        groups[tuple(window.frames.shape)].append(window)
+        groups[(*window.frames.shape, window.keep_from, window.vocoded_to)].append(window)
     budget = BATCH_FRAMES.get(windows[0].frames.device.type, 1) if windows else 1
-    generator = model.hifigan_decoder.waveform_decoder
-    for shape, group in groups.items():
+    for (*shape, keep_from, vocoded_to), group in groups.items():
         size = max(1, budget // shape[-1])
         for start in range(0, len(group), size):
             batch = group[start:start + size]
             frames = torch.cat([window.frames for window in batch])
             speakers = torch.cat([window.speaker for window in batch])
-            wavs = generator(frames, g=speakers).float().cpu().numpy()
+            wavs = generator(frames, speakers, keep_from, vocoded_to).float().cpu().numpy()
             for window, wav in zip(batch, wavs, strict=True):
                 yield window, wav.reshape(-1)
 

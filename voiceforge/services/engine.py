@@ -28,7 +28,8 @@ CONDITIONING_RATE = 22050  # XTTS-v2 conditioning input
 CHECKPOINT_FILES = ("config.json", "model.pth", "vocab.json")
 # Vocoder windows, in audio tokens (about 46 ms of audio each at speed 1). Streaming: a small
 # first window so audio starts early (about 0.35 s), then each window twice the last, up to about
-# 3 s. A whole response uses windows of about 4.5 s. Every window has a bounded cost, and fewer,
+# 3 s; a stream's later chunks are decoded while earlier ones play, so they start at the full
+# window. A whole response uses windows of about 4.5 s. Every window has a bounded cost, and fewer,
 # bigger windows re-vocode less context (voiceforge/decoding/vocoder.py).
 STREAM_FIRST_WINDOW_TOKENS = 8
 STREAM_WINDOW_TOKENS = 64
@@ -251,13 +252,15 @@ class Engine:
             raise Unprocessable("A sentence is too long for the model; add punctuation.")
 
     def speak(self, texts: list[str], language: str, latents: Latents, sampling: Sampling, speed: float = 1.0,
-              weights: str | None = None, *, streaming: bool = False) -> list[Utterance]:
+              weights: str | None = None, *, streaming: bool = False,
+              continuing: bool = False) -> list[Utterance]:
         """Hand every chunk of a request to the decoder at once; their audio arrives on each Utterance.
 
         The chunks are decoded together (and with other requests' chunks): continuous batching.
         Text the model's tokenizer refuses raises 422 here, before anything is queued. `streaming`
-        vocodes in small windows (the first one smaller still) so audio can start early; otherwise
-        in windows of WHOLE_WINDOW_TOKENS. Cancel the utterances of a request that is abandoned.
+        vocodes in windows of up to STREAM_WINDOW_TOKENS, the first chunk's growing from a small
+        one so audio can start early (unless `continuing` a stream that has started); otherwise in
+        windows of WHOLE_WINDOW_TOKENS. Cancel the utterances of a request that is abandoned.
         """
         import torch
 
@@ -274,12 +277,14 @@ class Engine:
             if len(tokens) >= model.args.gpt_max_text_tokens:  # XTTS asserts past 400 text tokens
                 raise Unprocessable("A sentence is too long for the model; add punctuation.")
             token_lists.append(torch.IntTensor(tokens))
-        first, window = ((STREAM_FIRST_WINDOW_TOKENS, STREAM_WINDOW_TOKENS) if streaming
-                         else (WHOLE_WINDOW_TOKENS, WHOLE_WINDOW_TOKENS))
+        window = STREAM_WINDOW_TOKENS if streaming else WHOLE_WINDOW_TOKENS
+        starts = streaming and not continuing
         decoder = self.decoder()
         return [decoder.submit(Utterance(tokens, latents.gpt_cond_latent, latents.speaker_embedding, sampling,
-                                         speed, weights, first_window=first, window=window))
-                for tokens in token_lists]
+                                         speed, weights, window=window,
+                                         first_window=STREAM_FIRST_WINDOW_TOKENS if starts and not index
+                                         else window))
+                for index, tokens in enumerate(token_lists)]
 
     def synthesize(self, text: str, language: str, latents: Latents, sampling: Sampling,
                    speed: float = 1.0, weights: str | None = None) -> np.ndarray:
@@ -363,6 +368,8 @@ def load_xtts(checkpoint: Path, device_setting: str) -> tuple[Any, str]:
     from TTS.tts.configs.xtts_config import XttsConfig
     from TTS.tts.models.xtts import Xtts
 
+    from voiceforge.decoding.hifigan import strip_weight_norm
+
     device = choose_device(device_setting)
     # coqui's tokenizer logs the start of over-long text at WARNING; the text to speak stays private.
     logging.getLogger("TTS.tts.layers.xtts.tokenizer").setLevel(logging.ERROR)
@@ -370,6 +377,8 @@ def load_xtts(checkpoint: Path, device_setting: str) -> tuple[Any, str]:
     config.load_json(str(checkpoint / "config.json"))
     model = Xtts(config)
     model.load_checkpoint(config, checkpoint_dir=str(checkpoint), use_deepspeed=False, eval=True)
+    # Only the GPT is ever fine-tuned or swapped, so the vocoder's weights can be fixed once.
+    strip_weight_norm(model.hifigan_decoder.waveform_decoder)
     model.to(torch.device(device))
     return model, device
 

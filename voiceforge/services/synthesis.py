@@ -68,29 +68,31 @@ class Speech:
         yield from self._speak(streaming=False)
 
     def stream(self) -> Iterator[np.ndarray]:
-        """Like chunks(), but each sentence arrives in windows (0.35 s of audio, growing to 3 s) as decoded.
+        """Like chunks(), but each sentence arrives in windows of up to 3 s of audio as decoded.
 
-        The first audio is ready after one window of tokens and one vocoder pass, whatever the
-        length of the text; with variability 0 the audio tokens are the ones chunks() speaks.
+        The first window is 0.35 s: the first audio is ready after it and one vocoder pass, whatever
+        the length of the text. With variability 0 the audio tokens are the ones chunks() speaks.
         """
         yield from self._speak(streaming=True)
 
     def _speak(self, *, streaming: bool) -> Iterator[np.ndarray]:
         engine = self.runtime.engine
         pause = np.zeros(int(OUTPUT_RATE * self.runtime.settings.sentence_pause_ms / 1000), dtype=np.float32)
-        # A whole response hands every chunk to the decoder at once (decoded together). A stream keeps
-        # only the chunk being sent and the next one in flight: the next is ready before the current
-        # one has played, its first audio does not wait behind the rest, and a client that goes away
-        # has little left to cancel.
+        # A whole response hands every chunk to the decoder at once (decoded together). A stream starts
+        # with its first two chunks only, so its first audio does not wait behind a long text's
+        # prefills and bigger batches; once that audio is out, the rest join them, decoded while it
+        # plays, and the stream takes no longer in all than the whole response.
         ahead = 1 if streaming else len(self.chunks_of_text)
         pending = list(self.chunks_of_text)
         in_flight: list[Utterance] = []
 
         def submit(count: int) -> None:
+            continuing = len(pending) < len(self.chunks_of_text)
             texts, pending[:] = pending[:count], pending[count:]
             if texts:
                 in_flight.extend(engine.speak(texts, self.language, self.voice.latents, self.sampling,
-                                              self.speed, self.voice.weights, streaming=streaming))
+                                              self.speed, self.voice.weights, streaming=streaming,
+                                              continuing=continuing))
 
         with self._place:
             started = time.perf_counter()
@@ -103,10 +105,11 @@ class Speech:
                     if index and pause.size:
                         yield pause
                     for piece in utterance.pieces():
+                        submit(len(pending))  # the first audio is ready: the rest may start now
                         samples += piece.size
                         yield piece
                     tokens += len(utterance.tokens)
-                    submit(1)
+                    submit(len(pending))
                     index += 1
             finally:
                 for utterance in in_flight:  # a consumer that stops early frees the decoder's rows
