@@ -134,6 +134,31 @@ def test_a_streams_later_sentences_come_in_full_windows_with_the_same_audio(
         assert np.abs(np.concatenate(streamed) - whole).max() < 1 / 32768
 
 
+def test_a_stream_starts_its_first_sentence_alone_and_the_rest_once_its_audio_is_out(
+        make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first audio never waits behind a long text; the rest are then decoded together."""
+    app = make_app()
+    runtime = get_runtime(app)
+    engine = runtime.engine
+    calls: list[tuple[int, int]] = []  # (texts handed in, tokens the first sentence had by then)
+    speak = engine.speak
+
+    def spying_speak(texts: list[str], *args: object, **kwargs: object):
+        calls.append((len(texts), len(first[0].tokens) if first else 0))
+        utterances = speak(texts, *args, **kwargs)
+        first.extend(utterances[:1] if not first else [])
+        return utterances
+
+    first: list = []
+    monkeypatch.setattr(engine, "speak", spying_speak)
+    with app.app_context():
+        speech = synthesis.prepare(runtime, SENTENCE * 4, "default-female", variability=0)
+        pieces = list(speech.stream())
+    assert [count for count, _ in calls] == [1, 3]
+    assert calls[1][1] >= 8  # the first window of tokens was decoded before the others were queued
+    assert sum(piece.size for piece in pieces) > 4 * 0.9 * RATE  # four sentences of about 1 s each
+
+
 def test_streamed_sampling_with_variability_still_varies(make_app) -> None:
     client = make_app().test_client()
     body = {"text": "Hello there.", "voiceId": "default-female", "variability": 1.0, "format": "pcm"}

@@ -79,10 +79,9 @@ class Speech:
         engine = self.runtime.engine
         pause = np.zeros(int(OUTPUT_RATE * self.runtime.settings.sentence_pause_ms / 1000), dtype=np.float32)
         # A whole response hands every chunk to the decoder at once (decoded together). A stream starts
-        # with its first two chunks only, so its first audio does not wait behind a long text's
-        # prefills and bigger batches; once that audio is out, the rest join them, decoded while it
-        # plays, and the stream takes no longer in all than the whole response.
-        ahead = 1 if streaming else len(self.chunks_of_text)
+        # with its first chunk alone, so its first audio does not wait behind a long text's prefills
+        # and bigger batches; once that audio is out the rest join it, decoded while it plays, and
+        # the stream takes no longer in all than the whole response.
         pending = list(self.chunks_of_text)
         in_flight: list[Utterance] = []
 
@@ -98,7 +97,7 @@ class Speech:
             started = time.perf_counter()
             samples = tokens = 0
             try:
-                submit(1 + ahead)
+                submit(1 if streaming else len(pending))
                 index = 0
                 while in_flight:
                     utterance = in_flight.pop(0)
