@@ -174,6 +174,31 @@ def test_sampling_follows_transformers_logits_processing() -> None:
     assert table.choose(logits, all_rows)[4] == greedy
 
 
+# -- bfloat16 on a CPU (where the CPU multiplies it natively) ---------------------------------------
+def test_bfloat16_on_a_cpu_decodes_speech_where_the_cpu_has_it_and_float32_elsewhere(
+        checkpoint_dir: Path, voices, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from voiceforge.services import engine as engine_module
+
+    settings = EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu", queue_size=8,
+                              max_batch=4, decoder_dtype="bfloat16")
+    if engine_module.cpu_has_bfloat16():
+        engine = Engine(settings)
+        spoken = [engine.speak([text], "en", voices[0], GREEDY)[0] for text in TEXTS["en"]]
+        for utterance in spoken:
+            audio = utterance.audio()
+            assert audio.size > 0 and np.isfinite(audio).all() and 0 < len(utterance.tokens) <= 21
+        assert engine.decoder().decoder.dtype == torch.bfloat16
+        engine.decoder().close()
+    monkeypatch.setattr(engine_module, "cpu_has_bfloat16", lambda: False)
+    emulated = Engine(settings)
+    (utterance,) = emulated.speak([TEXTS["en"][0]], "en", voices[0], GREEDY)
+    assert utterance.tokens == stock_tokens(emulated, TEXTS["en"][0], "en", voices[0])  # float32's tokens
+    assert emulated.decoder().decoder.dtype == torch.float32
+    assert "decoding in float32" in caplog.text
+    emulated.decoder().close()
+
+
 # -- CUDA: graphs and half precision (a GPU machine only) ------------------------------------------
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

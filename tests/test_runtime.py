@@ -42,6 +42,17 @@ def test_a_bad_setting_is_refused_at_start_naming_variable_value_and_fix(
     assert "\n" not in message
 
 
+def test_float16_decoding_is_refused_on_a_cpu_and_bfloat16_is_allowed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEFORGE_DEVICE", "cpu")
+    monkeypatch.setenv("VOICEFORGE_DECODER_DTYPE", "float16")
+    with pytest.raises(ConfigError) as refused:
+        create_app(instance_path=str(tmp_path))
+    assert "VOICEFORGE_DECODER_DTYPE=float16" in refused.value.message and "bfloat16" in refused.value.message
+    monkeypatch.setenv("VOICEFORGE_DECODER_DTYPE", "bfloat16")
+    assert get_runtime(create_app(instance_path=str(tmp_path))).settings.decoder_dtype == "bfloat16"
+
+
 @pytest.mark.parametrize("level", ["info", "Warning", "DEBUG", " error "])
 def test_log_levels_are_case_insensitive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, level: str) -> None:
     monkeypatch.setenv("VOICEFORGE_LOG_LEVEL", level)

@@ -41,7 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "LATENT_CACHE_SIZE": 64,
     "INFERENCE_QUEUE_SIZE": 8,  # requests using or waiting for the model per process; beyond: 503
     # The decoder (voiceforge/decoding/): sentences decoded together per process (key/value cache
-    # rows), the GPT's dtype while decoding (bfloat16/float16 only on CUDA), CUDA graphs on CUDA.
+    # rows), the GPT's dtype while decoding (bfloat16 on CUDA or a CPU with native bf16, float16 only
+    # on CUDA), CUDA graphs on CUDA.
     "MAX_BATCH": 8,
     "DECODER_DTYPE": "float32",
     "CUDA_GRAPHS": True,

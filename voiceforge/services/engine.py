@@ -84,7 +84,7 @@ class EngineSettings:
     queue_size: int
     finetuned_cache: int = 2  # fine-tuned voices' GPT weights kept resident
     max_batch: int = 8  # sequences decoded together (rows of the key/value cache)
-    decoder_dtype: str = "float32"  # the GPT's dtype while decoding (bfloat16/float16: CUDA only)
+    decoder_dtype: str = "float32"  # the GPT's dtype while decoding (bfloat16; float16 on CUDA only)
     cuda_graphs: bool = True  # capture the decoding step in CUDA graphs (CUDA only)
 
     @classmethod
@@ -327,6 +327,12 @@ class Engine:
 
         dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
         dtype = dtypes[self.settings.decoder_dtype]
+        on_cpu = self._device == "cpu"
+        if on_cpu and dtype is not None and (dtype == torch.float16 or not cpu_has_bfloat16()):
+            # Without native arithmetic half precision is emulated: slower than float32, not faster.
+            log.warning("VOICEFORGE_DECODER_DTYPE=%s is not fast on this CPU (bfloat16 needs AVX512-BF16 "
+                        "or AMX; float16 is for CUDA): decoding in float32", self.settings.decoder_dtype)
+            dtype = None
         started = time.perf_counter()
         with self._model_lock, torch.inference_mode():
             gpt = GptDecoder(model, self.settings.max_batch, dtype=dtype)
@@ -381,6 +387,13 @@ def load_xtts(checkpoint: Path, device_setting: str) -> tuple[Any, str]:
     strip_weight_norm(model.hifigan_decoder.waveform_decoder)
     model.to(torch.device(device))
     return model, device
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): only then is it faster."""
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def choose_device(setting: str) -> str:
