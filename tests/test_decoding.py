@@ -116,6 +116,32 @@ def test_a_cancelled_sequence_leaves_the_batch_at_the_next_step(long_engine: Eng
     assert after.audio().size > 0
 
 
+def test_a_new_requests_first_sentence_goes_ahead_of_other_requests_later_ones(
+        checkpoint_dir: Path, voices) -> None:
+    """One row, so sentences run one at a time: a listener who just arrived is not kept waiting
+    until a long text already being spoken has finished."""
+    engine = Engine(EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu",
+                                   queue_size=8, max_batch=1))
+    long = engine.speak([f"Sentence number {n} of a long text." for n in range(4)], "en", voices[0], GREEDY)
+    (newcomer,) = engine.speak(["A newcomer's first words."], "en", voices[1], GREEDY, streaming=True)
+    finished: list[str] = []
+    lock = threading.Lock()
+
+    def wait(name: str, utterance) -> None:
+        utterance.audio()
+        with lock:
+            finished.append(name)
+
+    threads = [threading.Thread(target=wait, args=(f"long {n}", item)) for n, item in enumerate(long)]
+    threads.append(threading.Thread(target=wait, args=("newcomer", newcomer)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert finished == ["long 0", "newcomer", "long 1", "long 2", "long 3"]
+    engine.decoder().close()
+
+
 def test_fine_tuned_weights_decode_only_with_their_own(shared_engine: Engine, voices, tmp_path: Path) -> None:
     model = shared_engine.model
     generator = torch.Generator().manual_seed(3)

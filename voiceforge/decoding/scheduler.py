@@ -42,7 +42,8 @@ class Utterance:
     """One sentence to speak: what to decode, and the queue its audio pieces arrive on.
 
     `first_window` and `window` are vocoder window sizes in tokens; `tokens` collects the audio
-    tokens as they are chosen. Read the audio with `pieces()`; `cancel()` drops it at the next step.
+    tokens as they are chosen. `opens` marks a request's first sentence, which waits behind no other
+    request's later sentences. Read the audio with `pieces()`; `cancel()` drops it at the next step.
     """
 
     text_tokens: torch.Tensor  # (T,) int, from the model's tokenizer
@@ -53,6 +54,7 @@ class Utterance:
     weights: str | None = None  # a fine-tuned GPT's file, None for the checkpoint's
     first_window: int = 32
     window: int = 32
+    opens: bool = False
     tokens: list[int] = field(default_factory=list)
     _out: queue.Queue[Any] = field(default_factory=queue.Queue, repr=False)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -121,11 +123,19 @@ class BatchScheduler:
 
     # -- from any thread -------------------------------------------------------------------------
     def submit(self, utterance: Utterance) -> Utterance:
-        """Queue an utterance; its pieces arrive as it is decoded."""
+        """Queue an utterance; its pieces arrive as it is decoded.
+
+        First come, first served, except that a request's first sentence goes ahead of the waiting
+        later sentences of requests already speaking: a new listener's first audio never waits for
+        another's long text. (The queue holds a bounded number of requests, so nothing starves.)
+        """
         with self._condition:
             if self._closed:
                 raise RuntimeError("the decoder is closed")
-            self._waiting.append(utterance)
+            place = len(self._waiting)
+            if utterance.opens:
+                place = next((i for i, waiting in enumerate(self._waiting) if not waiting.opens), place)
+            self._waiting.insert(place, utterance)
             self._condition.notify()
         return utterance
 

@@ -281,7 +281,7 @@ class Engine:
         starts = streaming and not continuing
         decoder = self.decoder()
         return [decoder.submit(Utterance(tokens, latents.gpt_cond_latent, latents.speaker_embedding, sampling,
-                                         speed, weights, window=window,
+                                         speed, weights, window=window, opens=not (continuing or index),
                                          first_window=STREAM_FIRST_WINDOW_TOKENS if starts and not index
                                          else window))
                 for index, tokens in enumerate(token_lists)]
