@@ -201,6 +201,16 @@ def test_sampling_follows_transformers_logits_processing() -> None:
 
 
 # -- bfloat16 on a CPU (where the CPU multiplies it natively) ---------------------------------------
+def assert_speaks_in_bfloat16(engine: Engine, latents: Latents, cap: int) -> None:
+    """The engine decodes in bf16 and every English text gives finite audio within the token cap."""
+    spoken = [engine.speak([text], "en", latents, GREEDY)[0] for text in TEXTS["en"]]
+    for utterance in spoken:
+        audio = utterance.audio()
+        assert audio.size > 0 and np.isfinite(audio).all() and 0 < len(utterance.tokens) <= cap
+    assert engine.decoder().decoder.dtype == torch.bfloat16
+    engine.decoder().close()
+
+
 def test_bfloat16_on_a_cpu_decodes_speech_where_the_cpu_has_it_and_float32_elsewhere(
         checkpoint_dir: Path, voices, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -209,13 +219,7 @@ def test_bfloat16_on_a_cpu_decodes_speech_where_the_cpu_has_it_and_float32_elsew
     settings = EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu", queue_size=8,
                               max_batch=4, decoder_dtype="bfloat16")
     if engine_module.cpu_has_bfloat16():
-        engine = Engine(settings)
-        spoken = [engine.speak([text], "en", voices[0], GREEDY)[0] for text in TEXTS["en"]]
-        for utterance in spoken:
-            audio = utterance.audio()
-            assert audio.size > 0 and np.isfinite(audio).all() and 0 < len(utterance.tokens) <= 21
-        assert engine.decoder().decoder.dtype == torch.bfloat16
-        engine.decoder().close()
+        assert_speaks_in_bfloat16(Engine(settings), voices[0], cap=21)
     monkeypatch.setattr(engine_module, "cpu_has_bfloat16", lambda: False)
     emulated = Engine(settings)
     (utterance,) = emulated.speak([TEXTS["en"][0]], "en", voices[0], GREEDY)
@@ -276,10 +280,4 @@ def test_on_cuda_concurrent_streams_stay_apart(cuda_checkpoint: Path) -> None:
 def test_on_cuda_bfloat16_decodes_speech(cuda_checkpoint: Path) -> None:
     engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
                                    queue_size=8, max_batch=8, decoder_dtype="bfloat16"))
-    voices = list(read_speakers(cuda_checkpoint).values())
-    spoken = [engine.speak([text], "en", voices[0], GREEDY)[0] for text in TEXTS["en"]]
-    for utterance in spoken:
-        audio = utterance.audio()
-        assert audio.size > 0 and np.isfinite(audio).all() and 0 < len(utterance.tokens) <= 117
-    assert engine.decoder().decoder.dtype == torch.bfloat16
-    engine.decoder().close()
+    assert_speaks_in_bfloat16(engine, next(iter(read_speakers(cuda_checkpoint).values())), cap=117)
