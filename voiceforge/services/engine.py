@@ -278,13 +278,15 @@ class Engine:
                 raise Unprocessable("A sentence is too long for the model; add punctuation.")
             token_lists.append(torch.IntTensor(tokens))
         window = STREAM_WINDOW_TOKENS if streaming else WHOLE_WINDOW_TOKENS
-        starts = streaming and not continuing
         decoder = self.decoder()
-        return [decoder.submit(Utterance(tokens, latents.gpt_cond_latent, latents.speaker_embedding, sampling,
-                                         speed, weights, window=window, opens=not (continuing or index),
-                                         first_window=STREAM_FIRST_WINDOW_TOKENS if starts and not index
-                                         else window))
-                for index, tokens in enumerate(token_lists)]
+        utterances = []
+        for index, tokens in enumerate(token_lists):
+            opens = index == 0 and not continuing  # the request's first sentence
+            first_window = STREAM_FIRST_WINDOW_TOKENS if streaming and opens else window
+            utterances.append(decoder.submit(Utterance(
+                tokens, latents.gpt_cond_latent, latents.speaker_embedding, sampling, speed, weights,
+                first_window=first_window, window=window, opens=opens)))
+        return utterances
 
     def synthesize(self, text: str, language: str, latents: Latents, sampling: Sampling,
                    speed: float = 1.0, weights: str | None = None) -> np.ndarray:

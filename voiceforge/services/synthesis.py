@@ -82,33 +82,36 @@ class Speech:
         # with its first chunk alone, so its first audio does not wait behind a long text's prefills
         # and bigger batches; once that audio is out the rest join it, decoded while it plays, and
         # the stream takes no longer in all than the whole response.
-        pending = list(self.chunks_of_text)
+        chunks = list(self.chunks_of_text)
+        later = chunks[1:] if streaming else []
         in_flight: list[Utterance] = []
 
-        def submit(count: int) -> None:
-            continuing = len(pending) < len(self.chunks_of_text)
-            texts, pending[:] = pending[:count], pending[count:]
-            if texts:
-                in_flight.extend(engine.speak(texts, self.language, self.voice.latents, self.sampling,
-                                              self.speed, self.voice.weights, streaming=streaming,
-                                              continuing=continuing))
+        def start(texts: list[str], *, continuing: bool) -> None:
+            in_flight.extend(engine.speak(texts, self.language, self.voice.latents, self.sampling,
+                                          self.speed, self.voice.weights, streaming=streaming,
+                                          continuing=continuing))
+
+        def start_the_rest() -> None:  # a stream's first audio is out (or its first chunk gave none)
+            if later:
+                start(later, continuing=True)
+                later.clear()
 
         with self._place:
             started = time.perf_counter()
             samples = tokens = 0
             try:
-                submit(1 if streaming else len(pending))
+                start(chunks[:1] if streaming else chunks, continuing=False)
                 index = 0
                 while in_flight:
                     utterance = in_flight.pop(0)
                     if index and pause.size:
                         yield pause
                     for piece in utterance.pieces():
-                        submit(len(pending))  # the first audio is ready: the rest may start now
+                        start_the_rest()
                         samples += piece.size
                         yield piece
                     tokens += len(utterance.tokens)
-                    submit(len(pending))
+                    start_the_rest()
                     index += 1
             finally:
                 for utterance in in_flight:  # a consumer that stops early frees the decoder's rows
