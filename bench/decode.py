@@ -5,7 +5,8 @@ Builds a random-weight XTTS-v2 checkpoint in the release layout (no download). R
 emit the stop token, so every sentence runs to the token cap (--max-tokens - 3 tokens): the figures
 are per token and per second of audio produced (1,024 samples at 22.05 kHz per token, 46 ms).
 Prints: ms per token at batch 1 (stock, ours; on CUDA also ours with CUDA graphs and in bf16, on a
-CPU with native bf16 also ours in bf16), the aggregate real-time factor at 1, 4, 8 and 32 concurrent
+CPU also ours with transformers' addmm instead of oneDNN, and in bf16 where the CPU has it natively),
+the aggregate real-time factor at 1, 4, 8 and 32 concurrent
 requests against stock serial decoding, a 10-sentence text at once against sentence by sentence,
 time to first audio, and greedy-token agreement with stock over --agreement sequences. --json
 writes the figures to a file.
@@ -207,9 +208,14 @@ def main() -> None:
                 show(f"{name}, GPT step alone (graph replay), batch {batch}, ms", f"{step_ms:.3f}")
             variants[name] = BatchScheduler(model, lock, lambda _weights: None, decoder=decoder,
                                             step_runner=graphed.step)
-    elif cpu_has_bfloat16():  # AVX512-BF16 or AMX: bf16 GEMMs run several times faster than fp32 at batch 8
-        variants["ours bf16"] = BatchScheduler(model, lock, lambda _weights: None,
-                                               decoder=GptDecoder(model, rows, dtype=torch.bfloat16))
+    else:
+        # "ours" multiplies by oneDNN-prepacked weights (the default); "ours addmm" is transformers'
+        # own arithmetic (VOICEFORGE_CPU_MATMUL=reference), the one bit-identical to stock.
+        variants["ours addmm"] = BatchScheduler(model, lock, lambda _weights: None,
+                                                decoder=GptDecoder(model, rows, cpu_matmul_kind="reference"))
+        if cpu_has_bfloat16():  # AVX512-BF16 or AMX: bf16 GEMMs run natively
+            variants["ours bf16"] = BatchScheduler(model, lock, lambda _weights: None,
+                                                   decoder=GptDecoder(model, rows, dtype=torch.bfloat16))
     for name, scheduler in variants.items():
         ours_speak(scheduler, model, [(TEXTS[0], "en", voice)])
         ours_s = statistics.median(ours_speak(scheduler, model, [(TEXTS[0], "en", voice)])[0]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.support.checkpoint import build_checkpoint
+from voiceforge.decoding.matmul import PackedMatmul, ReferenceMatmul
 from voiceforge.decoding.sampling import SamplingTable
 from voiceforge.finetune.export import export_gpt
 from voiceforge.services.engine import Engine, EngineSettings, Latents, Sampling, read_speakers
@@ -61,14 +62,25 @@ def long_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return Engine(EngineSettings(model_dir=str(checkpoint), model_name="unused", device="cpu", queue_size=8))
 
 
-def test_greedy_tokens_equal_stock_over_texts_voices_and_languages(shared_engine: Engine, voices) -> None:
+@pytest.mark.parametrize("cpu_matmul", ["onednn", "reference"])
+def test_greedy_tokens_equal_stock_over_texts_voices_and_languages(
+        shared_engine: Engine, checkpoint_dir: Path, voices, cpu_matmul: str) -> None:
+    # reference: transformers' arithmetic, equal by construction; onednn (the default): other rounding,
+    # equal wherever no near-tie flips (bench/decode.py counts agreement on the full-size model).
+    engine = shared_engine if cpu_matmul == "onednn" else Engine(EngineSettings(
+        model_dir=str(checkpoint_dir), model_name="unused", device="cpu", queue_size=8,
+        cpu_matmul=cpu_matmul))
+    expected = {"onednn": PackedMatmul, "reference": ReferenceMatmul}[cpu_matmul]
+    assert isinstance(engine.decoder().decoder.matmul, expected)
     items = [(text, language, voices[n % len(voices)]) for n, (language, text) in enumerate(every_text())]
     # All at once: more than the decoder's 8 rows, so sequences join as others leave.
-    spoken = [(item, shared_engine.speak([item[0]], item[1], item[2], GREEDY)[0]) for item in items]
+    spoken = [(item, engine.speak([item[0]], item[1], item[2], GREEDY)[0]) for item in items]
     for (text, language, latents), utterance in spoken:
         utterance.audio()
-        assert utterance.tokens == stock_tokens(shared_engine, text, language, latents), (text, language)
-    assert len(items) > 8 and shared_engine.decoder().max_batch > 1
+        assert utterance.tokens == stock_tokens(engine, text, language, latents), (text, language)
+    assert len(items) > 8 and engine.decoder().max_batch > 1
+    if engine is not shared_engine:
+        engine.decoder().close()
 
 
 def test_a_sequence_decoded_in_a_batch_gives_the_tokens_and_audio_it_gives_alone(
@@ -142,13 +154,17 @@ def test_a_new_requests_first_sentence_goes_ahead_of_other_requests_later_ones(
     engine.decoder().close()
 
 
-def test_fine_tuned_weights_decode_only_with_their_own(shared_engine: Engine, voices, tmp_path: Path) -> None:
-    model = shared_engine.model
+def fine_tuned_weights(engine: Engine, directory: Path) -> str:
+    """A voice's fine-tuned GPT file as export_gpt writes it: the base weights plus noise."""
     generator = torch.Generator().manual_seed(3)
     trainer_state = {f"xtts.gpt.{name}": tensor + 0.05 * torch.randn(tensor.shape, generator=generator)
-                     for name, tensor in model.gpt.state_dict().items() if tensor.is_floating_point()}
-    torch.save({"model": trainer_state}, tmp_path / "checkpoint.pth")
-    weights = str(export_gpt(tmp_path / "checkpoint.pth", tmp_path / "gpt.pth").path)
+                     for name, tensor in engine.model.gpt.state_dict().items() if tensor.is_floating_point()}
+    torch.save({"model": trainer_state}, directory / "checkpoint.pth")
+    return str(export_gpt(directory / "checkpoint.pth", directory / "gpt.pth").path)
+
+
+def test_fine_tuned_weights_decode_only_with_their_own(shared_engine: Engine, voices, tmp_path: Path) -> None:
+    weights = fine_tuned_weights(shared_engine, tmp_path)
     text, latents = "Whose weights speak this?", voices[0]
     (base_alone,) = shared_engine.speak([text], "en", latents, GREEDY)
     base_alone.audio()
@@ -164,6 +180,21 @@ def test_fine_tuned_weights_decode_only_with_their_own(shared_engine: Engine, vo
     (base_again,) = shared_engine.speak([text], "en", latents, GREEDY)
     base_again.audio()
     assert base_again.tokens == base_alone.tokens
+
+
+def test_the_decoder_repacks_its_weights_only_when_a_voice_brings_other_ones(
+        checkpoint_dir: Path, voices, tmp_path: Path) -> None:
+    """Repacking XTTS-v2's weights for oneDNN takes 0.7-5 s on a CPU: never for the base voices' requests."""
+    engine = Engine(EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu",
+                                   queue_size=8))
+    weights = fine_tuned_weights(engine, tmp_path)
+    matmul = engine.decoder().decoder.matmul
+    repacks: list[int] = []
+    matmul.refresh = lambda repack=matmul.refresh: (repacks.append(1), repack())
+    for voice_weights, expected in ((None, 0), (None, 0), (weights, 1), (weights, 1), (None, 2)):
+        engine.speak(["A short one."], "en", voices[0], GREEDY, weights=voice_weights)[0].audio()
+        assert len(repacks) == expected, voice_weights
+    engine.decoder().close()
 
 
 def test_sampling_follows_transformers_logits_processing() -> None:
@@ -223,6 +254,7 @@ def test_bfloat16_on_a_cpu_decodes_speech_where_the_cpu_has_it_and_float32_elsew
     monkeypatch.setattr(engine_module, "cpu_has_bfloat16", lambda: False)
     emulated = Engine(settings)
     (utterance,) = emulated.speak([TEXTS["en"][0]], "en", voices[0], GREEDY)
+    utterance.audio()  # decoded to the end
     assert utterance.tokens == stock_tokens(emulated, TEXTS["en"][0], "en", voices[0])  # float32's tokens
     assert emulated.decoder().decoder.dtype == torch.float32
     assert "decoding in float32" in caplog.text

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("INFERENCE_QUEUE_SIZE", "-2", "at least 1"),
     ("VOICE_ALIASES", "narrator=Ana Florence", "default-"),
     ("MAX_AUDIO_BYTES", "lots", "integer"),
+    ("CPU_MATMUL", "mkl", "onednn"),
 ])
 def test_a_bad_setting_is_refused_at_start_naming_variable_value_and_fix(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, allowed: str) -> None:

@@ -42,9 +42,11 @@ DEFAULTS: dict[str, Any] = {
     "INFERENCE_QUEUE_SIZE": 8,  # requests using or waiting for the model per process; beyond: 503
     # The decoder (voiceforge/decoding/): sentences decoded together per process (key/value cache
     # rows), the GPT's dtype while decoding (bfloat16 on CUDA or a CPU with native bf16, float16 only
-    # on CUDA), CUDA graphs on CUDA.
+    # on CUDA), how a CPU multiplies by its weights (onednn: prepacked, fast; reference: transformers'
+    # own addmm, greedy tokens bit-identical to stock XTTS), CUDA graphs on CUDA.
     "MAX_BATCH": 8,
     "DECODER_DTYPE": "float32",
+    "CPU_MATMUL": "onednn",
     "CUDA_GRAPHS": True,
     "DB_BUSY_TIMEOUT_MS": 5000,
     "API_KEYS": [],

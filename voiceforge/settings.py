@@ -39,6 +39,7 @@ class Settings:
     inference_queue_size: int
     max_batch: int
     decoder_dtype: str
+    cpu_matmul: str
     cuda_graphs: bool
     log_level: str
     log_format: str  # text | json (voiceforge/logs.py)
@@ -78,6 +79,7 @@ class Settings:
             inference_queue_size=_number(config, "INFERENCE_QUEUE_SIZE", int, minimum=1),
             max_batch=_number(config, "MAX_BATCH", int, minimum=1),
             decoder_dtype=_decoder_dtype(config),
+            cpu_matmul=_choice(config, "CPU_MATMUL", ("onednn", "reference")),
             cuda_graphs=bool(config.get("CUDA_GRAPHS")),
             log_level=log_level(config.get("LOG_LEVEL")),
             log_format=_choice(config, "LOG_FORMAT", LOG_FORMATS),

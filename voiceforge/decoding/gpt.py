@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from voiceforge.decoding.matmul import ReferenceMatmul, cpu_matmul
+
 
 @dataclass(frozen=True)
 class StepOutput:
@@ -35,9 +37,12 @@ class GptDecoder:
     In the model's own dtype the modules are referenced, not copied: swapping a voice's fine-tuned
     weights in place (GptWeights.activate) is seen here at once. In another dtype (bf16/fp16 on a
     GPU) the decoder works on a converted copy, which `refresh()` brings up to date after a swap.
+    On a CPU the weight matrices are multiplied by `cpu_matmul` (matmul.py): "onednn" keeps a
+    prepacked copy of them (also refreshed), "reference" is transformers' own arithmetic.
     """
 
-    def __init__(self, model: Any, rows: int, *, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: Any, rows: int, *, dtype: torch.dtype | None = None,
+                 cpu_matmul_kind: str = "onednn") -> None:
         gpt = model.gpt
         self.model = model
         self.gpt = gpt
@@ -69,11 +74,18 @@ class GptDecoder:
         exact = self.device.type == "cpu"
         self._mask, self._attend = (_sdpa_mask, _sdpa_attention) if exact else (_bmm_mask, _bmm_attention)
         self._gelu = self.blocks[0].mlp.act if exact else functools.partial(F.gelu, approximate="tanh")
+        self.matmul = cpu_matmul(cpu_matmul_kind, self._weighted()) if exact else ReferenceMatmul()
+
+    def _weighted(self) -> list[nn.Module]:
+        """Every module whose weight a step multiplies by: four per block, then the audio token head."""
+        return [*(module for block in self.blocks for module in (
+            block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)), self.parts.mel_head]
 
     def refresh(self) -> None:
-        """Copy the model's current GPT weights into a converted copy (no-op when none is kept)."""
+        """Bring the decoder's copies (another dtype's, oneDNN's packing) up to the model's GPT weights."""
         if self.parts is not self._source:
             self.parts.load_state_dict(self._source.state_dict())
+        self.matmul.refresh()
 
     # -- prefix ---------------------------------------------------------------------------------
     def prefix_embeddings(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
@@ -119,7 +131,7 @@ class GptDecoder:
         mask = self._mask(visible, self.heads, self.dtype)
         for layer, block in enumerate(self.blocks):
             h = block.ln_1(x)
-            qkv = torch.addmm(block.attn.c_attn.bias, h.view(n, self.dim), block.attn.c_attn.weight)
+            qkv = self.matmul(block.attn.c_attn, h.view(n, self.dim))
             # Key and value of each row go into its cache row at its own position, in one write.
             cache = self.cache[layer]
             cache[:, rows, :, cache_positions] = qkv[:, self.dim:].view(n, 2, self.heads, self.head_dim)
@@ -134,8 +146,7 @@ class GptDecoder:
 
     # -- pieces ---------------------------------------------------------------------------------
     def _qkv(self, block: Any, h: torch.Tensor, n: int, length: int) -> tuple[torch.Tensor, ...]:
-        attn = block.attn
-        qkv = torch.addmm(attn.c_attn.bias, h.reshape(n * length, self.dim), attn.c_attn.weight)
+        qkv = self.matmul(block.attn.c_attn, h.reshape(n * length, self.dim))
         q, k, v = qkv.view(n, length, 3 * self.dim).split(self.dim, dim=2)
         shape = (n, length, self.heads, self.head_dim)
         return tuple(part.reshape(shape).transpose(1, 2) for part in (q, k, v))
@@ -143,15 +154,14 @@ class GptDecoder:
     def _finish_block(self, block: Any, x: torch.Tensor, attended: torch.Tensor, n: int,
                       length: int) -> torch.Tensor:
         merged = attended.transpose(1, 2).reshape(n * length, self.dim)
-        attn, mlp = block.attn, block.mlp
-        x = x + torch.addmm(attn.c_proj.bias, merged, attn.c_proj.weight).view(n, length, self.dim)
+        x = x + self.matmul(block.attn.c_proj, merged).view(n, length, self.dim)
         h = block.ln_2(x).view(n * length, self.dim)
-        h = self._gelu(torch.addmm(mlp.c_fc.bias, h, mlp.c_fc.weight))
-        return x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(n, length, self.dim)
+        h = self._gelu(self.matmul(block.mlp.c_fc, h))
+        return x + self.matmul(block.mlp.c_proj, h).view(n, length, self.dim)
 
     def _head(self, last_hidden: torch.Tensor) -> StepOutput:
         latents = self.parts.final_norm(self.parts.ln_f(last_hidden))
-        return StepOutput(self.parts.mel_head(latents).float(), latents)
+        return StepOutput(self.matmul(self.parts.mel_head, latents).float(), latents)
 
 
 def _sdpa_mask(visible: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:

@@ -85,6 +85,7 @@ class EngineSettings:
     finetuned_cache: int = 2  # fine-tuned voices' GPT weights kept resident
     max_batch: int = 8  # sequences decoded together (rows of the key/value cache)
     decoder_dtype: str = "float32"  # the GPT's dtype while decoding (bfloat16; float16 on CUDA only)
+    cpu_matmul: str = "onednn"  # how a CPU decoder multiplies by the GPT's weights (decoding/matmul.py)
     cuda_graphs: bool = True  # capture the decoding step in CUDA graphs (CUDA only)
 
     @classmethod
@@ -92,7 +93,7 @@ class EngineSettings:
         return cls(model_dir=settings.model_dir, model_name=settings.model_name, device=settings.device,
                    queue_size=settings.inference_queue_size, finetuned_cache=settings.finetuned_cache,
                    max_batch=settings.max_batch, decoder_dtype=settings.decoder_dtype,
-                   cuda_graphs=settings.cuda_graphs)
+                   cpu_matmul=settings.cpu_matmul, cuda_graphs=settings.cuda_graphs)
 
 
 class Engine:
@@ -337,7 +338,9 @@ class Engine:
             dtype = None
         started = time.perf_counter()
         with self._model_lock, torch.inference_mode():
-            gpt = GptDecoder(model, self.settings.max_batch, dtype=dtype)
+            self.use_weights(model, None)  # built from the base weights: no refresh before a first step
+            gpt = GptDecoder(model, self.settings.max_batch, dtype=dtype,
+                             cpu_matmul_kind=self.settings.cpu_matmul)
             step_runner = None
             if gpt.device.type == "cuda" and self.settings.cuda_graphs:
                 from voiceforge.decoding.cuda_graphs import GraphedStep
@@ -345,10 +348,11 @@ class Engine:
                 graphed = GraphedStep(gpt)
                 graphed.capture()  # under the model lock: nothing else may launch work during a capture
                 step_runner = graphed.step
-        log.info("decoder ready: %d rows, %s, %s in %.1f s", gpt.rows, gpt.dtype,
-                 "CUDA graphs" if step_runner else "eager steps", time.perf_counter() - started)
+        log.info("decoder ready: %d rows, %s, %s, %s in %.1f s", gpt.rows, gpt.dtype,
+                 type(gpt.matmul).__name__, "CUDA graphs" if step_runner else "eager steps",
+                 time.perf_counter() - started)
         return BatchScheduler(model, self._model_lock, lambda weights: self.use_weights(model, weights),
-                              decoder=gpt, step_runner=step_runner)
+                              decoder=gpt, step_runner=step_runner, decoder_has_base_weights=True)
 
     @contextmanager
     def reserve(self) -> Iterator[None]:
