@@ -1,14 +1,27 @@
 """gunicorn settings: gthread workers, no preload (CUDA must not be initialised before fork)."""
 
 import os
+import re
 import shutil
 import sys
 import tempfile
 
+from gunicorn.config import ControlSocket
+
 from voiceforge.logs import LOG_FORMATS, gunicorn_logconfig
 
 bind = os.environ.get("VOICEFORGE_BIND", "0.0.0.0:8000")
-# Each worker holds its own model (about 4 GB of RAM on CPU, 2 GB on a GPU): keep workers few.
+# gunicorn's control socket (`gunicornc`) is one path per user by default, which a second instance on
+# the host would take over: one per bound address instead, in gunicorn's directory for it
+# ($XDG_RUNTIME_DIR, else ~/.gunicorn). VOICEFORGE_CONTROL_SOCKET sets the path; empty turns it off.
+_control = os.environ.get("VOICEFORGE_CONTROL_SOCKET")
+if _control == "":
+    control_socket_disable = True
+else:
+    control_socket = _control or os.path.join(
+        os.path.dirname(ControlSocket.default), "voiceforge-" + re.sub(r"[^A-Za-z0-9.]+", "-", bind) + ".ctl")
+# Each worker holds its own model (about 5.5 GB of RAM on CPU with the decoder's prepacked weights,
+# 2 GB on a GPU): keep workers few.
 workers = int(os.environ.get("VOICEFORGE_WORKERS", "1"))
 worker_class = "gthread"
 threads = int(os.environ.get("VOICEFORGE_THREADS", "8"))

@@ -6,8 +6,11 @@ create databases (.ci/run starts one with scripts/start-postgres.sh); the cache 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +35,18 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+def control_socket_workers(socket: Path) -> list[int]:
+    """The worker pids that `gunicornc` reports through one control socket."""
+    answer = subprocess.run([str(Path(sys.executable).parent / "gunicornc"), "-s", str(socket), "-c",
+                             "show workers", "-j"], capture_output=True, text=True, timeout=30, check=True)
+    return [worker["pid"] for worker in json.loads(answer.stdout)["workers"]]
+
+
+def parent_pid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
 def recording(seed: int) -> str:
     data, mime = encode_audio(speech_like(4.0, 48000, seed=seed), 48000, "webm/opus")
     return data_uri(data, mime)
@@ -45,14 +60,21 @@ def speak(server: Server, voice_id: str) -> requests.Response:
 @pytest.mark.slow
 def test_two_gunicorn_instances_on_one_database_and_data_directory(
         tmp_path: Path, checkpoint_dir: Path, postgres_url: str) -> None:
+    run_dir = tmp_path / "run"  # one host's runtime directory, where gunicorn puts control sockets
     shared = {"VOICEFORGE_DATABASE_URL": postgres_url, "VOICEFORGE_DATA_DIR": str(tmp_path / "voices"),
-              "VOICEFORGE_JOB_RUNNER": "false"}
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+              "VOICEFORGE_JOB_RUNNER": "false", "XDG_RUNTIME_DIR": str(run_dir)}
+    for directory in ("a", "b", "run"):
+        (tmp_path / directory).mkdir()
     a = start_server(tmp_path / "a", checkpoint_dir, **shared)
     try:
         b = start_server(tmp_path / "b", checkpoint_dir, **shared)
         try:
+            # Each instance answers `gunicornc` on its own socket, named by its address.
+            for server in (a, b):
+                port = server.url.rsplit(":", 1)[1]
+                workers = control_socket_workers(run_dir / f"voiceforge-127.0.0.1-{port}.ctl")
+                assert workers and {parent_pid(pid) for pid in workers} == {server.process.pid}
+
             enrolled = a.post("/api/train-voice", {"modelName": "Shared Voice", "audioDataUri": recording(1)})
             assert enrolled.status_code == 200, enrolled.text
             voice_id = enrolled.json()["modelId"]
