@@ -52,10 +52,14 @@ def test_reconcile_command_reports_and_repairs(app, runner, data_dir: Path) -> N
         voice = add_stored_voice(data_dir, "Narrator")
     (data_dir / voice.id / "latents.pth").unlink()
     (data_dir / "stray-00000000").mkdir()
-    dry = runner.invoke(args=["voices", "reconcile", "--dry-run"])
+    dry = runner.invoke(args=["voices", "reconcile", "--dry-run", "--min-age", "0"])
     assert voice.id in dry.output and "stray-00000000" in dry.output
     assert (data_dir / "stray-00000000").exists()
-    fixed = runner.invoke(args=["voices", "reconcile"])
+    # By default a stray this recent is left: another instance may be writing it.
+    cautious = runner.invoke(args=["voices", "reconcile"])
+    assert "recent strays (left: changed under 600 s ago): stray-00000000" in cautious.output
+    assert (data_dir / "stray-00000000").exists()
+    fixed = runner.invoke(args=["voices", "reconcile", "--min-age", "0"])
     assert fixed.exit_code == 0 and not (data_dir / "stray-00000000").exists()
     assert "Registry and files agree." in runner.invoke(args=["voices", "reconcile"]).output
 

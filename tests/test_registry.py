@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.registry import add_stored_voice, files_under
+from tests.support.registry import add_stored_voice, files_under, left_long_ago
 from voiceforge.errors import Unprocessable
 from voiceforge.models import VoiceStatus
 from voiceforge.services import voices
@@ -40,6 +40,8 @@ def test_reconcile_repairs_rows_without_files_and_files_without_rows(app, data_d
         (data_dir / "orphan-12345678").mkdir()
         (data_dir / "orphan-12345678" / "reference.wav").write_bytes(b"x")
         (data_dir / ".tmp-half-written").mkdir()
+        left_long_ago(data_dir / "orphan-12345678")
+        left_long_ago(data_dir / ".tmp-half-written")
 
         dry = voices.reconcile(data_dir, repair=False)
         assert dry.missing_files == [broken.id]
@@ -54,3 +56,25 @@ def test_reconcile_repairs_rows_without_files_and_files_without_rows(app, data_d
         assert files_under(data_dir) == [f"{broken.id}/reference.wav", f"{intact.id}/latents.pth",
                                          f"{intact.id}/reference.wav"]
         assert not voices.reconcile(data_dir).changed
+
+
+def test_reconcile_leaves_what_another_instance_may_be_writing_right_now(app, data_dir: Path) -> None:
+    """On a shared data directory, one instance's restart must not pull another's enrolment apart."""
+    with app.app_context():
+        staging = data_dir / ".tmp-being-written"  # another instance is staging its files
+        staging.mkdir(parents=True)
+        left_long_ago(staging)
+        (staging / "reference.wav").write_bytes(b"RIFF")  # ... and has just written one
+        renamed = data_dir / "renamed-00000000"  # renamed into place, its row about to be committed
+        renamed.mkdir()
+        (renamed / "latents.pth").write_bytes(b"x")
+
+        report = voices.reconcile(data_dir)
+        assert report.young_dirs == [".tmp-being-written", "renamed-00000000"] and not report.changed
+        assert files_under(data_dir) == [".tmp-being-written/reference.wav", "renamed-00000000/latents.pth"]
+
+        left_long_ago(staging)
+        left_long_ago(renamed)  # ten minutes on, nobody finished them: a crash's leftovers
+        report = voices.reconcile(data_dir)
+        assert report.temp_dirs == [".tmp-being-written"] and report.orphan_dirs == ["renamed-00000000"]
+        assert files_under(data_dir) == []

@@ -17,6 +17,7 @@ from voiceforge.errors import VoiceForgeError
 from voiceforge.jobs.cli import jobs_cli, voices_finetune
 from voiceforge.runtime import get_runtime
 from voiceforge.schemas import VoiceSchema
+from voiceforge.services.voices import RECONCILE_MIN_AGE_S
 
 voices_cli = AppGroup("voices", help="Manage the voice registry.")
 model_cli = AppGroup("model", help="Inspect, download and warm up the XTTS-v2 model.")
@@ -142,16 +143,21 @@ def voices_add(name: str, audio_file: Path, language: str | None, as_json: bool)
 
 @voices_cli.command("reconcile")
 @click.option("--dry-run", is_flag=True, help="Report only; change nothing.")
-def voices_reconcile(dry_run: bool) -> None:
+@click.option("--min-age", type=click.FloatRange(min=0), default=RECONCILE_MIN_AGE_S, show_default=True,
+              help="Leave stray directories changed in the last SECONDS (another instance may be writing "
+                   "them); 0 when no instance is running.")
+def voices_reconcile(dry_run: bool, min_age: float) -> None:
     """Make the registry and the voice files agree after a crash."""
     from voiceforge.services import voices
 
-    report = voices.reconcile(_data_dir(), repair=not dry_run)
+    report = voices.reconcile(_data_dir(), repair=not dry_run, min_age_s=min_age)
     verb = "found" if dry_run else "repaired"
     click.echo(f"rows missing files ({verb}: marked failed): {', '.join(report.missing_files) or '-'}")
     click.echo(f"interrupted rows ({verb}: marked failed): {', '.join(report.stale_rows) or '-'}")
     click.echo(f"orphan directories ({verb}: removed): {', '.join(report.orphan_dirs) or '-'}")
     click.echo(f"unfinished writes ({verb}: removed): {', '.join(report.temp_dirs) or '-'}")
+    if report.young_dirs:
+        click.echo(f"recent strays (left: changed under {min_age:g} s ago): {', '.join(report.young_dirs)}")
     if not report.changed:
         click.echo("Registry and files agree.")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 100
 BUILTIN_PREFIX = "default-"  # ids of the model's own speakers; cloned ids never start with it
+# A directory changed more recently than this may be another instance's enrolment in progress on a
+# shared data directory (being staged, or renamed into place a moment before its row is committed):
+# reconcile leaves it to a later run rather than pull files from under a live write.
+RECONCILE_MIN_AGE_S = 600.0
 
 
 @dataclass
@@ -41,6 +46,7 @@ class ReconcileReport:
     stale_rows: list[str] = field(default_factory=list)  # unfinished rows marked failed
     orphan_dirs: list[str] = field(default_factory=list)  # directories removed
     temp_dirs: list[str] = field(default_factory=list)  # interrupted writes removed
+    young_dirs: list[str] = field(default_factory=list)  # stray but recent: left for a later reconcile
 
     @property
     def changed(self) -> bool:
@@ -158,12 +164,13 @@ def nobody_owns(_voice_id: str) -> bool:
     return False
 
 
-def reconcile(data_dir: Path, *, repair: bool = True,
-              is_owned: Callable[[str], bool] = nobody_owns) -> ReconcileReport:
+def reconcile(data_dir: Path, *, repair: bool = True, is_owned: Callable[[str], bool] = nobody_owns,
+              min_age_s: float = RECONCILE_MIN_AGE_S) -> ReconcileReport:
     """Make the registry and the files agree after a crash: no row without files, no file without row.
 
     `is_owned(voice_id)` says whether a live owner (a fine-tuning job holding a lease) is working on
-    a `pending` or `processing` voice; only rows whose owner is gone are marked failed.
+    a `pending` or `processing` voice; only rows whose owner is gone are marked failed. Stray
+    directories changed in the last `min_age_s` seconds are reported as young and left alone.
     """
     report = ReconcileReport()
     voices = {voice.id: voice for voice in list_voices()}
@@ -183,17 +190,30 @@ def reconcile(data_dir: Path, *, repair: bool = True,
         for entry in sorted(data_dir.iterdir()):
             if entry.name == JOBS_DIR:
                 continue  # each job's own files: its runner and the job's end remove them
+            if entry.name in voices:
+                continue
+            if _seconds_since_change(entry) < min_age_s:
+                report.young_dirs.append(entry.name)
+                continue
             if entry.name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
                 report.temp_dirs.append(entry.name)
-            elif entry.name not in voices:
-                report.orphan_dirs.append(entry.name)
             else:
-                continue
+                report.orphan_dirs.append(entry.name)
             if repair:
                 remove_path(entry)
     if repair and report.changed:
         commit()
     return report
+
+
+def _seconds_since_change(path: Path) -> float:
+    """Seconds since a directory or anything directly in it last changed (0 if it changes under us)."""
+    try:
+        entries = [path, *path.iterdir()] if path.is_dir() and not path.is_symlink() else [path]
+        newest = max(entry.lstat().st_mtime for entry in entries)
+    except FileNotFoundError:
+        return 0.0
+    return time.time() - newest
 
 
 def _files_present(data_dir: Path, voice: Voice) -> bool:
@@ -213,4 +233,7 @@ def reconcile_at_startup(app: Flask) -> ReconcileReport | None:
     if report.changed:
         log.warning("startup reconcile repaired: missing files %s, interrupted %s, orphans %s, temp %s",
                     report.missing_files, report.stale_rows, report.orphan_dirs, report.temp_dirs)
+    if report.young_dirs:
+        log.info("startup reconcile left %d recent stray directories for a later run (another instance "
+                 "may be writing them): %s", len(report.young_dirs), report.young_dirs)
     return report
