@@ -1,7 +1,7 @@
 """How the decoder multiplies by the GPT's weight matrices: transformers' own addmm, or oneDNN prepacked.
 
 On a CPU a decoding step is almost all matrix-times-a-few-rows. MKL's sgemm (what `addmm` calls)
-repacks the whole weight matrix on every call once there is more than one row, so 8 rows cost 2.2-3x
+repacks the whole weight matrix on every call once there is more than one row, so 2-8 rows cost 1.8-2.7x
 one row's gemv (bench/matmul.py). oneDNN with each weight reordered once into its blocked layout
 reads the weight once per call at any row count, and gives each row the same bits whether it is
 multiplied alone or with others. Its rounding differs from addmm's (about 1e-6 relative), so greedy
