@@ -124,7 +124,7 @@ export function setupEnrolment({voices, jobs}) {
         ? `${body.modelName} is ready to speak now, and fine-tuning is queued (see Fine-tuning jobs).`
         : `${body.modelName} is ready: choose it under Speak.`, 'ok');
       await voices.refresh(answer.modelId);
-      if (answer.jobId) jobs.refresh();
+      if (answer.jobId) jobs.track(answer.jobId);
       clearForm();
     } catch (error) {
       say(createStatus, explain(error), 'error');

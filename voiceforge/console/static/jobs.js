@@ -123,6 +123,11 @@ export function setupJobs({onFinished, voiceName = (id) => id}) {
 
   return {
     refresh,
+    /** Follow a job this page just queued: its end is announced even if it ends before the next poll. */
+    track(jobId) {
+      if (!seen.has(jobId)) seen.set(jobId, {state: 'queued', firstAt: performance.now(), firstProgress: 0});
+      return refresh();
+    },
     /** Name jobs by their voice's name (the voice list is loaded after the jobs module exists). */
     useNames(lookup) { names = lookup; },
   };
