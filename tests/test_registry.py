@@ -78,3 +78,25 @@ def test_reconcile_leaves_what_another_instance_may_be_writing_right_now(app, da
         report = voices.reconcile(data_dir)
         assert report.temp_dirs == [".tmp-being-written"] and report.orphan_dirs == ["renamed-00000000"]
         assert files_under(data_dir) == []
+
+
+def test_reconcile_leaves_a_delete_in_progress_so_a_failed_delete_can_put_the_files_back(
+        app, data_dir: Path) -> None:
+    """Another instance restarting mid-delete must neither empty the trash nor fail the voice's row."""
+    with app.app_context():
+        voice = add_stored_voice(data_dir, "Enrolled Long Ago")
+        left_long_ago(data_dir / voice.id)
+        trash = voices.move_to_trash(data_dir, voice.id)  # a delete has begun, its row not yet gone
+
+        report = voices.reconcile(data_dir)
+        assert report.young_dirs == [trash.name] and not report.changed
+        voices.restore_from_trash(data_dir, voice.id, trash)  # ... and its row removal failed
+        assert voices.get_voice(voice.id).status == VoiceStatus.ready
+        assert files_under(data_dir) == [f"{voice.id}/latents.pth", f"{voice.id}/reference.wav"]
+
+        trash = voices.move_to_trash(data_dir, voice.id)
+        left_long_ago(trash)  # ten minutes on, the delete never finished: a crash's leftovers
+        report = voices.reconcile(data_dir)
+        assert report.missing_files == [voice.id] and report.temp_dirs == [trash.name]
+        assert voices.get_voice(voice.id).status == VoiceStatus.failed
+        assert files_under(data_dir) == []

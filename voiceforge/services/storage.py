@@ -64,6 +64,9 @@ def move_to_trash(data_dir: Path, voice_id: str) -> Path | None:
         return None
     trash = data_dir / f"{TRASH_PREFIX}{voice_id}-{secrets.token_hex(3)}"
     directory.rename(trash)
+    # A rename keeps the directory's old mtime; stamp it so another instance's reconcile sees a delete
+    # in progress (young) and leaves it, or this delete could not put the files back if its row stays.
+    os.utime(trash)
     return trash
 
 

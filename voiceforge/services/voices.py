@@ -178,6 +178,8 @@ def reconcile(data_dir: Path, *, repair: bool = True, is_owned: Callable[[str], 
         if voice.kind == VoiceKind.builtin:
             continue
         if voice.status == VoiceStatus.ready and not _files_present(data_dir, voice):
+            if _being_deleted(data_dir, voice.id, min_age_s):
+                continue  # its files are in a young trash: they come back if the delete fails
             report.missing_files.append(voice.id)
             if repair:
                 voice.status, voice.error = VoiceStatus.failed, "Voice files are missing."
@@ -214,6 +216,12 @@ def _seconds_since_change(path: Path) -> float:
     except FileNotFoundError:
         return 0.0
     return time.time() - newest
+
+
+def _being_deleted(data_dir: Path, voice_id: str, min_age_s: float) -> bool:
+    """Whether a delete of this voice has moved its files to the trash in the last `min_age_s` seconds."""
+    trashes = data_dir.glob(f"{TRASH_PREFIX}{voice_id}-" + "[0-9a-f]" * 6)  # move_to_trash's names
+    return any(_seconds_since_change(trash) < min_age_s for trash in trashes)
 
 
 def _files_present(data_dir: Path, voice: Voice) -> bool:
