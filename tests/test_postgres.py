@@ -47,14 +47,17 @@ def test_migrations_round_trip_and_match_the_models_on_postgres(postgres_url: st
 
 def test_voice_registry_over_http_on_postgres(postgres_url: str, tmp_path: Path,
                                              checkpoint_dir: Path) -> None:
-    app = create_app({"DATABASE_URL": postgres_url, "DATA_DIR": str(tmp_path / "voices"),
+    in_kolkata = postgres_url + "?options=-c%20timezone%3DAsia%2FKolkata"  # a session zone not UTC
+    app = create_app({"DATABASE_URL": in_kolkata, "DATA_DIR": str(tmp_path / "voices"),
                       "MODEL_DIR": str(checkpoint_dir)}, instance_path=str(tmp_path))
     with app.app_context():
         upgrade()
         voice = add_stored_voice(tmp_path / "voices", "Postgres Voice")
     client = app.test_client()
     assert client.get("/readyz").json["database"] == "ok"
-    assert client.get(f"/api/voices/{voice.id}").json["name"] == "Postgres Voice"
+    shown = client.get(f"/api/voices/{voice.id}").json
+    assert shown["name"] == "Postgres Voice"
+    assert shown["createdAt"].endswith("+00:00"), shown  # in UTC, whatever the session's time zone
     assert client.patch(f"/api/voices/{voice.id}", json={"name": "Renamed"}).json["name"] == "Renamed"
     assert client.delete(f"/api/voices/{voice.id}").status_code == 204
     assert client.get(f"/api/voices/{voice.id}").status_code == 404

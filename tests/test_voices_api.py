@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,18 @@ def test_list_has_cloned_voices_then_builtin_speakers(client, stored: Voice) -> 
 def test_show_one_voice(client, stored: Voice) -> None:
     body = client.get(f"/api/voices/{stored.id}").json
     assert body["id"] == stored.id and body["createdAt"]
+
+
+def test_timestamps_are_utc_with_their_offset_whether_just_changed_or_reloaded(client, stored: Voice) -> None:
+    """SQLite drops a timestamp's zone: a client must still get one ISO 8601 form it can compare."""
+    renamed = client.patch(f"/api/voices/{stored.id}", json={"name": "Nana Rose"}).json
+    reloaded = client.get(f"/api/voices/{stored.id}").json
+    listed = next(v for v in client.get("/api/voices").json["voices"] if v["id"] == stored.id)
+    for body in (renamed, reloaded, listed):
+        created, updated = (datetime.fromisoformat(body[key]) for key in ("createdAt", "updatedAt"))
+        assert created.utcoffset() == updated.utcoffset() == timedelta(0), body
+        assert created <= updated <= datetime.now(UTC)
+    assert renamed["updatedAt"] == reloaded["updatedAt"] == listed["updatedAt"]
 
 
 @pytest.mark.parametrize("voice_id", ["nope", "..", "%2e%2e", "a" * 3000, "UPPER", "x%00y"])
