@@ -5,7 +5,8 @@ Builds a random-weight XTTS-v2 checkpoint in the release layout (no download). R
 emit the stop token, so every sentence runs to the token cap (--max-tokens - 3 tokens): the figures
 are per token and per second of audio produced (1,024 samples at 22.05 kHz per token, 46 ms).
 Prints: ms per token at batch 1 (stock, ours; on CUDA also ours with CUDA graphs and in bf16, on a
-CPU also ours with transformers' addmm instead of oneDNN, and in bf16 where the CPU has it natively),
+CPU also ours with transformers' addmm instead of oneDNN, and, where the CPU has bf16 natively, ours
+with the GPT, the vocoder or both in bf16; --only picks some of them),
 the aggregate real-time factor at 1, 4, 8 and 32 concurrent
 requests against stock serial decoding, a 10-sentence text at once against sentence by sentence,
 time to first audio, and greedy-token agreement with stock over --agreement sequences. --json
@@ -163,6 +164,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoint", type=Path, help="an existing checkpoint directory (skips the build)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", help="comma-separated variants of ours to run (stock always runs)")
     args = parser.parse_args()
     torch.manual_seed(0)
     figures: dict[str, object] = {"size": args.size, "device": args.device, "max_tokens": args.max_tokens}
@@ -213,9 +215,16 @@ def main() -> None:
         # own arithmetic (VOICEFORGE_CPU_MATMUL=reference), the one bit-identical to stock.
         variants["ours addmm"] = BatchScheduler(model, lock, lambda _weights: None,
                                                 decoder=GptDecoder(model, rows, cpu_matmul_kind="reference"))
-        if cpu_has_bfloat16():  # AVX512-BF16 or AMX: bf16 GEMMs run natively
+        if cpu_has_bfloat16():  # AVX512-BF16 or AMX: bf16 GEMMs and convolutions run natively
             variants["ours bf16"] = BatchScheduler(model, lock, lambda _weights: None,
                                                    decoder=GptDecoder(model, rows, dtype=torch.bfloat16))
+            variants["ours bf16 vocoder"] = BatchScheduler(model, lock, lambda _weights: None, rows=rows,
+                                                           vocoder_dtype=torch.bfloat16)
+            variants["ours bf16 both"] = BatchScheduler(model, lock, lambda _weights: None,
+                                                        decoder=GptDecoder(model, rows, dtype=torch.bfloat16),
+                                                        vocoder_dtype=torch.bfloat16)
+    for name in [name for name in variants if args.only and name not in args.only.split(",")]:
+        variants.pop(name).close()
     for name, scheduler in variants.items():
         ours_speak(scheduler, model, [(TEXTS[0], "en", voice)])
         ours_s = statistics.median(ours_speak(scheduler, model, [(TEXTS[0], "en", voice)])[0]

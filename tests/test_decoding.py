@@ -248,16 +248,19 @@ def test_bfloat16_on_a_cpu_decodes_speech_where_the_cpu_has_it_and_float32_elsew
     from voiceforge.services import engine as engine_module
 
     settings = EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu", queue_size=8,
-                              max_batch=4, decoder_dtype="bfloat16")
+                              max_batch=4, decoder_dtype="bfloat16", vocoder_dtype="bfloat16")
     if engine_module.cpu_has_bfloat16():
-        assert_speaks_in_bfloat16(Engine(settings), voices[0], cap=21)
+        engine = Engine(settings)
+        assert engine.decoder().vocoder.dtype == torch.bfloat16
+        assert_speaks_in_bfloat16(engine, voices[0], cap=21)
     monkeypatch.setattr(engine_module, "cpu_has_bfloat16", lambda: False)
     emulated = Engine(settings)
     (utterance,) = emulated.speak([TEXTS["en"][0]], "en", voices[0], GREEDY)
     utterance.audio()  # decoded to the end
     assert utterance.tokens == stock_tokens(emulated, TEXTS["en"][0], "en", voices[0])  # float32's tokens
-    assert emulated.decoder().decoder.dtype == torch.float32
-    assert "decoding in float32" in caplog.text
+    assert emulated.decoder().decoder.dtype == emulated.decoder().vocoder.dtype == torch.float32
+    for setting in ("DECODER_DTYPE", "VOCODER_DTYPE"):
+        assert f"VOICEFORGE_{setting}=bfloat16 is not fast on this CPU" in caplog.text
     emulated.decoder().close()
 
 

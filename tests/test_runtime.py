@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("VOICE_ALIASES", "narrator=Ana Florence", "default-"),
     ("MAX_AUDIO_BYTES", "lots", "integer"),
     ("CPU_MATMUL", "mkl", "onednn"),
+    ("VOCODER_DTYPE", "int8", "bfloat16"),
 ])
 def test_a_bad_setting_is_refused_at_start_naming_variable_value_and_fix(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, allowed: str) -> None:
@@ -43,15 +44,18 @@ def test_a_bad_setting_is_refused_at_start_naming_variable_value_and_fix(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("setting", ["DECODER_DTYPE", "VOCODER_DTYPE"])
 def test_float16_decoding_is_refused_on_a_cpu_and_bfloat16_is_allowed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
     monkeypatch.setenv("VOICEFORGE_DEVICE", "cpu")
-    monkeypatch.setenv("VOICEFORGE_DECODER_DTYPE", "float16")
+    monkeypatch.setenv(f"VOICEFORGE_{setting}", "float16")
     with pytest.raises(ConfigError) as refused:
         create_app(instance_path=str(tmp_path))
-    assert "VOICEFORGE_DECODER_DTYPE=float16" in refused.value.message and "bfloat16" in refused.value.message
-    monkeypatch.setenv("VOICEFORGE_DECODER_DTYPE", "bfloat16")
-    assert get_runtime(create_app(instance_path=str(tmp_path))).settings.decoder_dtype == "bfloat16"
+    assert f"VOICEFORGE_{setting}=float16" in refused.value.message and "bfloat16" in refused.value.message
+    monkeypatch.setenv(f"VOICEFORGE_{setting}", "bfloat16")
+    runtime = get_runtime(create_app(instance_path=str(tmp_path)))
+    assert getattr(runtime.settings, setting.lower()) == getattr(runtime.engine.settings, setting.lower())
+    assert getattr(runtime.engine.settings, setting.lower()) == "bfloat16"  # reaches the engine
 
 
 @pytest.mark.parametrize("level", ["info", "Warning", "DEBUG", " error "])

@@ -48,3 +48,19 @@ def test_a_trimmed_window_gives_the_kept_samples_of_a_full_pass(frames: int, kee
     assert kept.shape == full.shape
     assert (kept - full).abs().max() < 1e-6
     assert trimmed.margins == [17, 51, 35, 3]  # samples each stage's output keeps beyond the span
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_vocoder_answers_float32_audio_close_to_full_precision(dtype: torch.dtype) -> None:
+    """VOICEFORGE_VOCODER_DTYPE: a converted copy runs; the model's own generator stays float32."""
+    generator = xtts_generator()
+    strip_weight_norm(generator)
+    full, half = TrimmedGenerator(generator), TrimmedGenerator(generator, dtype)
+    inputs, speakers = torch.randn(2, 64, 40), torch.randn(2, 512, 1)
+    with torch.inference_mode():
+        reference = full(inputs, speakers, 8 * 256, 32 * 256)
+        audio = half(inputs, speakers, 8 * 256, 32 * 256)
+    assert audio.dtype == torch.float32 and audio.shape == reference.shape
+    relative_rms = ((audio - reference).pow(2).mean() / reference.pow(2).mean()).sqrt()
+    assert 0 < relative_rms < 0.05  # rounded differently, not a different sound
+    assert half.generator is not generator and next(generator.parameters()).dtype == torch.float32

@@ -41,11 +41,12 @@ DEFAULTS: dict[str, Any] = {
     "LATENT_CACHE_SIZE": 64,
     "INFERENCE_QUEUE_SIZE": 8,  # requests using or waiting for the model per process; beyond: 503
     # The decoder (voiceforge/decoding/): sentences decoded together per process (key/value cache
-    # rows), the GPT's dtype while decoding (bfloat16 on CUDA or a CPU with native bf16, float16 only
-    # on CUDA), how a CPU multiplies by its weights (onednn: prepacked, fast; reference: transformers'
-    # own addmm, greedy tokens bit-identical to stock XTTS), CUDA graphs on CUDA.
+    # rows), the GPT's and HiFiGAN's dtypes while decoding (bfloat16 on CUDA or a CPU with native
+    # bf16, float16 only on CUDA), how a CPU multiplies by its weights (onednn: prepacked, fast;
+    # reference: transformers' own addmm, greedy tokens bit-identical to stock XTTS), CUDA graphs.
     "MAX_BATCH": 8,
     "DECODER_DTYPE": "float32",
+    "VOCODER_DTYPE": "float32",
     "CPU_MATMUL": "onednn",
     "CUDA_GRAPHS": True,
     "DB_BUSY_TIMEOUT_MS": 5000,

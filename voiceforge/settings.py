@@ -39,6 +39,7 @@ class Settings:
     inference_queue_size: int
     max_batch: int
     decoder_dtype: str
+    vocoder_dtype: str
     cpu_matmul: str
     cuda_graphs: bool
     log_level: str
@@ -78,7 +79,8 @@ class Settings:
             latent_cache_size=_number(config, "LATENT_CACHE_SIZE", int, minimum=1),
             inference_queue_size=_number(config, "INFERENCE_QUEUE_SIZE", int, minimum=1),
             max_batch=_number(config, "MAX_BATCH", int, minimum=1),
-            decoder_dtype=_decoder_dtype(config),
+            decoder_dtype=_half_or_full(config, "DECODER_DTYPE"),
+            vocoder_dtype=_half_or_full(config, "VOCODER_DTYPE"),
             cpu_matmul=_choice(config, "CPU_MATMUL", ("onednn", "reference")),
             cuda_graphs=bool(config.get("CUDA_GRAPHS")),
             log_level=log_level(config.get("LOG_LEVEL")),
@@ -145,10 +147,11 @@ def _choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> st
     return value
 
 
-def _decoder_dtype(config: Mapping[str, Any]) -> str:
-    value = _choice(config, "DECODER_DTYPE", ("float32", "bfloat16", "float16"))
+def _half_or_full(config: Mapping[str, Any], key: str) -> str:
+    """A decoding precision: float32, bfloat16, or float16 (CUDA only)."""
+    value = _choice(config, key, ("float32", "bfloat16", "float16"))
     if value == "float16" and _device(config) == "cpu":
-        raise ConfigError("DECODER_DTYPE", config.get("DECODER_DTYPE"), "float32 or bfloat16 on a CPU "
+        raise ConfigError(key, config.get(key), "float32 or bfloat16 on a CPU "
                           "(float16 is for CUDA; CPUs have no fast float16 arithmetic).")
     return value
 

@@ -10,6 +10,7 @@ audio that would be discarded is not computed.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -33,10 +34,16 @@ def _radius(module: nn.Module) -> int:
 
 
 class TrimmedGenerator:
-    """Runs a coqui `HifiganGenerator` as its own forward does, cropping between stages."""
+    """Runs a coqui `HifiganGenerator` as its own forward does, cropping between stages.
 
-    def __init__(self, generator: Any) -> None:
-        self.generator = generator
+    With `dtype` (bfloat16 or float16) it runs a converted copy of the generator in that precision
+    (its weights never change: fine-tuning swaps only the GPT's) and answers float32 all the same.
+    """
+
+    def __init__(self, generator: Any, dtype: torch.dtype | None = None) -> None:
+        own_dtype = next(generator.parameters()).dtype
+        self.dtype = dtype or own_dtype
+        self.generator = generator if self.dtype == own_dtype else copy.deepcopy(generator).to(self.dtype)
         self.factors = [up.stride[0] for up in generator.ups]
         self.hop = math.prod(self.factors)
         # Walk back from the output: the margin each stage's output needs for the layers after it.
@@ -57,7 +64,7 @@ class TrimmedGenerator:
                  keep_to: int) -> torch.Tensor:
         """Samples keep_from..keep_to of `generator(frames, g=speakers)`, as (batch, samples)."""
         g = self.generator
-        x = frames
+        x, speakers = frames.to(self.dtype), speakers.to(self.dtype)
         if hasattr(g, "lin_pre"):
             x = g.lin_pre(x).permute(0, 2, 1)
         o = g.conv_pre(x)
@@ -82,4 +89,4 @@ class TrimmedGenerator:
             offset = low
         o = F.leaky_relu(o)
         o = torch.tanh(g.conv_post(o))
-        return o[:, 0, keep_from - offset:keep_to - offset]
+        return o[:, 0, keep_from - offset:keep_to - offset].float()

@@ -99,17 +99,18 @@ class BatchScheduler:
     its step (CUDA graphs: cuda_graphs.GraphedStep.step). `decoder_has_base_weights` says the decoder
     was built while the model held its base weights, so that its copies (oneDNN's packing, another
     dtype's weights) need no refresh before the first step: about 0.7-5 s on a CPU for XTTS-v2.
+    `vocoder_dtype` runs HiFiGAN in bfloat16 or float16 (hifigan.TrimmedGenerator).
     """
 
     def __init__(self, model: Any, model_lock: threading.Lock, use_weights: Callable[[str | None], None], *,
                  rows: int = 8, decoder: GptDecoder | None = None,
                  step_runner: Callable[..., StepOutput] | None = None,
-                 decoder_has_base_weights: bool = False) -> None:
+                 decoder_has_base_weights: bool = False, vocoder_dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.decoder = decoder or GptDecoder(model, rows)
         self.rows = self.decoder.rows
         self._step_runner = step_runner or self.decoder.step
-        self.vocoder = TrimmedGenerator(model.hifigan_decoder.waveform_decoder)
+        self.vocoder = TrimmedGenerator(model.hifigan_decoder.waveform_decoder, vocoder_dtype)
         # The weights the decoder's copies were last refreshed from; None: unknown, refresh before a step.
         self._decoder_weights: tuple[str | None] | None = (None,) if decoder_has_base_weights else None
         self.table = SamplingTable(self.rows, model.gpt.num_audio_tokens, self.decoder.device)

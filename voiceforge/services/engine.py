@@ -85,6 +85,7 @@ class EngineSettings:
     finetuned_cache: int = 2  # fine-tuned voices' GPT weights kept resident
     max_batch: int = 8  # sequences decoded together (rows of the key/value cache)
     decoder_dtype: str = "float32"  # the GPT's dtype while decoding (bfloat16; float16 on CUDA only)
+    vocoder_dtype: str = "float32"  # HiFiGAN's dtype while decoding (the same choices)
     cpu_matmul: str = "onednn"  # how a CPU decoder multiplies by the GPT's weights (decoding/matmul.py)
     cuda_graphs: bool = True  # capture the decoding step in CUDA graphs (CUDA only)
 
@@ -93,7 +94,8 @@ class EngineSettings:
         return cls(model_dir=settings.model_dir, model_name=settings.model_name, device=settings.device,
                    queue_size=settings.inference_queue_size, finetuned_cache=settings.finetuned_cache,
                    max_batch=settings.max_batch, decoder_dtype=settings.decoder_dtype,
-                   cpu_matmul=settings.cpu_matmul, cuda_graphs=settings.cuda_graphs)
+                   vocoder_dtype=settings.vocoder_dtype, cpu_matmul=settings.cpu_matmul,
+                   cuda_graphs=settings.cuda_graphs)
 
 
 class Engine:
@@ -328,14 +330,8 @@ class Engine:
         from voiceforge.decoding.gpt import GptDecoder
         from voiceforge.decoding.scheduler import BatchScheduler
 
-        dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        dtype = dtypes[self.settings.decoder_dtype]
-        on_cpu = self._device == "cpu"
-        if on_cpu and dtype is not None and (dtype == torch.float16 or not cpu_has_bfloat16()):
-            # Without native arithmetic half precision is emulated: slower than float32, not faster.
-            log.warning("VOICEFORGE_DECODER_DTYPE=%s is not fast on this CPU (bfloat16 needs AVX512-BF16 "
-                        "or AMX; float16 is for CUDA): decoding in float32", self.settings.decoder_dtype)
-            dtype = None
+        dtype = self._fast_dtype("DECODER_DTYPE", self.settings.decoder_dtype)
+        vocoder_dtype = self._fast_dtype("VOCODER_DTYPE", self.settings.vocoder_dtype)
         started = time.perf_counter()
         with self._model_lock, torch.inference_mode():
             self.use_weights(model, None)  # built from the base weights: no refresh before a first step
@@ -348,11 +344,25 @@ class Engine:
                 graphed = GraphedStep(gpt)
                 graphed.capture()  # under the model lock: nothing else may launch work during a capture
                 step_runner = graphed.step
-        log.info("decoder ready: %d rows, %s, %s, %s in %.1f s", gpt.rows, gpt.dtype,
+        scheduler = BatchScheduler(model, self._model_lock, lambda weights: self.use_weights(model, weights),
+                                   decoder=gpt, step_runner=step_runner, decoder_has_base_weights=True,
+                                   vocoder_dtype=vocoder_dtype)
+        log.info("decoder ready: %d rows, %s, %s, %s, vocoder in %s, in %.1f s", gpt.rows, gpt.dtype,
                  type(gpt.matmul).__name__, "CUDA graphs" if step_runner else "eager steps",
-                 time.perf_counter() - started)
-        return BatchScheduler(model, self._model_lock, lambda weights: self.use_weights(model, weights),
-                              decoder=gpt, step_runner=step_runner, decoder_has_base_weights=True)
+                 scheduler.vocoder.dtype, time.perf_counter() - started)
+        return scheduler
+
+    def _fast_dtype(self, setting: str, name: str) -> Any:
+        """The torch dtype a precision setting asks for; None (float32) where it would not be faster."""
+        import torch
+
+        dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        if self._device == "cpu" and dtype is not None and (dtype == torch.float16 or not cpu_has_bfloat16()):
+            # Without native arithmetic half precision is emulated: slower than float32, not faster.
+            log.warning("VOICEFORGE_%s=%s is not fast on this CPU (bfloat16 needs AVX512-BF16 or AMX; "
+                        "float16 is for CUDA): using float32", setting, name)
+            return None
+        return dtype
 
     @contextmanager
     def reserve(self) -> Iterator[None]:
