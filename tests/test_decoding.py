@@ -314,5 +314,7 @@ def test_on_cuda_concurrent_streams_stay_apart(cuda_checkpoint: Path) -> None:
 @cuda
 def test_on_cuda_bfloat16_decodes_speech(cuda_checkpoint: Path) -> None:
     engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
-                                   queue_size=8, max_batch=8, decoder_dtype="bfloat16"))
+                                   queue_size=8, max_batch=8, decoder_dtype="bfloat16",
+                                   vocoder_dtype="bfloat16"))
+    assert engine.decoder().vocoder.dtype == torch.bfloat16
     assert_speaks_in_bfloat16(engine, next(iter(read_speakers(cuda_checkpoint).values())), cap=117)
