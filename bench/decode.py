@@ -4,10 +4,10 @@ Run: .venv/bin/python bench/decode.py [--size tiny|full] [--max-tokens N] [--dev
 Builds a random-weight XTTS-v2 checkpoint in the release layout (no download). Random weights never
 emit the stop token, so every sentence runs to the token cap (--max-tokens - 3 tokens): the figures
 are per token and per second of audio produced (1,024 samples at 22.05 kHz per token, 46 ms).
-Prints: ms per token at batch 1 (stock, ours; on CUDA also ours with CUDA graphs and in bf16, on a
-CPU also ours with transformers' addmm instead of oneDNN, and, where the CPU has bf16 natively, ours
-with the GPT, the vocoder or both in bf16; --only picks some of them),
-the aggregate real-time factor at 1, 4, 8 and 32 concurrent
+Prints: ms per token at batch 1 (stock, ours; on CUDA also ours with CUDA graphs, in fp32, with the
+GPT in bf16, and with the GPT and the vocoder in bf16; on a CPU also ours with transformers' addmm
+instead of oneDNN, and, where the CPU has bf16 natively, ours with the GPT, the vocoder or both in
+bf16; --only picks some of them), the aggregate real-time factor at 1, 4, 8 and 32 concurrent
 requests against stock serial decoding, a 10-sentence text at once against sentence by sentence,
 time to first audio, and greedy-token agreement with stock over --agreement sequences. --json
 writes the figures to a file.
@@ -198,7 +198,9 @@ def main() -> None:
     if device.startswith("cuda"):
         from voiceforge.decoding.cuda_graphs import GraphedStep
 
-        for name, dtype in (("ours+graphs", None), ("ours+graphs bf16", torch.bfloat16)):
+        bf16 = torch.bfloat16
+        for name, dtype, vocoder_dtype in (("ours+graphs", None, None), ("ours+graphs bf16", bf16, None),
+                                           ("ours+graphs bf16 both", bf16, bf16)):
             decoder = GptDecoder(model, rows, dtype=dtype)
             graphed = GraphedStep(decoder)
             started = time.perf_counter()
@@ -209,7 +211,7 @@ def main() -> None:
                 figures[f"{name} step_ms@{batch}"] = step_ms
                 show(f"{name}, GPT step alone (graph replay), batch {batch}, ms", f"{step_ms:.3f}")
             variants[name] = BatchScheduler(model, lock, lambda _weights: None, decoder=decoder,
-                                            step_runner=graphed.step)
+                                            step_runner=graphed.step, vocoder_dtype=vocoder_dtype)
     else:
         # "ours" multiplies by oneDNN-prepacked weights (the default); "ours addmm" is transformers'
         # own arithmetic (VOICEFORGE_CPU_MATMUL=reference), the one bit-identical to stock.

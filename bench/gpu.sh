@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every GPU check of the decoding engine in one command, for a lent GPU machine (at most 10 minutes a
+# command there, 15 minutes of device time a session): the CUDA tests, then the benchmarks, each
+# capped so a slow one cannot eat the others' time. Figures and logs go to $OUT (the device tool sets
+# it; default /tmp/voiceforge-gpu).
+#
+# The machine has Python and PyTorch but not our other packages: carry them as wheels in .whl/
+# (git-ignored; see the device tool's README for the pip download line) and run, from the repo root:
+#   bash bench/gpu.sh                   # CUDA when present
+#   DEVICE=cpu SIZE=tiny MAX_TOKENS=24 bash bench/gpu.sh   # a dry run of the same steps on a CPU
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/voiceforge-gpu}
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-full}
+MAX_TOKENS=${MAX_TOKENS:-218}  # 215 tokens per sentence (10 s of audio), as the README's H200 table
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ "$DEVICE" = cpu ]; then
+  PY=.venv/bin/python  # the dry run: this checkout's own environment
+else
+  PY=python3
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || exit
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+{ nvidia-smi || true; "$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available())"; } \
+  >"$OUT/machine.txt" 2>&1
+
+step() {  # step SECONDS NAME COMMAND...: run, log to $OUT/NAME.txt, note the status and the time taken
+  local limit=$1 name=$2 started=$SECONDS
+  shift 2
+  timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+  echo "$name: exit $? after $((SECONDS - started)) s" | tee -a "$OUT/steps.txt"
+}
+
+# The CUDA tests (CUDA graphs: tokens equal stock's; bf16 GPT and vocoder speak). --noconftest: the
+# suite's conftest builds the app's fixtures, which these tests do not need.
+step 150 cuda-tests "$PY" -m pytest --noconftest -q -k cuda tests/test_decoding.py
+step 90 vocoder "$PY" bench/vocoder.py --device "$DEVICE"
+step 330 decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
+  --concurrency 1,8,32 --agreement 16 --repeats 2 --json "$OUT/decode-$SIZE-$DEVICE.json"
