@@ -384,6 +384,16 @@ def unspeakable(language: str, error: Exception) -> Unprocessable:
                          "spell out numbers and symbols.")
 
 
+def _not_the_token_id_notice(record: logging.LogRecord) -> bool:
+    """False for transformers' warning that a config's special token ids lie outside its vocabulary.
+
+    coqui builds XTTS's GPT-2 configs with small vocabularies and GPT-2's default bos/eos id 50256,
+    so every load of any XTTS-v2 (the official one included) logs it; XTTS never uses those ids (it
+    has its own start and stop tokens), so it tells an operator nothing to act on.
+    """
+    return "must be `None` or an integer within the vocabulary" not in record.getMessage()
+
+
 def load_xtts(checkpoint: Path, device_setting: str) -> tuple[Any, str]:
     """Build XTTS-v2 from a release-layout directory, exactly as for the official model."""
     import torch
@@ -395,6 +405,9 @@ def load_xtts(checkpoint: Path, device_setting: str) -> tuple[Any, str]:
     device = choose_device(device_setting)
     # coqui's tokenizer logs the start of over-long text at WARNING; the text to speak stays private.
     logging.getLogger("TTS.tts.layers.xtts.tokenizer").setLevel(logging.ERROR)
+    transformers_config = logging.getLogger("transformers.configuration_utils")
+    if _not_the_token_id_notice not in transformers_config.filters:
+        transformers_config.addFilter(_not_the_token_id_notice)
     config = XttsConfig()
     config.load_json(str(checkpoint / "config.json"))
     model = Xtts(config)
