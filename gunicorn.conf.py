@@ -11,15 +11,23 @@ from gunicorn.config import ControlSocket
 from voiceforge.logs import LOG_FORMATS, gunicorn_logconfig
 
 bind = os.environ.get("VOICEFORGE_BIND", "0.0.0.0:8000")
+
+
+def _control_socket_for(addresses: list[str]) -> str:
+    """voiceforge-<addresses>.ctl in gunicorn's directory for control sockets."""
+    name = re.sub(r"[^A-Za-z0-9.]+", "-", ",".join(addresses))
+    return os.path.join(os.path.dirname(ControlSocket.default), f"voiceforge-{name}.ctl")
+
+
 # gunicorn's control socket (`gunicornc`) is one path per user by default, which a second instance on
 # the host would take over: one per bound address instead, in gunicorn's directory for it
 # ($XDG_RUNTIME_DIR, else ~/.gunicorn). VOICEFORGE_CONTROL_SOCKET sets the path; empty turns it off.
+# `-b` on the command line overrides `bind` after this file is read: on_starting names it again then.
 _control = os.environ.get("VOICEFORGE_CONTROL_SOCKET")
 if _control == "":
     control_socket_disable = True
 else:
-    control_socket = _control or os.path.join(
-        os.path.dirname(ControlSocket.default), "voiceforge-" + re.sub(r"[^A-Za-z0-9.]+", "-", bind) + ".ctl")
+    control_socket = _control or _control_socket_for([bind])
 # Each worker holds its own model (about 5.5 GB of RAM on CPU with the decoder's prepacked weights,
 # 2 GB on a GPU): keep workers few.
 workers = int(os.environ.get("VOICEFORGE_WORKERS", "1"))
@@ -51,6 +59,8 @@ def on_starting(server) -> None:
     worker failing to boot. Only the database and the voice files are touched: no model, no CUDA.
     """
     _fresh_metrics_dir(server)
+    if not _control and server.cfg.control_socket == _control_socket_for([bind]):  # not set by hand
+        server.cfg.set("control_socket", _control_socket_for(server.cfg.bind))
     from voiceforge import create_app
     from voiceforge.config import ConfigError
     from voiceforge.runtime import get_runtime, warn_if_no_model

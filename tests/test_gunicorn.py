@@ -13,7 +13,15 @@ import pytest
 import requests
 
 from tests.support.audio import data_uri, decode_output, encode_audio, speech_like
-from tests.support.server import Server, raw_request, start_server, stop_server
+from tests.support.server import (
+    Server,
+    control_socket_workers,
+    free_port,
+    parent_pid,
+    raw_request,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.slow  # a real gunicorn per module
 
@@ -21,11 +29,30 @@ BODY_LIMIT = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("e2e"), checkpoint_dir,
-                           VOICEFORGE_MAX_BODY_BYTES=str(BODY_LIMIT))
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The host's runtime directory ($XDG_RUNTIME_DIR), where gunicorn puts its control socket."""
+    return tmp_path_factory.mktemp("run")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path, run_dir: Path) -> Iterator[Server]:
+    # Started the way many operators do, with `-b` on gunicorn's command line: it overrides the bind
+    # that gunicorn.conf.py read from VOICEFORGE_BIND (left at another address here).
+    port = free_port()
+    running = start_server(tmp_path_factory.mktemp("e2e"), checkpoint_dir, port, ("-b", f"127.0.0.1:{port}"),
+                           VOICEFORGE_MAX_BODY_BYTES=str(BODY_LIMIT), VOICEFORGE_BIND="127.0.0.1:9",
+                           XDG_RUNTIME_DIR=str(run_dir))
     yield running
     stop_server(running)
+
+
+def test_the_control_socket_is_named_by_the_address_gunicorn_listens_on(server: Server,
+                                                                        run_dir: Path) -> None:
+    """A second instance started with another `-b` must not take this one's `gunicornc` socket over."""
+    port = server.url.rsplit(":", 1)[1]
+    assert [path.name for path in run_dir.iterdir()] == [f"voiceforge-127.0.0.1-{port}.ctl"]
+    workers = control_socket_workers(run_dir / f"voiceforge-127.0.0.1-{port}.ctl")
+    assert workers and {parent_pid(pid) for pid in workers} == {server.process.pid}
 
 
 def test_health_readiness_and_cors_behind_gunicorn(server: Server) -> None:

@@ -6,11 +6,8 @@ create databases (.ci/run starts one with scripts/start-postgres.sh); the cache 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import requests
 
 from tests.support.audio import data_uri, encode_audio, speech_like
 from tests.support.postgres import fresh_database
-from tests.support.server import Server, start_server, stop_server
+from tests.support.server import Server, control_socket_workers, parent_pid, start_server, stop_server
 from voiceforge.db import db
 from voiceforge.models import Voice
 
@@ -33,18 +30,6 @@ def postgres_url() -> Iterator[str]:
         pytest.skip("VOICEFORGE_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL for it)")
     with fresh_database(SERVER_URL, "voiceforge_instances") as url:
         yield url
-
-
-def control_socket_workers(socket: Path) -> list[int]:
-    """The worker pids that `gunicornc` reports through one control socket."""
-    answer = subprocess.run([str(Path(sys.executable).parent / "gunicornc"), "-s", str(socket), "-c",
-                             "show workers", "-j"], capture_output=True, text=True, timeout=30, check=True)
-    return [worker["pid"] for worker in json.loads(answer.stdout)["workers"]]
-
-
-def parent_pid(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
 
 
 def recording(seed: int) -> str:

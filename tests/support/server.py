@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -25,14 +26,30 @@ class Server:
         return requests.post(self.url + path, json=body, timeout=120, **kwargs)
 
 
+def control_socket_workers(socket: Path) -> list[int]:
+    """The worker pids that `gunicornc` reports through one control socket."""
+    answer = subprocess.run([str(Path(sys.executable).parent / "gunicornc"), "-s", str(socket), "-c",
+                             "show workers", "-j"], capture_output=True, text=True, timeout=30, check=True)
+    return [worker["pid"] for worker in json.loads(answer.stdout)["workers"]]
+
+
+def parent_pid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def start_server(tmp: Path, checkpoint_dir: Path, port: int | None = None, **env: str) -> Server:
-    """Migrate a SQLite database in `tmp` and start gunicorn (one worker) on it; wait until healthy."""
+def start_server(tmp: Path, checkpoint_dir: Path, port: int | None = None, args: tuple[str, ...] = (),
+                 **env: str) -> Server:
+    """Migrate a SQLite database in `tmp` and start gunicorn (one worker) on it; wait until healthy.
+
+    `args` go to gunicorn's command line (`-b` there overrides VOICEFORGE_BIND, as it does for users).
+    """
     port = port or free_port()
     environment = {
         **os.environ,
@@ -50,7 +67,7 @@ def start_server(tmp: Path, checkpoint_dir: Path, port: int | None = None, **env
                    env=environment, check=True, capture_output=True)
     log = tmp / f"gunicorn-{port}.log"
     # Its own process group, so a test can kill -9 the master and its workers together.
-    process = subprocess.Popen([str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+    process = subprocess.Popen([str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", *args, "wsgi:app"],
                                cwd=ROOT, env=environment, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
