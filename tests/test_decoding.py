@@ -252,6 +252,7 @@ def test_bfloat16_on_a_cpu_decodes_speech_where_the_cpu_has_it_and_float32_elsew
     if engine_module.cpu_has_bfloat16():
         engine = Engine(settings)
         assert engine.decoder().vocoder.dtype == torch.bfloat16
+        assert engine.describe()["decoding"]["vocoderDtype"] == "bfloat16"
         assert_speaks_in_bfloat16(engine, voices[0], cap=21)
     monkeypatch.setattr(engine_module, "cpu_has_bfloat16", lambda: False)
     emulated = Engine(settings)
@@ -259,6 +260,8 @@ def test_bfloat16_on_a_cpu_decodes_speech_where_the_cpu_has_it_and_float32_elsew
     utterance.audio()  # decoded to the end
     assert utterance.tokens == stock_tokens(emulated, TEXTS["en"][0], "en", voices[0])  # float32's tokens
     assert emulated.decoder().decoder.dtype == emulated.decoder().vocoder.dtype == torch.float32
+    decoding = emulated.describe()["decoding"]  # what /readyz shows an operator: the fallback in use
+    assert (decoding["gptDtype"], decoding["vocoderDtype"]) == ("float32", "float32")
     for setting in ("DECODER_DTYPE", "VOCODER_DTYPE"):
         assert f"VOICEFORGE_{setting}=bfloat16 is not fast on this CPU" in caplog.text
     emulated.decoder().close()

@@ -179,6 +179,14 @@ class HealthSchema(Schema):
     status = fields.String(required=True)
 
 
+class DecodingStateSchema(Schema):
+    rows = fields.Integer(required=True, metadata={"description": "Sentences decoded together."})
+    gptDtype = fields.String(required=True, metadata={"description": "The GPT's precision in use."})
+    vocoderDtype = fields.String(required=True, metadata={"description": "HiFiGAN's precision in use."})
+    matmul = fields.String(required=True, metadata={"enum": ["onednn", "reference"]})
+    cudaGraphs = fields.Boolean(required=True, metadata={"description": "Steps replay CUDA graphs."})
+
+
 class ModelStateSchema(Schema):
     loaded = fields.Boolean(required=True, metadata={"description": "The model is in memory."})
     loadable = fields.Boolean(required=True, metadata={
@@ -186,6 +194,8 @@ class ModelStateSchema(Schema):
     device = fields.String(allow_none=True, metadata={"description": "Where it runs, once loaded."})
     source = fields.String(required=True, metadata={"description": "Checkpoint directory or model name."})
     problem = fields.String(metadata={"description": "Why no model can be provided, and how to fix it."})
+    decoding = fields.Nested(DecodingStateSchema, metadata={
+        "description": "How the decoder runs, after any fallback (once the first synthesis built it)."})
 
 
 class JobsStateSchema(Schema):

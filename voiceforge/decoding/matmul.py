@@ -27,6 +27,8 @@ class ReferenceMatmul:
     """transformers' arithmetic: a GPT-2 Conv1D is addmm(bias, x, weight), its weight (in, out); a Linear
     is F.linear. On a CPU the decoder then reproduces stock XTTS's greedy tokens bit for bit."""
 
+    name = "reference"
+
     def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if isinstance(module, nn.Linear):
             return F.linear(x, module.weight, module.bias)
@@ -38,6 +40,8 @@ class ReferenceMatmul:
 
 class PackedMatmul:
     """oneDNN with each module's weight reordered once (a copy); `refresh()` repacks after a weight swap."""
+
+    name = "onednn"
 
     def __init__(self, modules: Iterable[nn.Module]) -> None:
         self._modules = list(modules)

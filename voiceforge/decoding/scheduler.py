@@ -127,6 +127,12 @@ class BatchScheduler:
         self._thread.start()
 
     # -- from any thread -------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """How this decoder runs, after any fallback: what /readyz reports once it is built."""
+        return {"rows": self.rows, "gptDtype": _dtype_name(self.decoder.dtype),
+                "vocoderDtype": _dtype_name(self.vocoder.dtype), "matmul": self.decoder.matmul.name,
+                "cudaGraphs": self._step_runner != self.decoder.step}
+
     def submit(self, utterance: Utterance) -> Utterance:
         """Queue an utterance; its pieces arrive as it is decoded.
 
@@ -283,3 +289,7 @@ class BatchScheduler:
         for utterance in stranded:
             utterance._out.put(error)
             utterance._out.put(_DONE)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

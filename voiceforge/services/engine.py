@@ -124,12 +124,15 @@ class Engine:
         """What /readyz and `flask model info` report; never loads the model or downloads anything.
 
         `loadable` is true when the model is loaded or can be loaded on first use; otherwise
-        `problem` holds the same advice that /api/tts would answer with.
+        `problem` holds the same advice that /api/tts would answer with. Once the decoder is built,
+        `decoding` says how it runs (a bf16 setting on a CPU without native bf16 shows float32).
         """
         source = self._source or self.settings.model_dir or self.settings.model_name
         problem = self.problem()
         described = {"loaded": self.loaded, "loadable": problem is None, "device": self._device,
                      "source": source}
+        if self._decoder is not None:  # built at the first synthesis: the precision really in use
+            described["decoding"] = self._decoder.describe()
         return described if problem is None else {**described, "problem": problem}
 
     # -- loading -----------------------------------------------------------------------------
