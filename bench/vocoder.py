@@ -4,11 +4,10 @@ Run: .venv/bin/python bench/vocoder.py [--device cpu|cuda] [--tokens 96] [--chec
 XTTS-v2's own vocoder (coqui's `HifiDecoder` with the release configuration and random weights, or
 the vocoder of a --checkpoint; weight norm folded as the engine folds it) over one window of
 `--tokens` GPT latents, 8 decoder frames of which on each side are context, trimmed stage by stage
-(decoding/hifigan.py). Prints for each dtype: ms per
-audio token, GFLOP/s (the float32 convolution count over the time taken), the speed-up over float32,
-and how far its audio is from float32's: signal-to-difference ratio in dB and the largest difference
-in 16-bit steps. Half precision runs only where it is native: CUDA, or a CPU with AVX512-BF16 or AMX
-for bfloat16.
+(decoding/hifigan.py). Prints for each dtype: ms per audio token, GFLOP/s (the float32 convolution
+count over the time taken), the speed-up over float32, and how far its audio is from float32's:
+signal-to-difference ratio in dB and the largest difference in 16-bit steps. Half precision runs
+only where it is native: CUDA, or a CPU with AVX512-BF16 or AMX for bfloat16.
 """
 
 from __future__ import annotations

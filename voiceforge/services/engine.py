@@ -350,9 +350,7 @@ class Engine:
         scheduler = BatchScheduler(model, self._model_lock, lambda weights: self.use_weights(model, weights),
                                    decoder=gpt, step_runner=step_runner, decoder_has_base_weights=True,
                                    vocoder_dtype=vocoder_dtype)
-        log.info("decoder ready: %d rows, %s, %s, %s, vocoder in %s, in %.1f s", gpt.rows, gpt.dtype,
-                 type(gpt.matmul).__name__, "CUDA graphs" if step_runner else "eager steps",
-                 scheduler.vocoder.dtype, time.perf_counter() - started)
+        log.info("decoder ready in %.1f s: %s", time.perf_counter() - started, scheduler.describe())
         return scheduler
 
     def _fast_dtype(self, setting: str, name: str) -> Any:

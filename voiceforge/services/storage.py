@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+_TRASH_SUFFIX_BYTES = 3  # a trash is .trash-<voice id>-<6 hex digits>
 JOBS_DIR = ".jobs"  # DATA_DIR/.jobs/<job id>/: a fine-tuning job's recordings and work
 # A voice id is also a directory name: lower-case ASCII, digits and hyphens, so no id can escape.
 VOICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -62,12 +63,17 @@ def move_to_trash(data_dir: Path, voice_id: str) -> Path | None:
     directory = voice_dir(data_dir, voice_id)
     if not directory.exists():
         return None
-    trash = data_dir / f"{TRASH_PREFIX}{voice_id}-{secrets.token_hex(3)}"
+    trash = data_dir / f"{TRASH_PREFIX}{voice_id}-{secrets.token_hex(_TRASH_SUFFIX_BYTES)}"
     directory.rename(trash)
     # A rename keeps the directory's old mtime; stamp it so another instance's reconcile sees a delete
     # in progress (young) and leaves it, or this delete could not put the files back if its row stays.
     os.utime(trash)
     return trash
+
+
+def trash_dirs(data_dir: Path, voice_id: str) -> list[Path]:
+    """The trash directories that deletes of this voice have made (move_to_trash's names, no other)."""
+    return list(data_dir.glob(f"{TRASH_PREFIX}{voice_id}-" + "[0-9a-f]" * (2 * _TRASH_SUFFIX_BYTES)))
 
 
 def restore_from_trash(data_dir: Path, voice_id: str, trash: Path | None) -> None:

@@ -26,6 +26,7 @@ from voiceforge.services.storage import (
     move_to_trash,
     remove_path,
     restore_from_trash,
+    trash_dirs,
 )
 
 log = logging.getLogger(__name__)
@@ -220,8 +221,7 @@ def _seconds_since_change(path: Path) -> float:
 
 def _being_deleted(data_dir: Path, voice_id: str, min_age_s: float) -> bool:
     """Whether a delete of this voice has moved its files to the trash in the last `min_age_s` seconds."""
-    trashes = data_dir.glob(f"{TRASH_PREFIX}{voice_id}-" + "[0-9a-f]" * 6)  # move_to_trash's names
-    return any(_seconds_since_change(trash) < min_age_s for trash in trashes)
+    return any(_seconds_since_change(trash) < min_age_s for trash in trash_dirs(data_dir, voice_id))
 
 
 def _files_present(data_dir: Path, voice: Voice) -> bool:
