@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64, help="gpt_max_audio_tokens (cap: N - 3)")
     args = parser.parse_args()
-    directory = Path(tempfile.mkdtemp()) / "xtts"
+    scratch = tempfile.TemporaryDirectory(prefix="voiceforge-bench-")  # removed when the run ends
+    directory = Path(scratch.name) / "xtts"
     build_checkpoint(directory, size=args.size, max_audio_tokens=args.max_tokens,
                      speakers=("Ana Florence", "Claribel Dervla", "Damien Black", "Zoe Z"))
     model, _device = load_xtts(directory, "cpu")

@@ -170,7 +170,9 @@ def main() -> None:
     figures: dict[str, object] = {"size": args.size, "device": args.device, "max_tokens": args.max_tokens}
     if args.device.startswith("cuda"):
         figures["gpu"] = torch.cuda.get_device_name()
-    directory = args.checkpoint or Path(tempfile.mkdtemp()) / "xtts"
+    # Removed when the run ends (a full-size checkpoint is 1.8 GB); pass --checkpoint to keep one.
+    scratch = tempfile.TemporaryDirectory(prefix="voiceforge-bench-")
+    directory = args.checkpoint or Path(scratch.name) / "xtts"
     if not args.checkpoint:
         build_checkpoint(directory, size=args.size, max_audio_tokens=args.max_tokens,
                          speakers=("Ana Florence", "Claribel Dervla", "Damien Black", "Zoe Z"))

@@ -10,6 +10,9 @@ PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
 
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
+# No wheel cache: torch's CUDA build and its nvidia-* wheels are ~4 GB of downloads that a cache would
+# keep beside the ~8 GB they install to, and a fresh machine (CI, a Docker build) never reads it again.
+export PIP_NO_CACHE_DIR=1
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -r requirements.txt
 if [ "${1:-}" = "--dev" ]; then
