@@ -89,6 +89,13 @@ def test_enrol_then_speak_behind_gunicorn(server: Server) -> None:
     spoken = server.post("/api/tts", {"text": "Hello from gunicorn.", "voiceId": voice_id})
     assert spoken.status_code == 200
     assert spoken.json()["audioDataUri"].startswith("data:audio/wav;base64,")
+    # What the deployed worker reports once it has spoken: timestamps in UTC with their offset, and
+    # how its decoder runs (one worker here, so /readyz answers from the worker that spoke).
+    voice = requests.get(f"{server.url}/api/voices/{voice_id}", timeout=5).json()
+    assert voice["createdAt"].endswith("+00:00") and voice["updatedAt"].endswith("+00:00")
+    decoding = requests.get(server.url + "/readyz", timeout=5).json()["model"]["decoding"]
+    assert decoding == {**decoding, "gptDtype": "float32", "vocoderDtype": "float32", "cudaGraphs": False}
+    assert decoding["rows"] >= 1
 
 
 def test_concurrent_requests_give_the_same_audio_as_sequential_ones(server: Server) -> None:
