@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from voiceforge.api import ApiBlueprint
 from voiceforge.db import db
-from voiceforge.runtime import get_runtime
+from voiceforge.runtime import Runtime, get_runtime
 from voiceforge.schemas import HealthSchema, ReadySchema
 
 blp = ApiBlueprint("health", __name__, description="Health probes.")
@@ -42,7 +42,7 @@ def readyz() -> tuple[dict, int]:
     return body, 200 if ready else 503
 
 
-def jobs_state(runtime) -> dict:
+def jobs_state(runtime: Runtime) -> dict:
     """Whether fine-tuning jobs can run here; it informs, and does not decide readiness for speech."""
     from voiceforge.jobs.finetune import fine_tuning_problem
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from voiceforge.api import ApiBlueprint
 from voiceforge.jobs import store
-from voiceforge.models import JobState
+from voiceforge.models import Job, JobState
 from voiceforge.schemas import ErrorSchema, JobListSchema, JobQuerySchema, JobSchema
 
 blp = ApiBlueprint("jobs", __name__, url_prefix="/api/jobs", description="Background fine-tuning jobs.")
@@ -27,7 +27,7 @@ def list_jobs(query: dict) -> dict:
 @blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown job.")
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
-def get_job(job_id: str):
+def get_job(job_id: str) -> Job:
     """One job: state, progress, epoch, step, loss, message, error."""
     return store.get_job(job_id)
 
@@ -37,6 +37,6 @@ def get_job(job_id: str):
 @blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown job.")
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
-def cancel_job(job_id: str):
+def cancel_job(job_id: str) -> Job:
     """Cancel a job: a queued one at once, a running one within seconds (its files are removed)."""
     return store.request_cancel(store.get_job(job_id))

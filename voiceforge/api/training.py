@@ -25,7 +25,7 @@ blp = ApiBlueprint("training", __name__, url_prefix="/api", description="Voice c
                   "fineTune: too little speech (the figure is in the detail) or a sample without text.")
 @blp.alt_response(503, schema=ErrorSchema, description="Model unavailable or busy (see Retry-After).")
 @blp.alt_response(507, schema=ErrorSchema, description="Disk full; nothing was saved.")
-def train_voice(body: dict):
+def train_voice(body: dict) -> dict | tuple[dict, int]:
     """Clone a voice: the answer's `modelId` is the `voiceId` for /api/tts.
 
     With `fineTune: true` the voice is cloned exactly the same way (usable at once) and a job that

@@ -15,6 +15,7 @@ from voiceforge.schemas import (
     VoiceSchema,
 )
 from voiceforge.services import finetuning, voices
+from voiceforge.services.catalogue import BuiltinVoice
 
 blp = ApiBlueprint("voices", __name__, url_prefix="/api/voices", description="The voice registry.")
 
@@ -33,7 +34,7 @@ def list_voices() -> dict:
 @blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown voice.")
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
-def get_voice(voice_id: str):
+def get_voice(voice_id: str) -> Voice | BuiltinVoice:
     """One voice: cloned (with its fine-tuning state), or a built-in speaker or alias."""
     voice = get_runtime().catalogue.describe(voice_id)
     if isinstance(voice, Voice):
@@ -73,7 +74,7 @@ def fine_tune(body: dict, voice_id: str) -> dict:
 @blp.alt_response(415, schema=ErrorSchema, description="Body is not JSON.")
 @blp.alt_response(422, schema=ErrorSchema, description="Invalid name.")
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
-def rename_voice(body: dict, voice_id: str):
+def rename_voice(body: dict, voice_id: str) -> Voice:
     """Rename a voice."""
     return voices.rename_voice(voice_id, body["name"])
 
