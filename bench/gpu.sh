@@ -8,12 +8,17 @@
 # (git-ignored; see the device tool's README for the pip download line) and run, from the repo root:
 #   bash bench/gpu.sh                   # CUDA when present
 #   DEVICE=cpu SIZE=tiny MAX_TOKENS=24 bash bench/gpu.sh   # a dry run of the same steps on a CPU
+# CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs further (tests/test_bench.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/voiceforge-gpu}
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-full}
 MAX_TOKENS=${MAX_TOKENS:-218}  # 215 tokens per sentence (10 s of audio), as the README's H200 table
+CONCURRENCY=${CONCURRENCY:-1,8,32}
+AGREEMENT=${AGREEMENT:-16}
+REPEATS=${REPEATS:-2}
+VOCODER_TOKENS=${VOCODER_TOKENS:-96}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ "$DEVICE" = cpu ]; then
@@ -37,6 +42,7 @@ step() {  # step SECONDS NAME COMMAND...: run, log to $OUT/NAME.txt, note the st
 # The CUDA tests (CUDA graphs: tokens equal stock's; bf16 GPT and vocoder speak). --noconftest: the
 # suite's conftest builds the app's fixtures, which these tests do not need.
 step 150 cuda-tests "$PY" -m pytest --noconftest -q -k cuda tests/test_decoding.py
-step 90 vocoder "$PY" bench/vocoder.py --device "$DEVICE"
+step 90 vocoder "$PY" bench/vocoder.py --device "$DEVICE" --tokens "$VOCODER_TOKENS"
 step 330 decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
-  --concurrency 1,8,32 --agreement 16 --repeats 2 --json "$OUT/decode-$SIZE-$DEVICE.json"
+  --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" \
+  --json "$OUT/decode-$SIZE-$DEVICE.json"
