@@ -14,6 +14,9 @@ test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 # keep beside the ~8 GB they install to, and a fresh machine (CI, a Docker build) never reads it again.
 export PIP_NO_CACHE_DIR=1
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
+# torch and torchaudio first, on their own: pip keeps every downloaded wheel until its whole install
+# ends, so this caps the disk it needs at about 10.5 GB instead of 13 (measured with df).
+grep -E '^torch(audio)?==' requirements.txt | xargs "$VENV/bin/python" -m pip install --quiet
 "$VENV/bin/python" -m pip install --quiet -r requirements.txt
 if [ "${1:-}" = "--dev" ]; then
   "$VENV/bin/python" -m pip install --quiet -r requirements-dev.txt
