@@ -27,6 +27,8 @@ BENCHMARKS = {
                         r"onednn: 8/8 sequences identical batched and alone"),
     "bench_tts": (["--size", "tiny", "--repeats", "1"],
                   r"HTTP overhead: -?\d+ ms per request; cached latents save -?\d+ ms per request"),
+    "compile_step": (["--size", "tiny", "--batches", "2", "--repeats", "1"],
+                     r"\n +2 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.e+-]+ +True\n"),
     "decode": (["--size", "tiny", "--max-tokens", "12", "--concurrency", "1,2", "--agreement", "2",
                 "--repeats", "1", "--only", "ours"],
                r"ours: greedy sequences identical to stock +2/2"),
