@@ -2,10 +2,12 @@
 and how far the logits move.
 
 Run: .venv/bin/python bench/compile_step.py [--size tiny|full] [--checkpoint DIR] [--device cpu|cuda]
-        [--batches 1,8,32] [--dynamic | --no-dynamic] [--repeats N]
+        [--batches 1,8,32] [--dynamic | --no-dynamic] [--regional] [--repeats N]
 Builds (or loads) a random-weight XTTS-v2, fills every cache row with a random prefix of --prefix
 positions, then for each batch size times `GptDecoder.step` as it is and compiled (one compiled
 function for every batch size with --dynamic, the default; one compile per batch size without).
+The whole step is compiled, or with --regional only the two halves of a layer around its cache
+write (GptDecoder.layer_qkv and layer_rest, one compile shared by every layer).
 Inductor's first call of a shape is the compile, reported separately. Eager uses the reference
 matmul on a CPU too (compiled code cannot call oneDNN's prepacked weights). On a GPU the question is
 whether fusing the ~13 kernels a layer runs brings a step towards the 1 ms the H100 target asks
@@ -15,6 +17,7 @@ whether fusing the ~13 kernels a layer runs brings a step towards the 1 ms the H
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--prefix", type=int, default=80, help="cache positions filled before the step")
     parser.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--regional", action="store_true", help="compile a layer's halves, not the step")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     batches = [int(n) for n in args.batches.split(",")]
@@ -80,10 +84,17 @@ def main() -> None:
         decoder = GptDecoder(model, max(batches), cpu_matmul_kind="reference")
         for row in range(decoder.rows):
             decoder.prefill(row, torch.randn(args.prefix, decoder.dim, device=device, dtype=decoder.dtype))
-        compiled = torch.compile(decoder.step, dynamic=args.dynamic)
+        if args.regional:  # a shallow twin: the same modules and cache, its layers' halves compiled
+            twin = copy.copy(decoder)
+            twin.layer_qkv = torch.compile(twin.layer_qkv, dynamic=args.dynamic)
+            twin.layer_rest = torch.compile(twin.layer_rest, dynamic=args.dynamic)
+            compiled = twin.step
+        else:
+            compiled = torch.compile(decoder.step, dynamic=args.dynamic)
         shapes = "dynamic" if args.dynamic else "static"
+        unit = "a layer's two halves" if args.regional else "the whole step"
         print(f"{args.size} architecture ({len(decoder.blocks)} layers) on {where}, "
-              f"torch {torch.__version__}, {shapes} shapes, {args.prefix}-position prefix")
+              f"torch {torch.__version__}: {unit} compiled, {shapes} shapes, {args.prefix}-position prefix")
         print(f"{'rows':>5} {'compile s':>10} {'eager ms':>9} {'compiled ms':>12} {'x eager':>8} "
               f"{'max logit diff':>15} {'same argmax':>12}")
         for n in batches:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of the decoding engine in one command, for a lent GPU machine (at most 10 minutes a
 # command there, 15 minutes of device time a session): the CUDA tests, then the benchmarks, each
-# capped so a slow one cannot eat the others' time. Figures and logs go to $OUT (the device tool sets
-# it; default /tmp/voiceforge-gpu).
+# capped so a slow one cannot eat the others' time (570 s for the first three). Figures and logs go
+# to $OUT (the device tool sets it; default /tmp/voiceforge-gpu).
 #
 # The machine has Python and PyTorch but not our other packages: carry them as wheels in .whl/
 # (git-ignored; see the device tool's README for the pip download line) and run, from the repo root:
@@ -46,3 +46,7 @@ step 90 vocoder "$PY" bench/vocoder.py --device "$DEVICE" --tokens "$VOCODER_TOK
 step 330 decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
   --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" \
   --json "$OUT/decode-$SIZE-$DEVICE.json"
+# Last, as it may be cut by the command's 600 s: does compiling a layer's halves (kernel fusion) make
+# the step faster than eager? Not yet used by the engine; if it helps, CUDA graphs would capture it.
+step 60 compile "$PY" bench/compile_step.py --size "$SIZE" --device "$DEVICE" --batches "$CONCURRENCY" \
+  --regional --repeats 5

@@ -130,15 +130,25 @@ class GptDecoder:
         visible = torch.arange(kv_len, device=tokens.device).view(1, -1) <= cache_positions.view(-1, 1)
         mask = self._mask(visible, self.heads, self.dtype)
         for layer, block in enumerate(self.blocks):
-            h = block.ln_1(x)
-            qkv = self.matmul(block.attn.c_attn, h.view(n, self.dim))
+            qkv = self.layer_qkv(block, x)
             # Key and value of each row go into its cache row at its own position, in one write.
             cache = self.cache[layer]
             cache[:, rows, :, cache_positions] = qkv[:, self.dim:].view(n, 2, self.heads, self.head_dim)
-            query = qkv[:, :self.dim].view(n, self.heads, 1, self.head_dim)
-            attended = self._attend(query, cache[0, :n, :, :kv_len], cache[1, :n, :, :kv_len], mask)
-            x = self._finish_block(block, x, attended, n, 1)
+            x = self.layer_rest(block, x, qkv, cache[0, :n, :, :kv_len], cache[1, :n, :, :kv_len], mask)
         return self._head(x[:, -1])
+
+    # A step's layer is these two halves around the cache write: the units `torch.compile` can take
+    # (compiling the write too copies the whole cache every step; bench/compile_step.py --regional).
+    def layer_qkv(self, block: Any, x: torch.Tensor) -> torch.Tensor:
+        """A step's layer up to the cache write: ln_1, then each row's query, key and value (n, 3 * dim)."""
+        return self.matmul(block.attn.c_attn, block.ln_1(x).view(x.shape[0], self.dim))
+
+    def layer_rest(self, block: Any, x: torch.Tensor, qkv: torch.Tensor, keys: torch.Tensor,
+                   values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The rest of a step's layer: attention over the cached keys and values, projection, MLP."""
+        n = x.shape[0]
+        query = qkv[:, :self.dim].view(n, self.heads, 1, self.head_dim)
+        return self._finish_block(block, x, self._attend(query, keys, values, mask), n, 1)
 
     def move_row(self, source: int, target: int, length: int) -> None:
         """Copy a sequence's cache from one row to another (to keep the live rows packed)."""
