@@ -2,12 +2,14 @@
 and how far the logits move.
 
 Run: .venv/bin/python bench/compile_step.py [--size tiny|full] [--checkpoint DIR] [--device cpu|cuda]
-        [--batches 1,8,32] [--dynamic | --no-dynamic] [--regional] [--repeats N]
+        [--batches 1,8,32] [--dynamic | --no-dynamic] [--regional] [--graphs] [--repeats N]
 Builds (or loads) a random-weight XTTS-v2, fills every cache row with a random prefix of --prefix
 positions, then for each batch size times `GptDecoder.step` as it is and compiled (one compiled
 function for every batch size with --dynamic, the default; one compile per batch size without).
 The whole step is compiled, or with --regional only the two halves of a layer around its cache
-write (GptDecoder.layer_qkv and layer_rest, one compile shared by every layer).
+write (GptDecoder.layer_qkv and layer_rest, one compile shared by every layer). --graphs (CUDA only)
+replays both through CUDA graphs (cuda_graphs.GraphedStep), as the engine runs on a GPU; the first
+call of a shape then includes the capture. Not yet run on a GPU.
 Inductor's first call of a shape is the compile, reported separately. Eager uses the reference
 matmul on a CPU too (compiled code cannot call oneDNN's prepacked weights). On a GPU the question is
 whether fusing the ~13 kernels a layer runs brings a step towards the 1 ms the H100 target asks
@@ -45,14 +47,13 @@ def timed(run, device: str) -> float:
     return time.perf_counter() - started
 
 
-def compare(decoder: GptDecoder, compiled, n: int, prefix: int, repeats: int) -> str:
+def compare(eager_step, compiled, device: str, n: int, prefix: int, repeats: int) -> str:
     """One table row: a step of `n` rows eager and compiled (its first call is the compile)."""
-    device = str(decoder.device)
     step_args = (torch.randint(0, 1024, (n,), device=device), torch.full((n,), 1, device=device),
                  torch.full((n,), prefix, device=device), prefix + 1)
     compile_s = timed(lambda: compiled(*step_args), device)
-    eager, fused = decoder.step(*step_args), compiled(*step_args)
-    eager_s = statistics.median(timed(lambda: decoder.step(*step_args), device) for _ in range(repeats))
+    eager, fused = eager_step(*step_args), compiled(*step_args)
+    eager_s = statistics.median(timed(lambda: eager_step(*step_args), device) for _ in range(repeats))
     fused_s = statistics.median(timed(lambda: compiled(*step_args), device) for _ in range(repeats))
     difference = (fused.logits - eager.logits).abs().max().item()
     same = bool((fused.logits.argmax(-1) == eager.logits.argmax(-1)).all())
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--prefix", type=int, default=80, help="cache positions filled before the step")
     parser.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--regional", action="store_true", help="compile a layer's halves, not the step")
+    parser.add_argument("--graphs", action="store_true", help="CUDA: both steps replayed from CUDA graphs")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     batches = [int(n) for n in args.batches.split(",")]
@@ -84,21 +86,26 @@ def main() -> None:
         decoder = GptDecoder(model, max(batches), cpu_matmul_kind="reference")
         for row in range(decoder.rows):
             decoder.prefill(row, torch.randn(args.prefix, decoder.dim, device=device, dtype=decoder.dtype))
-        if args.regional:  # a shallow twin: the same modules and cache, its layers' halves compiled
-            twin = copy.copy(decoder)
+        twin = copy.copy(decoder)  # a shallow twin: the same modules and cache, its step compiled
+        if args.regional:
             twin.layer_qkv = torch.compile(twin.layer_qkv, dynamic=args.dynamic)
             twin.layer_rest = torch.compile(twin.layer_rest, dynamic=args.dynamic)
-            compiled = twin.step
         else:
-            compiled = torch.compile(decoder.step, dynamic=args.dynamic)
+            twin.step = torch.compile(decoder.step, dynamic=args.dynamic)
+        eager_step, compiled = decoder.step, twin.step
+        if args.graphs:
+            from voiceforge.decoding.cuda_graphs import GraphedStep
+
+            eager_step, compiled = GraphedStep(decoder).step, GraphedStep(twin).step
         shapes = "dynamic" if args.dynamic else "static"
-        unit = "a layer's two halves" if args.regional else "the whole step"
+        unit = ("a layer's two halves" if args.regional else "the whole step") + (
+            ", both in CUDA graphs" if args.graphs else "")
         print(f"{args.size} architecture ({len(decoder.blocks)} layers) on {where}, "
               f"torch {torch.__version__}: {unit} compiled, {shapes} shapes, {args.prefix}-position prefix")
         print(f"{'rows':>5} {'compile s':>10} {'eager ms':>9} {'compiled ms':>12} {'x eager':>8} "
               f"{'max logit diff':>15} {'same argmax':>12}")
         for n in batches:
-            print(compare(decoder, compiled, n, args.prefix, args.repeats), flush=True)
+            print(compare(eager_step, compiled, device, n, args.prefix, args.repeats), flush=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ step 330 decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" 
   --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" \
   --json "$OUT/decode-$SIZE-$DEVICE.json"
 # Last, as it may be cut by the command's 600 s: does compiling a layer's halves (kernel fusion) make
-# the step faster than eager? Not yet used by the engine; if it helps, CUDA graphs would capture it.
+# the step, replayed from CUDA graphs as the engine runs it, faster? Not yet used by the engine.
+graphs=--graphs
+[ "$DEVICE" = cpu ] && graphs=  # no CUDA graphs on a CPU
 step 60 compile "$PY" bench/compile_step.py --size "$SIZE" --device "$DEVICE" --batches "$CONCURRENCY" \
-  --regional --repeats 5
+  --regional $graphs --repeats 5
