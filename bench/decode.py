@@ -9,8 +9,9 @@ GPT in bf16, and with the GPT and the vocoder in bf16; on a CPU also ours with t
 instead of oneDNN, and, where the CPU has bf16 natively, ours with the GPT, the vocoder or both in
 bf16; --only picks some of them), the aggregate real-time factor at 1, 4, 8 and 32 concurrent
 requests against stock serial decoding, a 10-sentence text at once against sentence by sentence,
-time to first audio, and greedy-token agreement with stock over --agreement sequences. --json
-writes the figures to a file.
+time to first audio, and greedy-token agreement with stock over --agreement sequences. --phases adds
+one more run of the most concurrent requests, timed phase by phase (bench/phases.py: prefill, GPT
+step, sampling, vocoder, bookkeeping). --json writes the figures to a file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.phases import PhaseTimer  # noqa: E402
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from voiceforge.decoding.gpt import GptDecoder  # noqa: E402
 from voiceforge.decoding.scheduler import BatchScheduler, Utterance  # noqa: E402
@@ -164,6 +166,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoint", type=Path, help="an existing checkpoint directory (skips the build)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--phases", action="store_true",
+                        help="time a run of the most concurrent requests phase by phase")
     parser.add_argument("--only", help="comma-separated variants of ours to run (stock always runs)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -249,6 +253,15 @@ def main() -> None:
             figures[f"{name} rtf@{n}"] = elapsed / audio
             show(f"{name}, {n} concurrent: aggregate RTF (x real time; x stock)",
                  f"{elapsed / audio:.4f} ({audio / elapsed:.1f}x; {stock_rtf * audio / elapsed:.2f}x)")
+
+    if args.phases:  # instrumented (on CUDA it synchronises at every phase), so not among the figures above
+        n = max(concurrency)
+        items = [(TEXTS[i % len(TEXTS)], "en", voices[i % len(voices)]) for i in range(n)]
+        for name, scheduler in variants.items():
+            with PhaseTimer(scheduler) as timer:
+                elapsed = ours_speak(scheduler, model, items)[0]
+            figures[f"{name} phases@{n}"] = {"wall_s": elapsed, **timer.seconds}
+            show(f"{name}, {n} concurrent, time by phase", timer.summary(elapsed))
 
     ten = [(text, "en", voice) for text in TEXTS]
     serial = sum(stock_speak(model, text, "en", voice, device) for text, _lang, _voice in ten)

@@ -44,7 +44,7 @@ step() {  # step SECONDS NAME COMMAND...: run, log to $OUT/NAME.txt, note the st
 step 150 cuda-tests "$PY" -m pytest --noconftest -q -k cuda tests/test_decoding.py
 step 90 vocoder "$PY" bench/vocoder.py --device "$DEVICE" --tokens "$VOCODER_TOKENS"
 step 330 decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
-  --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" \
+  --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" --phases \
   --json "$OUT/decode-$SIZE-$DEVICE.json"
 # Last, as it may be cut by the command's 600 s: does compiling a layer's halves (kernel fusion) make
 # the step, replayed from CUDA graphs as the engine runs it, faster? Not yet used by the engine.

@@ -30,8 +30,11 @@ BENCHMARKS = {
     "compile_step": (["--size", "tiny", "--batches", "2", "--repeats", "1"],
                      r"\n +2 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.e+-]+ +True\n"),
     "decode": (["--size", "tiny", "--max-tokens", "12", "--concurrency", "1,2", "--agreement", "2",
-                "--repeats", "1", "--only", "ours"],
-               r"ours: greedy sequences identical to stock +2/2"),
+                "--repeats", "1", "--only", "ours", "--phases"],
+               # --phases: every phase timed, and they account for the run (under 20% outside them)
+               r"ours, 2 concurrent, time by phase +(?=.*vocoder \d+%)(?=.*GPT step \d+%)"
+               r".*, outside them 1?\d%\n"
+               r"(.*\n)*ours: greedy sequences identical to stock +2/2"),
     "finetune": (["--size", "tiny", "--clips", "4", "--epochs", "1"], r"seconds per step \(median\): [\d.]+"),
     "stream": (["--size", "tiny", "--max-tokens", "12", "--repeats", "1", "--formats", "wav"],
                r"\n +10 +wav +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x\n"),
