@@ -28,17 +28,31 @@ if _control == "":
     control_socket_disable = True
 else:
     control_socket = _control or _control_socket_for([bind])
+
+
+def _count(name: str, default: int, minimum: int) -> int:
+    """One of gunicorn's own numbers: nonsense stops the server with one line, as the app's settings do."""
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        sys.exit(f"voiceforge: {name}={raw} is not valid: an integer of at least {minimum}.")
+    return value
+
+
 # Each worker holds its own model (about 5.5 GB of RAM on CPU with the decoder's prepacked weights,
 # 2 GB on a GPU): keep workers few.
-workers = int(os.environ.get("VOICEFORGE_WORKERS", "1"))
+workers = _count("VOICEFORGE_WORKERS", 1, minimum=1)
 worker_class = "gthread"
-threads = int(os.environ.get("VOICEFORGE_THREADS", "8"))
+threads = _count("VOICEFORGE_THREADS", 8, minimum=1)
 preload_app = False
 # Synthesis of long text on a CPU can take minutes; a worker is not hung while it speaks.
-timeout = int(os.environ.get("VOICEFORGE_TIMEOUT", "600"))
+timeout = _count("VOICEFORGE_TIMEOUT", 600, minimum=0)
 # SIGTERM (a deploy, `docker stop`): workers stop accepting, finish the requests in flight for up to
 # this long, then exit; the job runner checkpoints and gives its job back (on_exit below).
-graceful_timeout = int(os.environ.get("VOICEFORGE_GRACEFUL_TIMEOUT", "30"))
+graceful_timeout = _count("VOICEFORGE_GRACEFUL_TIMEOUT", 30, minimum=0)
 # gunicorn's largest request line, so long (hostile) voice ids still reach the app's JSON 404.
 limit_request_line = 8190
 accesslog = None  # the app logs one line per request itself, without bodies

@@ -33,6 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
     ("MAX_AUDIO_BYTES", "lots", "integer"),
     ("CPU_MATMUL", "mkl", "onednn"),
     ("VOCODER_DTYPE", "int8", "bfloat16"),
+    ("MAX_BODY_BYTES", "-5", "at least 1"),
+    ("DB_BUSY_TIMEOUT_MS", "-1", "at least 0"),
+    ("CUDA_GRAPHS", "maybe", "true or false"),
+    ("JOB_RUNNER", "nah", "true or false"),
+    ("API_KEYS_FILE", "/nonexistent/keys.txt", "a readable file"),
 ])
 def test_a_bad_setting_is_refused_at_start_naming_variable_value_and_fix(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, allowed: str) -> None:
@@ -42,6 +47,24 @@ def test_a_bad_setting_is_refused_at_start_naming_variable_value_and_fix(
     message = refused.value.message
     assert f"VOICEFORGE_{variable}={value}" in message and allowed in message
     assert "\n" not in message
+
+
+def test_a_database_url_without_an_installed_driver_is_refused_without_showing_its_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for url, shown in (("mysql://app:s3cret@db/voices", "mysql://app:***@db/voices"), ("not a url", "…")):
+        monkeypatch.setenv("VOICEFORGE_DATABASE_URL", url)
+        with pytest.raises(ConfigError) as refused:
+            create_app(instance_path=str(tmp_path))
+        assert refused.value.message.startswith(f"VOICEFORGE_DATABASE_URL={shown} is not valid: ")
+        assert "postgresql+psycopg://" in refused.value.message and "s3cret" not in refused.value.message
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+def test_a_plain_postgres_url_means_the_installed_psycopg_driver(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str) -> None:
+    monkeypatch.setenv("VOICEFORGE_DATABASE_URL", f"{scheme}://app:pw@localhost:5432/voices")
+    app = create_app(instance_path=str(tmp_path))  # nothing connects until a query
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://app:pw@localhost:5432/voices"
 
 
 @pytest.mark.parametrize("setting", ["DECODER_DTYPE", "VOCODER_DTYPE"])
@@ -75,6 +98,19 @@ def test_a_flask_command_with_a_bad_setting_prints_one_line_and_fails(tmp_path: 
     assert result.stderr.strip().splitlines() == [
         "Error: VOICEFORGE_DEFAULT_LANGUAGE=xx is not valid: one of en, de, fr, es, it, pt, pl, zh-cn, ar, "
         "cs, ru, nl, tr, ja, hu, ko, hi."]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variable", ["VOICEFORGE_WORKERS", "VOICEFORGE_TIMEOUT"])
+def test_gunicorn_with_a_bad_number_of_its_own_exits_with_one_line(tmp_path: Path, variable: str) -> None:
+    env = {"PATH": str(Path(sys.executable).parent), "VOICEFORGE_INSTANCE_PATH": str(tmp_path),
+           "VOICEFORGE_BIND": "127.0.0.1:0", variable: "abc"}
+    result = subprocess.run([str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py",
+                             "wsgi:app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    least = 1 if variable == "VOICEFORGE_WORKERS" else 0
+    assert result.stderr.strip().splitlines() == [
+        f"voiceforge: {variable}=abc is not valid: an integer of at least {least}."]
 
 
 @pytest.mark.slow

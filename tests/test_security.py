@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from voiceforge.config import ConfigError
+
 KEY = "s3cret-key-for-tests"
 NEXT_ORIGIN = "http://localhost:9002"
 
@@ -14,6 +16,14 @@ NEXT_ORIGIN = "http://localhost:9002"
 @pytest.fixture
 def locked_client(make_app):
     return make_app(API_KEYS=[KEY]).test_client()
+
+
+def test_keys_given_as_one_string_in_python_config_are_refused_at_start(make_app) -> None:
+    """`API_KEYS = "a,b"` in instance/config.py would otherwise make every single letter a key."""
+    with pytest.raises(ConfigError) as refused:
+        make_app(API_KEYS=f"{KEY},other-key")
+    assert refused.value.message.startswith("VOICEFORGE_API_KEYS=… is not valid: a list of keys")
+    assert KEY not in refused.value.message
 
 
 PROTECTED = [("get", "/api/voices", None), ("get", "/api/voices/someone-00000000", None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,9 +111,9 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 
 def parse_value(key: str, raw: str, default: Any) -> Any:
     """Turn one environment string into the type of its default; fail loudly on nonsense."""
+    if isinstance(default, bool):
+        return _boolean(key, raw)
     try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
@@ -128,6 +129,15 @@ def parse_value(key: str, raw: str, default: Any) -> Any:
     return raw.strip() or None
 
 
+def _boolean(key: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, raw, "true or false (or 1/0, yes/no, on/off).")
+
+
 def derive(app: Flask) -> None:
     """Compute settings that depend on others (paths, Flask/SQLAlchemy names)."""
     config = app.config
@@ -135,6 +145,9 @@ def derive(app: Flask) -> None:
     if not config["DATABASE_URL"]:
         config["DATABASE_URL"] = f"sqlite:///{instance / 'voiceforge.db'}"
     config["DATA_DIR"] = str(Path(config["DATA_DIR"] or instance / "voices").resolve())
+    # postgres:// (what many hosts hand out) and postgresql:// name SQLAlchemy's psycopg2 driver, which is
+    # not installed: psycopg (3) is, so both mean postgresql+psycopg://.
+    config["DATABASE_URL"] = re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", config["DATABASE_URL"])
     config["SQLALCHEMY_DATABASE_URI"] = config["DATABASE_URL"]
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
     if isinstance(config["CORS_ORIGINS"], str):

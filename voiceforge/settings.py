@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from voiceforge.config import DEFAULTS, ConfigError
 from voiceforge.logs import LOG_FORMATS
@@ -62,6 +66,7 @@ class Settings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         """Check every value; raise ConfigError naming the first bad one."""
+        _check_web_settings(config)
         return cls(
             data_dir=Path(config["DATA_DIR"]),
             model_dir=config.get("MODEL_DIR") or None,
@@ -100,6 +105,39 @@ class Settings:
             celery_broker_url=_broker(config),
             celery_visibility_timeout=_number(config, "CELERY_VISIBILITY_TIMEOUT", int, minimum=1),
         )
+
+
+def _check_web_settings(config: Mapping[str, Any]) -> None:
+    """The settings Flask, the database and the API keys read from app.config themselves."""
+    _number(config, "MAX_BODY_BYTES", int, minimum=1)
+    _number(config, "DB_BUSY_TIMEOUT_MS", int, minimum=0)
+    _database_url(config)
+    keys = config.get("API_KEYS") or []
+    if not isinstance(keys, list | tuple) or not all(isinstance(key, str) for key in keys):
+        # A string here would be taken letter by letter: any one letter would be a key. Never shown.
+        raise ConfigError("API_KEYS", "…", "a list of keys: API_KEYS = [\"key-1\", \"key-2\"] in "
+                          "instance/config.py, comma-separated in the environment.")
+    keys_file = config.get("API_KEYS_FILE")
+    if keys_file and (Path(keys_file).is_dir() or not os.access(keys_file, os.R_OK)):
+        raise ConfigError("API_KEYS_FILE", keys_file, "a readable file of API keys, one per line.")
+
+
+def _database_url(config: Mapping[str, Any]) -> None:
+    value = config.get("DATABASE_URL")
+    if not value:
+        return  # config.derive puts the SQLite file in the instance folder
+    try:
+        url = make_url(value)
+    except (ArgumentError, TypeError, ValueError):
+        shown = "…"  # what was given may hold a password
+    else:
+        try:
+            url.get_dialect().import_dbapi()
+            return
+        except (NoSuchModuleError, ImportError):
+            shown = url.render_as_string(hide_password=True)
+    raise ConfigError("DATABASE_URL", shown, "a SQLAlchemy URL whose driver is installed: "
+                      "sqlite:///path/to/file.db or postgresql+psycopg://user:password@host:5432/name.")
 
 
 def log_level(value: Any) -> str:
