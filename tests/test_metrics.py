@@ -69,12 +69,29 @@ def test_speech_records_synthesis_time_and_the_audio_it_produced(client) -> None
     streamed_seconds = len(streamed.get_data()) / 2 / 24000  # pcm: 16-bit mono at 24 kHz
     after = scrape(client)
 
-    assert delta(before, after, "voiceforge_synthesis_seconds_count") == 2  # one sentence each
+    assert delta(before, after, "voiceforge_synthesis_seconds_count") == 2  # one per request
     assert delta(before, after, "voiceforge_synthesis_seconds_sum") > 0
+    assert delta(before, after, "voiceforge_synthesis_tokens_total") > 0
+    assert delta(before, after, "voiceforge_synthesis_tokens_per_second_count") == 2
     produced = delta(before, after, "voiceforge_synthesis_audio_seconds_total")
     assert produced == pytest.approx(wav_seconds(spoken.json["audioDataUri"]) + streamed_seconds, abs=0.01)
     assert value(after, "voiceforge_model_loaded") >= 1
     assert value(after, "voiceforge_inference_queue_depth") == 0  # every place given back
+
+
+def test_a_slow_listener_does_not_count_as_synthesis_time(client) -> None:
+    app = client.application
+    before = scrape(client)
+    with app.app_context():
+        speech = synthesis.prepare(get_runtime(app), "First part. Second part.", "default-male",
+                                   variability=0)
+    started, held = time.perf_counter(), 0.0
+    for _piece in speech.stream():
+        time.sleep(0.2)  # the client reads slowly
+        held += 0.2
+    wall = time.perf_counter() - started
+    engine_time = delta(before, scrape(client), "voiceforge_synthesis_seconds_sum")
+    assert held >= 0.4 and 0 < engine_time <= wall - held + 0.05
 
 
 def test_queue_depth_and_busy_refusals(make_app) -> None:

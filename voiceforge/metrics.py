@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
@@ -90,7 +90,7 @@ def record_request(method: str, route: str, status: int, seconds: float) -> None
 
 
 def record_synthesis(seconds: float, audio_seconds: float, tokens: int | None = None) -> None:
-    """One sentence synthesised: engine time, speech produced and, when known, audio tokens decoded."""
+    """One request's speech synthesised: engine time, speech produced and, when known, audio tokens."""
     SYNTHESIS_SECONDS.observe(seconds)
     AUDIO_SECONDS.inc(max(0.0, audio_seconds))
     if tokens:
@@ -100,25 +100,26 @@ def record_synthesis(seconds: float, audio_seconds: float, tokens: int | None = 
     update_gpu_memory()
 
 
-def measured_stream(pieces: Iterable[Any], rate: int) -> Iterator[Any]:
-    """Yield a sentence's audio pieces and record it once they are all out.
+def measured_stream(pieces: Generator[Any, None, tuple[float, int]]) -> Iterator[Any]:
+    """Yield what `pieces` yields, then record it with the (speech seconds, audio tokens) it returns.
 
-    Only the time spent waiting for the engine counts, not the time the consumer (a slow client)
-    holds each piece, so a slow network does not look like slow synthesis.
+    Only the time spent inside `pieces` counts, not the time the consumer (a slow client) holds each
+    piece, so a slow network does not look like slow synthesis. A consumer that stops early records
+    nothing and closes `pieces` (which frees what it holds).
     """
-    waited, samples = 0.0, 0
-    iterator = iter(pieces)
-    while True:
-        started = time.perf_counter()
-        try:
-            piece = next(iterator)
-        except StopIteration:
+    waited = 0.0
+    try:
+        while True:
+            started = time.perf_counter()
+            try:
+                piece = next(pieces)
+            except StopIteration as end:
+                record_synthesis(waited + time.perf_counter() - started, *end.value)
+                return
             waited += time.perf_counter() - started
-            break
-        waited += time.perf_counter() - started
-        samples += len(piece)
-        yield piece
-    record_synthesis(waited, samples / rate)
+            yield piece
+    finally:
+        pieces.close()
 
 
 @contextmanager

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -76,6 +75,11 @@ class Speech:
         yield from self._speak(streaming=True)
 
     def _speak(self, *, streaming: bool) -> Iterator[np.ndarray]:
+        # Recorded once the audio is all out: the time spent here, not in the consumer's hands.
+        return metrics.measured_stream(self._decode(streaming=streaming))
+
+    def _decode(self, *, streaming: bool) -> Generator[np.ndarray, None, tuple[float, int]]:
+        """The audio pieces, with pauses between sentences; returns (seconds of speech, audio tokens)."""
         engine = self.runtime.engine
         pause = np.zeros(int(OUTPUT_RATE * self.runtime.settings.sentence_pause_ms / 1000), dtype=np.float32)
         # A whole response hands every chunk to the decoder at once (decoded together). A stream starts
@@ -97,7 +101,6 @@ class Speech:
                 later.clear()
 
         with self._place:
-            started = time.perf_counter()
             samples = tokens = 0
             try:
                 start(chunks[:1] if streaming else chunks, continuing=False)
@@ -116,7 +119,7 @@ class Speech:
             finally:
                 for utterance in in_flight:  # a consumer that stops early frees the decoder's rows
                     utterance.cancel()
-            metrics.record_synthesis(time.perf_counter() - started, samples / OUTPUT_RATE, tokens)
+        return samples / OUTPUT_RATE, tokens
 
     def close(self) -> None:
         """Give the queue place back without speaking (or after an early stop)."""
