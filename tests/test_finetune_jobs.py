@@ -117,6 +117,11 @@ def test_fine_tuning_switches_the_voice_to_its_own_weights(ft_client: FlaskClien
     ({"samples": samples(1) * 51}, 422, "samples"),
     ({"epochs": 0}, 422, "epochs"),
     ({"epochs": 51}, 422, "epochs"),
+    ({"epochs": 2.5}, 400, "epochs"),  # refused, not cut to 2
+    ({"samples": ["x"]}, 400, "samples"),  # a wrong type inside a list is as malformed as outside
+    ({"samples": [{"audioDataUri": recording(4.0), "text": 5}]}, 400, "samples"),
+    ({"samples": [{"audioDataUri": recording(4.0), "text": " ... "}] * 3}, 422, "has no text"),
+    ({"transcript": "   "}, 422, "Recording 1 of"),
 ])
 def test_bad_fine_tuning_requests_leave_nothing(ft_client: FlaskClient, ft_app: Flask, change: dict,
                                                 status: int, detail: str) -> None:

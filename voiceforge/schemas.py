@@ -62,7 +62,8 @@ class FineTuneFieldsMixin:
     samples = fields.List(fields.Nested(SampleSchema), load_default=list,
                           validate=validate.Length(max=FINETUNE_MAX_SAMPLES), metadata={
                               "description": f"Extra recordings (at most {FINETUNE_MAX_SAMPLES})."})
-    epochs = fields.Integer(load_default=None, validate=validate.Range(min=1, max=50), metadata={
+    # strict: 2.5 epochs is refused, not cut to 2.
+    epochs = fields.Integer(load_default=None, strict=True, validate=validate.Range(min=1, max=50), metadata={
         "description": "Training epochs, 1-50 (default: the server's, 10)."})
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 from flask_smorest import Api, Blueprint
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema, ValidationError, fields
 from webargs import core
 from webargs.flaskparser import FlaskParser, abort
 
@@ -55,10 +55,22 @@ def is_structural(error: ValidationError, schema: Schema) -> bool:
             field = schema.fields.get(field_name)
             if field is None:
                 return True
-            structural = set(field.error_messages.values())
-            if any(message in structural for message in _flatten(field_messages)):
+            if any(message in _structural_messages(field) for message in _flatten(field_messages)):
                 return True
     return False
+
+
+def _structural_messages(field: fields.Field) -> set[str]:
+    """What a field, and whatever it nests (a list's items, a nested object's fields), says about a
+    wrong type, a missing value or a null: `samples: ["x"]` is as malformed as `samples: "x"`."""
+    messages = set(field.error_messages.values())
+    if isinstance(field, fields.List):
+        messages |= _structural_messages(field.inner)
+    if isinstance(field, fields.Nested) and isinstance(field.schema, Schema):
+        messages |= set(field.schema.error_messages.values())
+        for nested in field.schema.fields.values():
+            messages |= _structural_messages(nested)
+    return messages
 
 
 def _flatten(messages: Any) -> list[str]:

@@ -142,7 +142,8 @@ def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | 
     runtime = get_runtime()
     try:
         voice = voices.get_voice(voice_id)
-        recordings = [Recording(path.read_bytes(), texts.get(path.name)) for path in files]
+        recordings = [Recording(path.read_bytes(), finetuning.clean_transcript(texts.get(path.name)))
+                      for path in files]
         seconds = finetuning.check_recordings(runtime, recordings)
         job = finetuning.queue_finetune(runtime, voice.id, voice.language, recordings, seconds, epochs)
     except VoiceForgeError as error:

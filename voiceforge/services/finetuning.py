@@ -16,6 +16,7 @@ from voiceforge.models import Job, Voice, VoiceKind, VoiceStatus
 from voiceforge.runtime import Runtime
 from voiceforge.services import voices
 from voiceforge.services.storage import JOBS_DIR, TEMP_PREFIX, remove_path, storage_error, write_file_atomic
+from voiceforge.services.text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def recordings_from_body(runtime: Runtime, samples: list[dict], main_audio: byte
                          main_text: str | None = None) -> list[Recording]:
     """The main upload (if any) and each `{"audioDataUri", "text"?}` sample, decoded from base64."""
     limit = runtime.settings.max_audio_bytes
-    recordings = [Recording(main_audio, main_text)] if main_audio is not None else []
+    recordings = [Recording(main_audio, clean_transcript(main_text))] if main_audio is not None else []
     for index, sample in enumerate(samples):
         try:
             upload = parse_data_uri(sample["audioDataUri"], max_bytes=limit)
@@ -39,8 +40,16 @@ def recordings_from_body(runtime: Runtime, samples: list[dict], main_audio: byte
             if detail:
                 error.detail = f"samples[{index}]: {detail}"  # say which sample is wrong
             raise
-        recordings.append(Recording(upload.data, sample.get("text")))
+        recordings.append(Recording(upload.data, clean_transcript(sample.get("text"))))
     return recordings
+
+
+def clean_transcript(text: str | None) -> str | None:
+    """A recording's text, cleaned as speech text is; None when it has nothing to say ("   ", "...")."""
+    try:
+        return clean_text(text, max_chars=len(text)) if text is not None else None
+    except Unprocessable:
+        return None
 
 
 def check_recordings(runtime: Runtime, recordings: list[Recording]) -> float:
