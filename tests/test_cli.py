@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tests.support.registry import add_stored_voice, files_under
+from voiceforge import create_app
 
 
 def test_voices_list_as_table_and_json(app, runner, data_dir: Path) -> None:
@@ -92,6 +94,31 @@ def test_voices_add_clones_from_an_audio_file(runner, tmp_path: Path, data_dir: 
     rejected = runner.invoke(args=["voices", "add", "Nope", str(not_audio)])
     assert rejected.exit_code == 1 and "text" in rejected.output.lower()
     assert len(json.loads(runner.invoke(args=["voices", "list", "--json"]).output)) == 1
+
+
+def test_voices_add_refuses_what_is_not_a_regular_file(runner, tmp_path: Path, data_dir: Path) -> None:
+    """/dev/zero would be read until memory ran out, a FIFO would block for ever."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        refused = runner.invoke(args=["voices", "add", "Endless", path])
+        assert refused.exit_code == 1 and "is not a regular file" in refused.output
+    assert files_under(data_dir) == []
+
+
+def test_commands_before_the_first_migration_say_to_run_it(checkpoint_dir: Path, tmp_path: Path) -> None:
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}", "DATA_DIR": str(tmp_path / "v"),
+                      "MODEL_DIR": str(checkpoint_dir)})
+    for command in (["voices", "list"], ["jobs", "list"], ["voices", "reconcile"]):
+        result = app.test_cli_runner().invoke(args=command)
+        assert result.exit_code == 1 and result.output.strip().splitlines() == [
+            "Error: The database has no VoiceForge tables yet: run `flask --app voiceforge db upgrade` "
+            "first."]
+
+
+def test_reconcile_refuses_a_min_age_that_is_not_a_number(runner) -> None:
+    refused = runner.invoke(args=["voices", "reconcile", "--min-age", "nan"])
+    assert refused.exit_code == 2 and "not a number of seconds" in refused.output
 
 
 def test_model_warmup_loads_and_speaks(runner) -> None:

@@ -210,17 +210,29 @@ def test_the_jobs_cli_queues_lists_shows_cancels_and_retries(ft_app: Flask, ft_c
         path.write_bytes(encode_audio(phrases(0.3, 4.0, 0.3, seed=30 + index), VOICE_RATE, "wav")[0])
         files.append(path)
     transcripts = tmp_path / "takes.csv"
-    with transcripts.open("w", newline="") as handle:
-        csv.writer(handle).writerows((path.name, f"take number {i} of the voice")
-                                     for i, path in enumerate(files))
+    with transcripts.open("w", newline="", encoding="utf-8-sig") as handle:  # as Excel saves it
+        csv.writer(handle).writerows([("file", "text"), *((path.name, f"take number {i} of the voice")
+                                                          for i, path in enumerate(files))])
     cli = ft_app.test_cli_runner()
     untranscribed = cli.invoke(args=["voices", "finetune", voice_id, *map(str, files)])
     assert untranscribed.exit_code == 1 and "has no text" in untranscribed.output
+    assert "--transcripts" in untranscribed.output
+    (tmp_path / "typo.csv").write_text(f"{files[0].name},first take\ntake9.wav,no such take\n")
+    (tmp_path / "latin1.csv").write_bytes(f"{files[0].name},caf\xe9 au lait\n".encode("latin-1"))
+    for name, problem in (("typo.csv", "line 2: 'take9.wav' is not among the files given"),
+                          ("latin1.csv", "is not UTF-8 text")):
+        refused = cli.invoke(args=["voices", "finetune", voice_id, *map(str, files), "--transcripts",
+                                   str(tmp_path / name)])
+        assert refused.exit_code == 1 and problem in refused.output, refused.output
+    assert ft_client.get("/api/jobs").json == {"jobs": []}
 
     queued = cli.invoke(args=["voices", "finetune", voice_id, *map(str, files), "--transcripts",
                               str(transcripts), "--epochs", "3"])
     assert queued.exit_code == 0, queued.output
     job_id = queued.output.split()[2].rstrip(".")
+    again = cli.invoke(args=["voices", "finetune", voice_id, *map(str, files), "--transcripts",
+                             str(transcripts)])
+    assert again.exit_code == 1 and "already has a fine-tuning job" in again.output  # as the API says
     listed = json.loads(cli.invoke(args=["jobs", "list", "--voice", voice_id, "--json"]).output)
     assert [(job["id"], job["state"], job["epochs"]) for job in listed] == [(job_id, "queued", 3)]
     assert "queued" in cli.invoke(args=["jobs", "show", job_id]).output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -11,16 +12,16 @@ from typing import Any
 
 import click
 from flask import Flask
-from flask.cli import AppGroup
 
+from voiceforge.commands import CommandGroup
 from voiceforge.errors import VoiceForgeError
 from voiceforge.jobs.cli import jobs_cli, voices_finetune
 from voiceforge.runtime import get_runtime
 from voiceforge.schemas import VoiceSchema
 from voiceforge.services.voices import RECONCILE_MIN_AGE_S
 
-voices_cli = AppGroup("voices", help="Manage the voice registry.")
-model_cli = AppGroup("model", help="Inspect, download and warm up the XTTS-v2 model.")
+voices_cli = CommandGroup("voices", help="Manage the voice registry.")
+model_cli = CommandGroup("model", help="Inspect, download and warm up the XTTS-v2 model.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 voices_cli.add_command(voices_finetune)
 
@@ -125,14 +126,13 @@ def voices_remove(voice_id: str, yes: bool) -> None:
 @json_option
 def voices_add(name: str, audio_file: Path, language: str | None, as_json: bool) -> None:
     """Clone a voice from an audio file (any format FFmpeg reads, at least 3 s of speech)."""
+    from voiceforge.services.storage import read_regular_file
     from voiceforge.services.training import enrol_voice
 
     runtime = get_runtime()
-    limit = runtime.settings.max_audio_bytes
-    if audio_file.stat().st_size > limit:
-        raise click.ClickException(f"{audio_file} is larger than {limit} bytes (VOICEFORGE_MAX_AUDIO_BYTES).")
     try:
-        voice = enrol_voice(runtime, name, audio_file.read_bytes(), language)
+        audio = read_regular_file(audio_file, runtime.settings.max_audio_bytes)
+        voice = enrol_voice(runtime, name, audio, language)
     except VoiceForgeError as error:
         _fail(error)
     if as_json:
@@ -144,6 +144,7 @@ def voices_add(name: str, audio_file: Path, language: str | None, as_json: bool)
 @voices_cli.command("reconcile")
 @click.option("--dry-run", is_flag=True, help="Report only; change nothing.")
 @click.option("--min-age", type=click.FloatRange(min=0), default=RECONCILE_MIN_AGE_S, show_default=True,
+              callback=lambda _ctx, _param, value: _finite(value),
               help="Leave stray directories changed in the last SECONDS (another instance may be writing "
                    "them); 0 when no instance is running.")
 def voices_reconcile(dry_run: bool, min_age: float) -> None:
@@ -160,6 +161,12 @@ def voices_reconcile(dry_run: bool, min_age: float) -> None:
         click.echo(f"recent strays (left: changed under {min_age:g} s ago): {', '.join(report.young_dirs)}")
     if not report.changed:
         click.echo("Registry and files agree.")
+
+
+def _finite(seconds: float) -> float:
+    if not math.isfinite(seconds):  # FloatRange lets NaN through, and NaN would act as 0
+        raise click.BadParameter(f"{seconds} is not a number of seconds.")
+    return seconds
 
 
 @model_cli.command("info")

@@ -59,7 +59,10 @@ def get_voice(voice_id: str) -> Voice | BuiltinVoice:
 def fine_tune(body: dict, voice_id: str) -> dict:
     """Fine-tune a cloned voice on more recordings of it; follow the job at /api/jobs/<jobId>."""
     voices.refuse_builtin(voice_id)
-    job = finetuning.fine_tune_voice(get_runtime(), voice_id, body["samples"], body["epochs"])
+    runtime = get_runtime()
+    voice = finetuning.finetunable_voice(voice_id)
+    recordings = finetuning.recordings_from_body(runtime, body["samples"])
+    job = finetuning.fine_tune_voice(runtime, voice, recordings, body["epochs"])
     return {"jobId": job.id}
 
 

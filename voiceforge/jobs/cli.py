@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 from flask import current_app
-from flask.cli import AppGroup, with_appcontext
+from flask.cli import with_appcontext
 
+from voiceforge.commands import CommandGroup
 from voiceforge.errors import VoiceForgeError
 from voiceforge.schemas import JobSchema
 
-jobs_cli = AppGroup("jobs", help="Fine-tuning jobs: list, inspect, cancel, retry, and run a worker.")
+jobs_cli = CommandGroup("jobs", help="Fine-tuning jobs: list, inspect, cancel, retry, and run a worker.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -73,10 +74,13 @@ def jobs_cancel(job_id: str) -> None:
     from voiceforge.jobs import store
 
     try:
-        job = store.request_cancel(store.get_job(job_id))
+        job = store.get_job(job_id)
+        already = job.state.finished
+        store.request_cancel(job)
     except VoiceForgeError as error:
         _fail(error)
-    click.echo(f"{job.id}: {job.state.value}{' (stopping)' if job.cancel_requested else ''}")
+    note = " (it had already ended: nothing to cancel)" if already else ""
+    click.echo(f"{job.id}: {job.state.value}{' (stopping)' if job.cancel_requested else ''}{note}")
 
 
 @jobs_cli.command("retry")
@@ -127,27 +131,23 @@ def jobs_worker() -> None:
 def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | None,
                     epochs: int | None, wait: bool) -> None:
     """Fine-tune a cloned voice on more recordings of it."""
-    import csv
-
     from voiceforge.db import db
     from voiceforge.finetune.dataset import Recording
     from voiceforge.jobs import store
     from voiceforge.runtime import get_runtime
-    from voiceforge.services import finetuning, voices
+    from voiceforge.services import finetuning
+    from voiceforge.services.storage import read_regular_file
 
-    texts: dict[str, str] = {}
-    if transcripts:
-        with transcripts.open(newline="", encoding="utf-8") as handle:
-            texts = {Path(row[0]).name: row[1] for row in csv.reader(handle) if len(row) >= 2}
+    texts = _read_transcripts(transcripts, files) if transcripts else {}
     runtime = get_runtime()
     try:
-        voice = voices.get_voice(voice_id)
-        recordings = [Recording(path.read_bytes(), finetuning.clean_transcript(texts.get(path.name)))
-                      for path in files]
-        seconds = finetuning.check_recordings(runtime, recordings)
-        job = finetuning.queue_finetune(runtime, voice.id, voice.language, recordings, seconds, epochs)
+        voice = finetuning.finetunable_voice(voice_id)
+        recordings = [Recording(read_regular_file(path, runtime.settings.max_audio_bytes),
+                                finetuning.clean_transcript(texts.get(path.name))) for path in files]
+        job = finetuning.fine_tune_voice(runtime, voice, recordings, epochs)
     except VoiceForgeError as error:
         _fail(error)
+    seconds = job.dataset_seconds or 0.0
     click.echo(f"Queued job {job.id} ({seconds:.0f} s of speech).")
     if not wait:
         return
@@ -162,6 +162,35 @@ def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | 
             if job.state.finished:
                 break
             time.sleep(1.0)
-    click.echo(f"{job.state.value}: {job.error or job.message or ''}")
     if job.state.value != "succeeded":
-        raise SystemExit(1)
+        raise click.ClickException(f"{job.state.value}: {job.error or job.message or ''}")
+    click.echo(f"{job.state.value}: {job.message or ''}")
+
+
+def _read_transcripts(path: Path, files: tuple[Path, ...]) -> dict[str, str]:
+    """`file name,text` rows (a header row or Excel's byte-order mark is fine) for the files given."""
+    import csv
+
+    names = {file.name for file in files}
+    texts: dict[str, str] = {}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, strict=True)
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                where = f"{path}, line {reader.line_num}"
+                if len(row) < 2:
+                    raise click.ClickException(f"{where}: expected `file name,text`.")
+                name = Path(row[0].strip()).name
+                if name not in names:
+                    if not texts and name.lower() in ("file", "filename", "file name", "path"):
+                        continue  # a header row
+                    raise click.ClickException(f"{where}: {name!r} is not among the files given.")
+                texts[name] = row[1]
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{path} is not UTF-8 text.") from None
+    except csv.Error as error:
+        raise click.ClickException(f"{path} is not valid CSV: {error}.") from None
+    return texts
+

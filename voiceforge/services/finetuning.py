@@ -67,8 +67,8 @@ def check_recordings(runtime: Runtime, recordings: list[Recording]) -> float:
             if not recording.text:
                 raise Unprocessable(
                     f"{name} has no text. Without speech recognition every recording needs its "
-                    "transcript (`transcript` for the main one, `text` for each sample), or set "
-                    "VOICEFORGE_ASR_MODEL on the server.")
+                    "transcript (in the API `transcript` for the main one and `text` for each sample; "
+                    "`flask voices finetune --transcripts`), or set VOICEFORGE_ASR_MODEL on the server.")
             if seconds > MAX_CLIP_SECONDS:
                 raise Unprocessable(
                     f"{name} holds {seconds:.1f} s of speech; without speech recognition each must fit "
@@ -149,18 +149,25 @@ def enrol_and_fine_tune(runtime: Runtime, name: str, data_uri: str, language: st
     return voice, job
 
 
-def fine_tune_voice(runtime: Runtime, voice_id: str, samples: list[dict], epochs: int | None) -> Job:
-    """POST /api/voices/<id>/fine-tune: the new samples (and, with speech recognition, its reference)."""
+def finetunable_voice(voice_id: str) -> Voice:
+    """The voice a fine-tuning request names: 404 unknown; 409 not a ready cloned voice, or training."""
     voice = voices.get_voice(voice_id)
     if voice.kind not in (VoiceKind.cloned, VoiceKind.finetuned) or voice.status != VoiceStatus.ready:
         raise Conflict(f"Voice {voice_id!r} is not a ready cloned voice (status: {voice.status.value}).")
     if store.active_job(voice.id) is not None:
         raise Conflict(f"Voice {voice_id!r} already has a fine-tuning job queued or running.")
-    recordings = recordings_from_body(runtime, samples)
+    return voice
+
+
+def fine_tune_voice(runtime: Runtime, voice: Voice, recordings: list[Recording], epochs: int | None) -> Job:
+    """Queue a job on new recordings of a finetunable_voice (with speech recognition, its reference too).
+
+    The API's POST /api/voices/<id>/fine-tune and `flask voices finetune` both come here.
+    """
     if runtime.settings.asr_model and voice.reference_path:
         # The enrolment recording has no transcript of its own: only ASR can make clips of it.
         reference = (runtime.settings.data_dir / voice.reference_path).read_bytes()
-        recordings.insert(0, Recording(reference, None))
+        recordings = [Recording(reference, None), *recordings]
     seconds = check_recordings(runtime, recordings)
     return queue_finetune(runtime, voice.id, voice.language, recordings, seconds, epochs)
 

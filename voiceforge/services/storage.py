@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from voiceforge.errors import InsufficientStorage, NotFound, ServiceUnavailable
+from voiceforge.errors import BadRequest, InsufficientStorage, NotFound, PayloadTooLarge, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +139,17 @@ def _fsync_directory(directory: Path) -> None:
         log.debug("could not fsync directory %s: %s", directory, exc)
     finally:
         os.close(fd)
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """A recording from disk (the CLI's uploads): a regular file of at most `max_bytes`.
+
+    A device (/dev/zero) or a FIFO would be read without end, or block: refused before reading.
+    """
+    if not path.is_file():
+        raise BadRequest(f"{path} is not a regular file.")
+    with path.open("rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"{path} is larger than {max_bytes} bytes (VOICEFORGE_MAX_AUDIO_BYTES).")
+    return data
