@@ -155,8 +155,8 @@ class Engine:
                 raise
             except Exception as error:
                 log.exception("loading XTTS-v2 from %s failed", checkpoint)
-                self._load_error = (f"The XTTS-v2 model at {checkpoint} could not be loaded ({error}). "
-                                    + HOW_TO_PROVIDE)
+                self._load_error = (f"The XTTS-v2 model at {checkpoint} could not be loaded "
+                                    f"({first_line(error)}). " + HOW_TO_PROVIDE)
                 raise ServiceUnavailable(self._load_error) from error
             self._model, self._device, self._source = model, device, str(checkpoint)
             self._load_error = None
@@ -449,6 +449,12 @@ def read_speakers(checkpoint: Path) -> dict[str, Latents]:
     return {name: Latents(item["gpt_cond_latent"], item["speaker_embedding"]) for name, item in data.items()}
 
 
+def first_line(error: BaseException) -> str:
+    """An exception as one short line for an error's detail (torch's can run to twenty lines)."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0][:200] + (" …" if len(lines) > 1 or len(lines[0]) > 200 else "")
+
+
 def download_official(model_name: str, *, progress: bool = False) -> Path:
     """Fetch (or find in the cache) the official model through coqui-tts's model manager."""
     from TTS.utils.manage import ModelManager
@@ -457,6 +463,8 @@ def download_official(model_name: str, *, progress: bool = False) -> Path:
         model_path, _config_path, _item = ModelManager(progress_bar=progress).download_model(model_name)
     except Exception as error:
         log.exception("downloading %s failed", model_name)
-        raise ServiceUnavailable(f"Could not download {model_name} ({error}). " + HOW_TO_PROVIDE) from error
+        raise ServiceUnavailable(f"Could not download {model_name} ({first_line(error)}). Check the network "
+                                 "(the files come from huggingface.co), or set VOICEFORGE_MODEL_DIR to a "
+                                 "checkpoint directory copied here.") from error
     path = Path(model_path)
     return path if path.is_dir() else path.parent
