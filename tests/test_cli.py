@@ -43,6 +43,17 @@ def test_voices_show_rename_remove(app, runner, data_dir: Path) -> None:
     assert removed.exit_code == 0 and files_under(data_dir) == []
 
 
+def test_voices_show_finds_every_voice_the_list_shows(runner) -> None:
+    listed = json.loads(runner.invoke(args=["voices", "list", "--builtin", "--json"]).output)
+    assert listed  # the test checkpoint's speakers and the default aliases
+    for voice in listed:
+        shown = runner.invoke(args=["voices", "show", voice["id"], "--json"])
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output)["name"] == voice["name"]
+    assert json.loads(runner.invoke(args=["voices", "show", "default-female", "--json"]).output)["speaker"]
+    assert runner.invoke(args=["voices", "show", "default-nobody-here"]).exit_code == 1
+
+
 def test_cli_errors_are_clear(runner) -> None:
     missing = runner.invoke(args=["voices", "show", "nope-00000000"])
     assert missing.exit_code == 1 and "not found" in missing.output

@@ -71,16 +71,19 @@ def voices_list(builtin: bool, as_json: bool) -> None:
 @click.argument("voice_id")
 @json_option
 def voices_show(voice_id: str, as_json: bool) -> None:
-    """Show one voice."""
-    from voiceforge.services import voices
+    """Show one voice (a cloned one, or a built-in speaker or alias)."""
+    from voiceforge.services.catalogue import BuiltinVoice
 
     try:
-        voice = voices.get_voice(voice_id)
+        voice = get_runtime().catalogue.describe(voice_id)  # what GET /api/voices/<id> shows
     except VoiceForgeError as error:
         _fail(error)
     dumped = VoiceSchema().dump(voice)
-    dumped["referencePath"] = voice.reference_path
-    dumped["latentsPath"] = voice.latents_path
+    if isinstance(voice, BuiltinVoice):
+        dumped["speaker"] = voice.speaker
+    else:
+        dumped["referencePath"] = voice.reference_path
+        dumped["latentsPath"] = voice.latents_path
     if as_json:
         click.echo(json.dumps(dumped, indent=2))
     else:
