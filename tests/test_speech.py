@@ -259,6 +259,15 @@ def test_a_voice_that_is_not_ready_is_409(app, client) -> None:
     assert response.status_code == 409 and "not ready" in response.json["detail"]
 
 
+@pytest.mark.parametrize("damage", [b"", b"not a torch file", "truncated"])
+def test_a_voice_whose_latents_file_is_damaged_is_409_not_500(app, client, damage) -> None:
+    voice_id = enrol(client)
+    latents = Path(app.config["DATA_DIR"]) / voice_id / "latents.pth"
+    latents.write_bytes(latents.read_bytes()[:100] if damage == "truncated" else damage)
+    response = speak(client, voice_id)
+    assert response.status_code == 409 and "damaged latents file" in response.json["detail"]
+
+
 def test_without_a_model_speech_and_cloning_answer_503_with_instructions(make_app, tmp_path: Path) -> None:
     client = make_app(MODEL_DIR=str(tmp_path / "no-model-here")).test_client()
     for path, body in (("/api/tts", {"text": "Hi", "voiceId": "default-female"}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from voiceforge import metrics
 from voiceforge.errors import Conflict, NotFound
 from voiceforge.models import Voice, VoiceKind, VoiceStatus
 from voiceforge.services import voices
-from voiceforge.services.engine import Engine, Latents
+from voiceforge.services.engine import Engine, Latents, first_line
 from voiceforge.services.voices import BUILTIN_PREFIX, slugify
 from voiceforge.settings import Settings
 
@@ -114,6 +115,11 @@ class VoiceCatalogue:
             latents = self.latent_cache.get(self.settings.data_dir / voice.latents_path, voice.version)
         except FileNotFoundError:
             raise Conflict(f"Voice {voice_id!r} has lost its files; re-enrol it.") from None
+        except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+            # What torch.load raises for a truncated or overwritten file: the voice cannot speak, the
+            # server is fine. The operator's log says which file.
+            log.error("voice %s: %s cannot be read (%s)", voice.id, voice.latents_path, first_line(error))
+            raise Conflict(f"Voice {voice_id!r} has a damaged latents file; re-enrol it.") from None
         weights = str(self.settings.data_dir / voice.weights_path) if voice.weights_path else None
         return VoiceHandle(voice.id, latents, voice.language, weights)
 
