@@ -83,6 +83,8 @@ def test_openapi_document_describes_every_route(client) -> None:
                  "/healthz", "/readyz"):
         assert path in spec["paths"], path
     assert "422" in spec["paths"]["/api/tts"]["post"]["responses"]
+    streamed = spec["paths"]["/api/tts/stream"]["post"]["responses"]["200"]
+    assert streamed["description"] and {"audio/wav", "audio/mpeg", "audio/pcm"} <= set(streamed["content"])
     assert client.get("/api/docs").status_code == 200
 
 

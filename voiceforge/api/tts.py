@@ -12,6 +12,9 @@ from voiceforge.schemas import ErrorSchema, TtsRequestSchema, TtsResponseSchema
 from voiceforge.services import synthesis
 from voiceforge.services.streaming import audio_response
 
+# The stream's Content-Type, one per format (wav: the default).
+STREAM_TYPES = ("audio/wav", "audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/pcm")
+
 blp = ApiBlueprint("tts", __name__, url_prefix="/api", description="Speech synthesis.")
 
 ERRORS = {
@@ -45,12 +48,14 @@ def tts(body: dict) -> dict:
 
 @blp.route("/tts/stream", methods=["POST"])
 @blp.arguments(TtsRequestSchema)
-@blp.response(200, content_type="application/octet-stream", description=(
-    "Audio bytes in the requested format, sent as they are synthesised (chunked transfer). "
-    "Content-Type: audio/wav (a header of unknown length, then PCM), audio/mpeg, audio/ogg, audio/aac, "
-    "audio/flac or audio/pcm;rate=24000;channels=1."))
-@blp.doc(responses={str(status): {"description": text, "content": {
-    "application/json": {"schema": ErrorSchema}}} for status, text in ERRORS.items()})
+@blp.response(200)
+@blp.doc(responses={
+    "200": {"description": "Audio bytes in the requested format, sent as they are synthesised (chunked "
+                           "transfer). audio/wav is a header of unknown length, then PCM; audio/pcm is raw "
+                           "16-bit little-endian mono (rate=24000;channels=1).",
+            "content": {mime: {"schema": {"type": "string", "format": "binary"}} for mime in STREAM_TYPES}},
+    **{str(status): {"description": text, "content": {"application/json": {"schema": ErrorSchema}}}
+       for status, text in ERRORS.items()}})
 def tts_stream(body: dict) -> Response:
     """Speak `text` as a stream: every error that can be known before the audio answers JSON as /api/tts does.
 
