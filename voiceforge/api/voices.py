@@ -89,5 +89,5 @@ def rename_voice(body: dict, voice_id: str) -> Voice:
 @blp.alt_response(409, schema=ErrorSchema, description="Built-in voices cannot be deleted.")
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
 def delete_voice(voice_id: str) -> None:
-    """Delete a voice with its files."""
+    """Delete a voice with its files and its fine-tuning jobs (a running job stops within seconds)."""
     voices.delete_voice(voice_id, get_runtime().settings.data_dir)
