@@ -59,7 +59,7 @@ def test_compose_brings_up_web_worker_redis_and_postgres_with_data_and_model_vol
 
 def test_compose_gives_in_flight_requests_longer_than_the_graceful_timeout() -> None:
     conf = (ROOT / "gunicorn.conf.py").read_text()
-    graceful = int(re.search(r'VOICEFORGE_GRACEFUL_TIMEOUT", "(\d+)"', conf).group(1))
+    graceful = int(re.search(r'_count\("VOICEFORGE_GRACEFUL_TIMEOUT", (\d+)', conf).group(1))
     assert int(compose()["services"]["web"]["stop_grace_period"].rstrip("s")) > graceful
 
 

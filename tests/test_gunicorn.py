@@ -50,6 +50,11 @@ def test_the_control_socket_is_named_by_the_address_gunicorn_listens_on(server: 
                                                                         run_dir: Path) -> None:
     """A second instance started with another `-b` must not take this one's `gunicornc` socket over."""
     port = server.url.rsplit(":", 1)[1]
+    # gunicorn's master binds the socket in a thread of its own once the workers are forked, so a
+    # worker can answer HTTP first (seen on a loaded CI machine): give it a few seconds.
+    deadline = time.monotonic() + 15
+    while not any(run_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert [path.name for path in run_dir.iterdir()] == [f"voiceforge-127.0.0.1-{port}.ctl"]
     workers = control_socket_workers(run_dir / f"voiceforge-127.0.0.1-{port}.ctl")
     assert workers and {parent_pid(pid) for pid in workers} == {server.process.pid}
