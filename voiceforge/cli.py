@@ -14,7 +14,6 @@ import click
 from flask import Flask
 
 from voiceforge.commands import CommandGroup
-from voiceforge.errors import VoiceForgeError
 from voiceforge.jobs.cli import jobs_cli, voices_finetune
 from voiceforge.runtime import get_runtime
 from voiceforge.schemas import VoiceSchema
@@ -34,10 +33,6 @@ def register_cli(app: Flask) -> None:
 
 def _data_dir() -> Path:
     return get_runtime().settings.data_dir
-
-
-def _fail(error: VoiceForgeError) -> None:
-    raise click.ClickException(error.detail)
 
 
 def _echo_voices(rows: list[Any], as_json: bool) -> None:
@@ -74,10 +69,7 @@ def voices_show(voice_id: str, as_json: bool) -> None:
     """Show one voice (a cloned one, or a built-in speaker or alias)."""
     from voiceforge.services.catalogue import BuiltinVoice
 
-    try:
-        voice = get_runtime().catalogue.describe(voice_id)  # what GET /api/voices/<id> shows
-    except VoiceForgeError as error:
-        _fail(error)
+    voice = get_runtime().catalogue.describe(voice_id)  # what GET /api/voices/<id> shows
     dumped = VoiceSchema().dump(voice)
     if isinstance(voice, BuiltinVoice):
         dumped["speaker"] = voice.speaker
@@ -98,10 +90,7 @@ def voices_rename(voice_id: str, name: str) -> None:
     """Rename a voice."""
     from voiceforge.services import voices
 
-    try:
-        voice = voices.rename_voice(voice_id, name)
-    except VoiceForgeError as error:
-        _fail(error)
+    voice = voices.rename_voice(voice_id, name)
     click.echo(f"Renamed {voice.id} to {voice.name!r}.")
 
 
@@ -112,13 +101,10 @@ def voices_remove(voice_id: str, yes: bool) -> None:
     """Delete a voice and its files."""
     from voiceforge.services import voices
 
-    try:
-        voice = voices.get_voice(voice_id)
-        if not yes:
-            click.confirm(f"Delete voice {voice.id} ({voice.name!r}) and its files?", abort=True)
-        voices.delete_voice(voice_id, _data_dir())
-    except VoiceForgeError as error:
-        _fail(error)
+    voice = voices.get_voice(voice_id)
+    if not yes:
+        click.confirm(f"Delete voice {voice.id} ({voice.name!r}) and its files?", abort=True)
+    voices.delete_voice(voice_id, _data_dir())
     click.echo(f"Removed {voice_id}.")
 
 
@@ -133,11 +119,8 @@ def voices_add(name: str, audio_file: Path, language: str | None, as_json: bool)
     from voiceforge.services.training import enrol_voice
 
     runtime = get_runtime()
-    try:
-        audio = read_regular_file(audio_file, runtime.settings.max_audio_bytes)
-        voice = enrol_voice(runtime, name, audio, language)
-    except VoiceForgeError as error:
-        _fail(error)
+    audio = read_regular_file(audio_file, runtime.settings.max_audio_bytes)
+    voice = enrol_voice(runtime, name, audio, language)
     if as_json:
         click.echo(json.dumps(VoiceSchema().dump(voice), indent=2))
     else:
@@ -203,10 +186,7 @@ def model_download(agree_license: bool) -> None:
             click.confirm("XTTS-v2 is under the Coqui Public Model License (non-commercial use; "
                           "https://coqui.ai/cpml). Do you agree?", abort=True)
         os.environ["COQUI_TOS_AGREED"] = "1"
-    try:
-        path = download_official(get_runtime().settings.model_name, progress=True)
-    except VoiceForgeError as error:
-        _fail(error)
+    path = download_official(get_runtime().settings.model_name, progress=True)
     click.echo(f"Model ready in {path}")
     click.echo(f"Run the service with VOICEFORGE_MODEL_DIR={path} (or keep COQUI_TOS_AGREED=1).")
 
@@ -220,11 +200,8 @@ def model_warmup(text: str, language: str | None) -> None:
 
     runtime = get_runtime()
     started = time.perf_counter()
-    try:
-        speech = synthesis.prepare(runtime, text, "default-speaker", variability=0.0, language=language)
-        audio = speech.audio()
-    except VoiceForgeError as error:
-        _fail(error)
+    speech = synthesis.prepare(runtime, text, "default-speaker", variability=0.0, language=language)
+    audio = speech.audio()
     click.echo(f"Warm: {audio.size / synthesis.OUTPUT_RATE:.2f} s of audio in "
                f"{time.perf_counter() - started:.1f} s on {runtime.engine.describe()['device']}.")
     sys.stdout.flush()

@@ -12,15 +12,10 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from voiceforge.commands import CommandGroup
-from voiceforge.errors import VoiceForgeError
 from voiceforge.schemas import JobSchema
 
 jobs_cli = CommandGroup("jobs", help="Fine-tuning jobs: list, inspect, cancel, retry, and run a worker.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _fail(error: VoiceForgeError) -> None:
-    raise click.ClickException(error.detail)
 
 
 def _line(job: dict) -> str:
@@ -56,10 +51,7 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     """Show one job."""
     from voiceforge.jobs import store
 
-    try:
-        job = JobSchema().dump(store.get_job(job_id))
-    except VoiceForgeError as error:
-        _fail(error)
+    job = JobSchema().dump(store.get_job(job_id))
     if as_json:
         click.echo(json.dumps(job, indent=2))
     else:
@@ -73,12 +65,9 @@ def jobs_cancel(job_id: str) -> None:
     """Cancel a job (a running one stops within seconds)."""
     from voiceforge.jobs import store
 
-    try:
-        job = store.get_job(job_id)
-        already = job.state.finished
-        store.request_cancel(job)
-    except VoiceForgeError as error:
-        _fail(error)
+    job = store.get_job(job_id)
+    already = job.state.finished
+    store.request_cancel(job)
     note = " (it had already ended: nothing to cancel)" if already else ""
     click.echo(f"{job.id}: {job.state.value}{' (stopping)' if job.cancel_requested else ''}{note}")
 
@@ -91,11 +80,8 @@ def jobs_retry(job_id: str) -> None:
     from voiceforge.runtime import get_runtime
     from voiceforge.services.finetuning import dispatch
 
-    try:
-        job = store.retry(store.get_job(job_id))
-        dispatch(get_runtime(), job)
-    except VoiceForgeError as error:
-        _fail(error)
+    job = store.retry(store.get_job(job_id))
+    dispatch(get_runtime(), job)
     click.echo(f"{job.id}: queued again")
 
 
@@ -140,13 +126,10 @@ def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | 
 
     texts = _read_transcripts(transcripts, files) if transcripts else {}
     runtime = get_runtime()
-    try:
-        voice = finetuning.finetunable_voice(voice_id)
-        recordings = [Recording(read_regular_file(path, runtime.settings.max_audio_bytes),
-                                finetuning.clean_transcript(texts.get(path.name))) for path in files]
-        job = finetuning.fine_tune_voice(runtime, voice, recordings, epochs)
-    except VoiceForgeError as error:
-        _fail(error)
+    voice = finetuning.finetunable_voice(voice_id)
+    recordings = [Recording(read_regular_file(path, runtime.settings.max_audio_bytes),
+                            finetuning.clean_transcript(texts.get(path.name))) for path in files]
+    job = finetuning.fine_tune_voice(runtime, voice, recordings, epochs)
     seconds = job.dataset_seconds or 0.0
     click.echo(f"Queued job {job.id} ({seconds:.0f} s of speech).")
     if not wait:
