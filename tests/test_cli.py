@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.support.registry import add_stored_voice, files_under
+from tests.support.registry import add_stored_voice, files_under, left_long_ago
 from voiceforge import create_app
 
 
@@ -63,6 +63,7 @@ def test_cli_errors_are_clear(runner) -> None:
 def test_reconcile_command_reports_and_repairs(app, runner, data_dir: Path) -> None:
     with app.app_context():
         voice = add_stored_voice(data_dir, "Narrator")
+        add_stored_voice(data_dir, "Intact")
     (data_dir / voice.id / "latents.pth").unlink()
     (data_dir / "stray-00000000").mkdir()
     dry = runner.invoke(args=["voices", "reconcile", "--dry-run", "--min-age", "0"])
@@ -75,6 +76,24 @@ def test_reconcile_command_reports_and_repairs(app, runner, data_dir: Path) -> N
     fixed = runner.invoke(args=["voices", "reconcile", "--min-age", "0"])
     assert fixed.exit_code == 0 and not (data_dir / "stray-00000000").exists()
     assert "Registry and files agree." in runner.invoke(args=["voices", "reconcile"]).output
+
+
+def test_reconcile_command_holds_back_when_the_files_look_like_another_registrys(
+        app, runner, data_dir: Path) -> None:
+    with app.app_context():
+        voice = add_stored_voice(data_dir, "Narrator")
+    (data_dir / voice.id).rename(data_dir / "someone-else-00000000")  # a directory no row knows
+    left_long_ago(data_dir / "someone-else-00000000")
+    held = runner.invoke(args=["voices", "reconcile"])
+    assert held.exit_code == 1, held.output
+    assert "rows missing files (held back: marked failed): " + voice.id in held.output
+    assert "1 ready voices have no files and only 0 have theirs" in held.output
+    assert "run again with --force" in held.output
+    assert (data_dir / "someone-else-00000000").exists()
+    forced = runner.invoke(args=["voices", "reconcile", "--force"])
+    assert forced.exit_code == 0
+    assert "orphan directories (repaired: removed): someone-else-00000000" in forced.output
+    assert files_under(data_dir) == []
 
 
 def test_model_info_does_not_load_the_model(make_app, checkpoint_dir: Path) -> None:

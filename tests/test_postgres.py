@@ -14,7 +14,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
 
 from tests.support.postgres import fresh_database
 from tests.support.registry import add_stored_voice
@@ -61,5 +62,25 @@ def test_voice_registry_over_http_on_postgres(postgres_url: str, tmp_path: Path,
     assert client.patch(f"/api/voices/{voice.id}", json={"name": "Renamed"}).json["name"] == "Renamed"
     assert client.delete(f"/api/voices/{voice.id}").status_code == 204
     assert client.get(f"/api/voices/{voice.id}").status_code == 404
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_a_database_restart_costs_no_request(postgres_url: str, tmp_path: Path) -> None:
+    """PostgreSQL closing every connection (a restart, a failover) is noticed before a request uses one."""
+    app = create_app({"DATABASE_URL": postgres_url, "DATA_DIR": str(tmp_path / "voices")},
+                     instance_path=str(tmp_path))
+    with app.app_context():
+        upgrade()
+    client = app.test_client()
+    assert client.get("/api/voices").status_code == 200  # the pool now holds a connection
+    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        ended = connection.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :name"),
+            {"name": make_url(postgres_url).database}).scalar()
+    admin.dispose()
+    assert ended >= 1
+    assert client.get("/api/voices").status_code == 200
     with app.app_context():
         db.engine.dispose()

@@ -106,3 +106,13 @@ def test_readiness_tells_whether_fine_tuning_jobs_can_run(make_app, tmp_path_fac
     trainable = build_checkpoint(tmp_path_factory.mktemp("ready") / "xtts", training_files=True)
     with_files = make_app(MODEL_DIR=str(trainable)).test_client().get("/readyz").json["jobs"]
     assert with_files == {"backend": "db", "canRun": True}
+
+
+def test_a_sqlite_file_deleted_under_the_running_service_makes_it_unready(make_app, tmp_path: Path) -> None:
+    """SQLite keeps answering from the deleted file, so only readiness can tell writes are being lost."""
+    client = make_app().test_client()
+    assert client.get("/readyz").json["database"] == "ok"
+    for path in tmp_path.glob("test.db*"):
+        path.unlink()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json["database"] == "missing"

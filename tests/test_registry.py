@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.registry import add_stored_voice, files_under, left_long_ago
+from voiceforge.db import db
 from voiceforge.errors import Unprocessable
 from voiceforge.models import VoiceStatus
 from voiceforge.services import voices
@@ -61,6 +62,7 @@ def test_reconcile_repairs_rows_without_files_and_files_without_rows(app, data_d
 def test_reconcile_leaves_what_another_instance_may_be_writing_right_now(app, data_dir: Path) -> None:
     """On a shared data directory, one instance's restart must not pull another's enrolment apart."""
     with app.app_context():
+        enrolled = add_stored_voice(data_dir, "Enrolled Long Ago")
         staging = data_dir / ".tmp-being-written"  # another instance is staging its files
         staging.mkdir(parents=True)
         left_long_ago(staging)
@@ -71,32 +73,75 @@ def test_reconcile_leaves_what_another_instance_may_be_writing_right_now(app, da
 
         report = voices.reconcile(data_dir)
         assert report.young_dirs == [".tmp-being-written", "renamed-00000000"] and not report.changed
-        assert files_under(data_dir) == [".tmp-being-written/reference.wav", "renamed-00000000/latents.pth"]
+        assert files_under(data_dir) == [".tmp-being-written/reference.wav", f"{enrolled.id}/latents.pth",
+                                         f"{enrolled.id}/reference.wav", "renamed-00000000/latents.pth"]
 
         left_long_ago(staging)
         left_long_ago(renamed)  # ten minutes on, nobody finished them: a crash's leftovers
         report = voices.reconcile(data_dir)
         assert report.temp_dirs == [".tmp-being-written"] and report.orphan_dirs == ["renamed-00000000"]
-        assert files_under(data_dir) == []
+        assert files_under(data_dir) == [f"{enrolled.id}/latents.pth", f"{enrolled.id}/reference.wav"]
 
 
-def test_reconcile_leaves_a_delete_in_progress_so_a_failed_delete_can_put_the_files_back(
-        app, data_dir: Path) -> None:
-    """Another instance restarting mid-delete must neither empty the trash nor fail the voice's row."""
+def test_a_crash_between_a_delete_and_its_files_leaves_files_without_a_row(
+        app, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row goes first: a crash leaves a directory without a row (reconcile removes it), never a row
+    that is listed as ready but has no files."""
     with app.app_context():
-        voice = add_stored_voice(data_dir, "Enrolled Long Ago")
-        left_long_ago(data_dir / voice.id)
-        trash = voices.move_to_trash(data_dir, voice.id)  # a delete has begun, its row not yet gone
+        kept = add_stored_voice(data_dir, "Kept")
+        deleted = add_stored_voice(data_dir, "Deleted")
+
+        def crash(*_args: object) -> None:
+            raise SystemExit("killed")
+
+        monkeypatch.setattr(voices, "remove_voice_dir", crash)
+        with pytest.raises(SystemExit):
+            voices.delete_voice(deleted.id, data_dir)
+        monkeypatch.undo()
+        assert voices.find_voice(deleted.id) is None
+        assert voices.reconcile(data_dir, min_age_s=0).orphan_dirs == [deleted.id]
+        assert files_under(data_dir) == [f"{kept.id}/latents.pth", f"{kept.id}/reference.wav"]
+
+
+def test_reconcile_touches_nothing_when_the_database_and_the_files_look_unrelated(
+        app, data_dir: Path) -> None:
+    """A start with an empty or wrong database, or without the data volume, must not wipe voices."""
+    with app.app_context():
+        on_disk = [add_stored_voice(data_dir, f"Voice {n}") for n in range(3)]
+        for voice in on_disk:  # the rows go, as if this instance were given a fresh database
+            db.session.delete(voice)
+        voices.commit()
+        (data_dir / "lost+found").mkdir()
+        (data_dir / "notes.txt").write_text("the operator's own file")
+        left_long_ago(data_dir)
 
         report = voices.reconcile(data_dir)
-        assert report.young_dirs == [trash.name] and not report.changed
-        voices.restore_from_trash(data_dir, voice.id, trash)  # ... and its row removal failed
-        assert voices.get_voice(voice.id).status == VoiceStatus.ready
-        assert files_under(data_dir) == [f"{voice.id}/latents.pth", f"{voice.id}/reference.wav"]
+        assert report.held_back == "3 voice directories have no row and only 0 have one"
+        assert report.foreign == ["lost+found", "notes.txt"] and not report.changed
+        assert len(files_under(data_dir)) == 7
 
-        trash = voices.move_to_trash(data_dir, voice.id)
-        left_long_ago(trash)  # ten minutes on, the delete never finished: a crash's leftovers
+        forced = voices.reconcile(data_dir, force=True)
+        assert forced.held_back is None and len(forced.orphan_dirs) == 3
+        assert files_under(data_dir) == ["notes.txt"]  # what the service never makes stays, forced or not
+
+        ready = [add_stored_voice(data_dir, f"Ready {n}") for n in range(2)]
+        elsewhere = data_dir.parent / "not-mounted"
+        report = voices.reconcile(elsewhere)
+        assert report.held_back == f"the data directory {elsewhere} does not exist"
+        assert [voices.get_voice(voice.id).status for voice in ready] == [VoiceStatus.ready] * 2
+
+
+def test_a_voice_failed_for_missing_files_is_ready_again_once_they_are_back(app, data_dir: Path) -> None:
+    with app.app_context():
+        intact = add_stored_voice(data_dir, "Intact")
+        moved = add_stored_voice(data_dir, "Moved Away")
+        (data_dir / moved.id).rename(data_dir.parent / "elsewhere")
+        assert voices.reconcile(data_dir).missing_files == [moved.id]
+        assert voices.get_voice(moved.id).status == VoiceStatus.failed
+        (data_dir.parent / "elsewhere").rename(data_dir / moved.id)
+
         report = voices.reconcile(data_dir)
-        assert report.missing_files == [voice.id] and report.temp_dirs == [trash.name]
-        assert voices.get_voice(voice.id).status == VoiceStatus.failed
-        assert files_under(data_dir) == []
+        assert report.restored == [moved.id] and report.changed
+        assert voices.get_voice(moved.id).status == VoiceStatus.ready
+        assert voices.get_voice(moved.id).error is None
+        assert voices.get_voice(intact.id).status == VoiceStatus.ready

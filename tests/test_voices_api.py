@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
+from sqlalchemy.exc import OperationalError
 
 from tests.support.registry import add_stored_voice, files_under
+from voiceforge.db import db
 from voiceforge.models import Voice
 from voiceforge.services import voices
 
@@ -96,6 +103,71 @@ def test_delete_keeps_files_when_the_row_cannot_be_deleted(app, stored: Voice, d
     with app.app_context(), pytest.raises(RuntimeError):
         voices.delete_voice(stored.id, data_dir)
     assert files_under(data_dir) == [f"{stored.id}/latents.pth", f"{stored.id}/reference.wav"]
+    with app.app_context():
+        assert voices.find_voice(stored.id) is not None
+
+
+def _deleted_by_another_request(read: Callable[[str], Voice | None]) -> Callable[[str], Voice | None]:
+    """`read`, after which another request deletes the voice's row (the race a real delete can win)."""
+
+    def read_then_deleted(voice_id: str) -> Voice | None:
+        voice = read(voice_id)
+        with db.engine.begin() as other:
+            other.execute(delete(Voice).where(Voice.id == voice_id))
+        return voice
+
+    return read_then_deleted
+
+
+def test_a_rename_or_delete_that_loses_the_race_to_a_delete_is_404(client, stored: Voice,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(voices, "get_voice", _deleted_by_another_request(voices.get_voice))
+    renamed = client.patch(f"/api/voices/{stored.id}", json={"name": "Too Late"})
+    assert renamed.status_code == 404 and renamed.json["detail"] == f"Voice {stored.id!r} not found."
+    with client.application.app_context():
+        add_stored_voice(Path(client.application.config["DATA_DIR"]), "Deleted Twice")
+    second = next(v for v in client.get("/api/voices").json["voices"] if v["name"] == "Deleted Twice")
+    assert client.delete(f"/api/voices/{second['id']}").status_code == 404
+
+
+def test_speaking_with_a_voice_deleted_meanwhile_is_404_not_lost_files(
+        client, stored: Voice, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deleted = _deleted_by_another_request(voices.find_voice)
+
+    def deleted_with_its_files(voice_id: str) -> Voice | None:
+        voice = deleted(voice_id)
+        shutil.rmtree(data_dir / voice_id)  # the delete removes the files after the row
+        return voice
+
+    monkeypatch.setattr(voices, "find_voice", deleted_with_its_files)
+    spoken = client.post("/api/tts", json={"text": "Hello.", "voiceId": stored.id})
+    assert spoken.status_code == 404 and "not found" in spoken.json["detail"]
+
+
+def test_delete_on_a_read_only_data_directory_is_503_and_changes_nothing(
+        client, stored: Voice, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == data_dir
+                        else real_access(path, mode))  # what a read-only mount answers (root included)
+    response = client.delete(f"/api/voices/{stored.id}")
+    assert response.status_code == 503 and "could not be deleted" in response.json["detail"]
+    monkeypatch.undo()
+    assert client.get(f"/api/voices/{stored.id}").json["status"] == "ready"
+    assert files_under(data_dir) == [f"{stored.id}/latents.pth", f"{stored.id}/reference.wav"]
+
+
+def test_a_full_disk_under_the_database_is_507_not_retry_later(client, stored: Voice,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk() -> None:
+        db.session.rollback()
+        raise OperationalError("UPDATE voices", {}, sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(voices, "commit", full_disk)
+    response = client.patch(f"/api/voices/{stored.id}", json={"name": "Nana Rose"})
+    assert response.status_code == 507 and "disk is full" in response.json["detail"]
+    assert "Retry-After" not in response.headers  # retrying cannot help until someone frees space
+    monkeypatch.undo()
+    assert client.get(f"/api/voices/{stored.id}").json["name"] == "Grandma Rose"
 
 
 def test_builtin_voices_can_be_shown_but_not_changed(client) -> None:

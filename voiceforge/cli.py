@@ -133,18 +133,30 @@ def voices_add(name: str, audio_file: Path, language: str | None, as_json: bool)
               callback=lambda _ctx, _param, value: _finite(value),
               help="Leave stray directories changed in the last SECONDS (another instance may be writing "
                    "them); 0 when no instance is running.")
-def voices_reconcile(dry_run: bool, min_age: float) -> None:
+@click.option("--force", is_flag=True,
+              help="Repair even when more voices disagree than agree (check the data directory and the "
+                   "database first: a wrong one of either looks like that).")
+def voices_reconcile(dry_run: bool, min_age: float, force: bool) -> None:
     """Make the registry and the voice files agree after a crash."""
     from voiceforge.services import voices
 
-    report = voices.reconcile(_data_dir(), repair=not dry_run, min_age_s=min_age)
-    verb = "found" if dry_run else "repaired"
+    report = voices.reconcile(_data_dir(), repair=not dry_run, min_age_s=min_age, force=force)
+    verb = "found" if dry_run else "held back" if report.held_back else "repaired"
     click.echo(f"rows missing files ({verb}: marked failed): {', '.join(report.missing_files) or '-'}")
-    click.echo(f"interrupted rows ({verb}: marked failed): {', '.join(report.stale_rows) or '-'}")
     click.echo(f"orphan directories ({verb}: removed): {', '.join(report.orphan_dirs) or '-'}")
-    click.echo(f"unfinished writes ({verb}: removed): {', '.join(report.temp_dirs) or '-'}")
+    verb = "found" if dry_run else "repaired"
+    click.echo(f"files back ({verb}: ready again): {', '.join(report.restored) or '-'}")
+    click.echo(f"interrupted rows ({verb}: marked failed): {', '.join(report.stale_rows) or '-'}")
+    click.echo(f"unfinished writes and deletes ({verb}: removed): {', '.join(report.temp_dirs) or '-'}")
     if report.young_dirs:
         click.echo(f"recent strays (left: changed under {min_age:g} s ago): {', '.join(report.young_dirs)}")
+    if report.foreign:
+        click.echo(f"not this service's (left alone): {', '.join(report.foreign)}")
+    if report.held_back:
+        raise click.ClickException(
+            f"{report.held_back}: that looks like a wrong data directory or database, not a crash, so no "
+            "row was failed and no voice directory removed. Check VOICEFORGE_DATA_DIR and "
+            "VOICEFORGE_DATABASE_URL; if both are right, run again with --force.")
     if not report.changed:
         click.echo("Registry and files agree.")
 

@@ -41,6 +41,10 @@ def register_db(app: Flask) -> None:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
         # Several gunicorn threads share a connection pool; SQLite must not reject that.
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"check_same_thread": False}})
+    else:
+        # A server restart (PostgreSQL's) closes every pooled connection: test each before use, so the
+        # first request after it reconnects instead of failing.
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
     db.init_app(app)
     migrate.init_app(app, db)
     with app.app_context():

@@ -115,10 +115,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database(error: OperationalError) -> Response:
-        # SQLite answers "database is locked" once busy_timeout has passed; other errors mean
-        # the database is unreachable. Both are the server's state, not the client's fault.
+        # SQLite answers "database is locked" once busy_timeout has passed; a full disk refuses the
+        # write (retrying will not help); other errors mean the database is unreachable. All are
+        # the server's state, not the client's fault.
         log.warning("database error on %s %s: %s", request.method, request.path, error.orig)
-        if "locked" in str(error.orig).lower() or "busy" in str(error.orig).lower():
+        reason = str(error.orig).lower()
+        if "disk is full" in reason or "no space left" in reason:  # SQLite's SQLITE_FULL, PostgreSQL's
+            return respond(507, "The server's disk is full; nothing was saved.", "insufficient_storage")
+        if "locked" in reason or "busy" in reason:
             return respond(503, "The database is busy; retry shortly.", "busy",
                                   headers={"Retry-After": "2"})
         return respond(503, "The database is unavailable; retry later.", "database_unavailable",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import current_app
 from sqlalchemy import text
 
@@ -28,18 +30,29 @@ def healthz() -> dict:
                   description="The database is unreachable, or no model can be provided (see model.problem).")
 def readyz() -> tuple[dict, int]:
     """Ready when the database answers and the model is loaded or loadable; never loads or downloads it."""
-    try:
-        db.session.execute(text("SELECT 1"))
-        database = "ok"
-    except Exception as error:  # noqa: BLE001 - any failure means "not ready"
-        current_app.logger.warning("readiness: database unreachable: %s", error)
-        database = "unreachable"
+    database = database_state()
     runtime = get_runtime()
     model = runtime.engine.describe()
     ready = database == "ok" and model["loadable"]
     body = {"status": "ready" if ready else "unavailable", "database": database, "model": model,
             "jobs": jobs_state(runtime)}
     return body, 200 if ready else 503
+
+
+def database_state() -> str:
+    """`ok`, `unreachable`, or `missing`: a SQLite file deleted while the service runs, which still
+    answers from its open file, but whose writes are lost at the next start."""
+    path = db.engine.url.database if db.engine.dialect.name == "sqlite" else None
+    if path and Path(path).is_absolute() and not Path(path).exists():
+        current_app.logger.error("readiness: the database file %s is gone; writes since are lost at the next "
+                                 "start: restore it (or restart on a new one) now", path)
+        return "missing"
+    try:
+        db.session.execute(text("SELECT 1"))
+    except Exception as error:  # noqa: BLE001 - any failure means "not ready"
+        current_app.logger.warning("readiness: database unreachable: %s", error)
+        return "unreachable"
+    return "ok"
 
 
 def jobs_state(runtime: Runtime) -> dict:

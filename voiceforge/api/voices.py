@@ -77,6 +77,7 @@ def fine_tune(body: dict, voice_id: str) -> dict:
 @blp.alt_response(415, schema=ErrorSchema, description="Body is not JSON.")
 @blp.alt_response(422, schema=ErrorSchema, description="Invalid name.")
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
+@blp.alt_response(507, schema=ErrorSchema, description="Disk full under the database; nothing was changed.")
 def rename_voice(body: dict, voice_id: str) -> Voice:
     """Rename a voice."""
     return voices.rename_voice(voice_id, body["name"])
@@ -87,7 +88,9 @@ def rename_voice(body: dict, voice_id: str) -> Voice:
 @blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown voice.")
 @blp.alt_response(409, schema=ErrorSchema, description="Built-in voices cannot be deleted.")
-@blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
+@blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After), or "
+                  "the data directory not writable; nothing was changed.")
+@blp.alt_response(507, schema=ErrorSchema, description="Disk full under the database; nothing was changed.")
 def delete_voice(voice_id: str) -> None:
     """Delete a voice with its files and its fine-tuning jobs (a running job stops within seconds)."""
     voices.delete_voice(voice_id, get_runtime().settings.data_dir)

@@ -114,6 +114,8 @@ class VoiceCatalogue:
         try:
             latents = self.latent_cache.get(self.settings.data_dir / voice.latents_path, voice.version)
         except FileNotFoundError:
+            if not voices.still_exists(voice):  # deleted since it was read: the files went after the row
+                raise NotFound(f"Voice {voice_id[:80]!r} not found.") from None
             raise Conflict(f"Voice {voice_id!r} has lost its files; re-enrol it.") from None
         except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
             # What torch.load raises for a truncated or overwritten file: the voice cannot speak, the

@@ -1,8 +1,9 @@
 """Voice files on disk: atomic writes, staged directories renamed into place, and a trash for deletes.
 
-A voice's files appear all at once (a `.tmp-…` directory is filled, fsynced and renamed) and leave
-all at once (renamed to `.trash-…` before the row goes). A crash can therefore leave only a staging
-or trash directory, which the start-up reconcile removes, never a half-written voice.
+A voice's files appear all at once (a `.tmp-…` directory is filled, fsynced and renamed) before
+its row is committed, and leave all at once (renamed to `.trash-…`, then emptied) after its row is
+gone. A crash can therefore leave only a staging or trash directory, or a directory without a row,
+which reconcile removes, never a row without its files.
 """
 
 from __future__ import annotations
@@ -58,33 +59,39 @@ def store_voice_files(data_dir: Path, voice_id: str, files: Mapping[str, bytes])
     return final_dir
 
 
-def move_to_trash(data_dir: Path, voice_id: str) -> Path | None:
-    """Move a voice's directory aside (one rename); None when it has no directory."""
-    directory = voice_dir(data_dir, voice_id)
-    if not directory.exists():
-        return None
+def is_service_entry(name: str) -> bool:
+    """Whether a name in DATA_DIR is one this service makes: a voice directory, staging or trash.
+
+    Reconcile touches nothing else (`lost+found`, an operator's notes or backups).
+    """
+    if name.startswith(TRASH_PREFIX):
+        name = re.sub(r"-[0-9a-f]+$", "", name.removeprefix(TRASH_PREFIX))
+    return is_valid_id(name.removeprefix(TEMP_PREFIX))
+
+
+def check_writable(data_dir: Path) -> None:
+    """503 before a delete changes anything, when the data directory cannot be changed (read-only mount)."""
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        log.error("the data directory %s is not writable: voices cannot be deleted", data_dir)
+        raise ServiceUnavailable("The voice could not be deleted (storage error); retry later.")
+
+
+def remove_voice_dir(data_dir: Path, voice_id: str) -> None:
+    """Remove a deleted voice's directory: one rename makes it vanish at once, then it is emptied.
+
+    Called after the voice's row is gone, so a crash or a failure here leaves only files without a
+    row, which reconcile removes; a directory already gone (a concurrent delete) is no error.
+    """
     trash = data_dir / f"{TRASH_PREFIX}{voice_id}-{secrets.token_hex(_TRASH_SUFFIX_BYTES)}"
-    directory.rename(trash)
-    # A rename keeps the directory's old mtime; stamp it so another instance's reconcile sees a delete
-    # in progress (young) and leaves it, or this delete could not put the files back if its row stays.
-    os.utime(trash)
-    return trash
-
-
-def trash_dirs(data_dir: Path, voice_id: str) -> list[Path]:
-    """The trash directories that deletes of this voice have made (move_to_trash's names, no other)."""
-    return list(data_dir.glob(f"{TRASH_PREFIX}{voice_id}-" + "[0-9a-f]" * (2 * _TRASH_SUFFIX_BYTES)))
-
-
-def restore_from_trash(data_dir: Path, voice_id: str, trash: Path | None) -> None:
-    """Undo move_to_trash (the row was not deleted after all)."""
-    if trash is not None:
-        trash.rename(voice_dir(data_dir, voice_id))
-
-
-def empty_trash(trash: Path | None) -> None:
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        voice_dir(data_dir, voice_id).rename(trash)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        log.error("voice %s was deleted but its files could not be removed (%s); `voices reconcile` "
+                  "removes them once the data directory is writable", voice_id, error)
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def remove_path(path: Path) -> None:

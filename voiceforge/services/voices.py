@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import Flask
-from sqlalchemy import inspect, select
+from sqlalchemy import delete, inspect, select
+from sqlalchemy.orm.exc import StaleDataError
 
 from voiceforge.db import db
 from voiceforge.errors import Conflict, NotFound, Unprocessable
@@ -21,12 +22,11 @@ from voiceforge.services.storage import (
     JOBS_DIR,
     TEMP_PREFIX,
     TRASH_PREFIX,
-    empty_trash,
+    check_writable,
+    is_service_entry,
     is_valid_id,
-    move_to_trash,
     remove_path,
-    restore_from_trash,
-    trash_dirs,
+    remove_voice_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -37,21 +37,27 @@ BUILTIN_PREFIX = "default-"  # ids of the model's own speakers; cloned ids never
 # shared data directory (being staged, or renamed into place a moment before its row is committed):
 # reconcile leaves it to a later run rather than pull files from under a live write.
 RECONCILE_MIN_AGE_S = 600.0
+MISSING_FILES = "Voice files are missing."  # a failed row's error that reconcile undoes once they are back
 
 
 @dataclass
 class ReconcileReport:
     """What a reconcile found and repaired."""
 
-    missing_files: list[str] = field(default_factory=list)  # rows marked failed
+    missing_files: list[str] = field(default_factory=list)  # rows marked failed (unless held back)
+    restored: list[str] = field(default_factory=list)  # failed for missing files, now back: ready again
     stale_rows: list[str] = field(default_factory=list)  # unfinished rows marked failed
-    orphan_dirs: list[str] = field(default_factory=list)  # directories removed
-    temp_dirs: list[str] = field(default_factory=list)  # interrupted writes removed
+    orphan_dirs: list[str] = field(default_factory=list)  # rowless directories removed (unless held back)
+    temp_dirs: list[str] = field(default_factory=list)  # interrupted writes and deletes removed
     young_dirs: list[str] = field(default_factory=list)  # stray but recent: left for a later reconcile
+    foreign: list[str] = field(default_factory=list)  # entries this service never makes: never touched
+    # Why missing_files and orphan_dirs were left alone: the registry and the files look unrelated.
+    held_back: str | None = None
 
     @property
     def changed(self) -> bool:
-        return any((self.missing_files, self.stale_rows, self.orphan_dirs, self.temp_dirs))
+        guarded = () if self.held_back else (self.missing_files, self.orphan_dirs)
+        return any((*guarded, self.restored, self.stale_rows, self.temp_dirs))
 
 
 def clean_name(name: str) -> str:
@@ -91,6 +97,11 @@ def find_voice(voice_id: str) -> Voice | None:
     return db.session.get(Voice, voice_id)
 
 
+def still_exists(voice: Voice) -> bool:
+    """Whether a voice read earlier in this request is still in the database (not deleted since)."""
+    return db.session.scalar(select(Voice.id).where(Voice.id == voice.id)) is not None
+
+
 def get_voice(voice_id: str) -> Voice:
     voice = find_voice(voice_id)
     if voice is None:
@@ -126,26 +137,28 @@ def rename_voice(voice_id: str, name: str) -> Voice:
     refuse_builtin(voice_id)
     voice = get_voice(voice_id)
     voice.name = clean_name(name)
-    commit()
+    try:
+        commit()
+    except StaleDataError:  # deleted by another request since it was read
+        raise NotFound(f"Voice {voice_id[:80]!r} not found.") from None
     return voice
 
 
 def delete_voice(voice_id: str, data_dir: Path) -> None:
-    """Remove the row and its files together: files move aside first and return if the row stays.
+    """Remove the row, then its files: a crash in between leaves files without a row, never the reverse.
 
-    Its fine-tuning jobs go too: a running one sees its row gone at its next heartbeat and stops.
+    Its fine-tuning jobs go too (the database cascades): a running one sees its row gone at its next
+    heartbeat and stops.
     """
     refuse_builtin(voice_id)
     voice = get_voice(voice_id)
     job_dirs = [data_dir / JOBS_DIR / job.id for job in voice.jobs]
-    trash = move_to_trash(data_dir, voice_id)
-    try:
-        db.session.delete(voice)
-        commit()
-    except BaseException:
-        restore_from_trash(data_dir, voice_id, trash)
-        raise
-    empty_trash(trash)
+    check_writable(data_dir)
+    deleted = db.session.execute(delete(Voice).where(Voice.id == voice.id)).rowcount
+    commit()
+    if not deleted:  # another request deleted it since it was read: that one removes the files
+        raise NotFound(f"Voice {voice_id[:80]!r} not found.")
+    remove_voice_dir(data_dir, voice_id)
     for directory in job_dirs:
         remove_path(directory)
     log.info("voice %s deleted", voice_id)
@@ -166,47 +179,76 @@ def nobody_owns(_voice_id: str) -> bool:
 
 
 def reconcile(data_dir: Path, *, repair: bool = True, is_owned: Callable[[str], bool] = nobody_owns,
-              min_age_s: float = RECONCILE_MIN_AGE_S) -> ReconcileReport:
+              min_age_s: float = RECONCILE_MIN_AGE_S, force: bool = False) -> ReconcileReport:
     """Make the registry and the files agree after a crash: no row without files, no file without row.
 
     `is_owned(voice_id)` says whether a live owner (a fine-tuning job holding a lease) is working on
     a `pending` or `processing` voice; only rows whose owner is gone are marked failed. Stray
-    directories changed in the last `min_age_s` seconds are reported as young and left alone.
+    directories changed in the last `min_age_s` seconds are reported as young and left alone, and
+    only names this service makes are ever removed. When more voices disagree than agree (a wrong
+    data directory or database, not a crash), no row is failed and no voice directory removed
+    unless `force`: `held_back` says why.
     """
     report = ReconcileReport()
-    voices = {voice.id: voice for voice in list_voices()}
-    for voice in voices.values():
-        if voice.kind == VoiceKind.builtin:
-            continue
-        if voice.status == VoiceStatus.ready and not _files_present(data_dir, voice):
-            if _being_deleted(data_dir, voice.id, min_age_s):
-                continue  # its files are in a young trash: they come back if the delete fails
-            report.missing_files.append(voice.id)
-            if repair:
-                voice.status, voice.error = VoiceStatus.failed, "Voice files are missing."
+    rows = {voice.id: voice for voice in list_voices() if voice.kind != VoiceKind.builtin}
+    present = 0  # ready voices whose files are in place
+    for voice in rows.values():
+        has_files = _files_present(data_dir, voice)
+        if voice.status == VoiceStatus.ready:
+            present += has_files
+            if not has_files:
+                report.missing_files.append(voice.id)
+        elif voice.status == VoiceStatus.failed and voice.error == MISSING_FILES and has_files:
+            report.restored.append(voice.id)
         elif voice.status in (VoiceStatus.pending, VoiceStatus.processing) and not is_owned(voice.id):
             # Enrolment is synchronous: after a restart only an owner's job can still be working.
             report.stale_rows.append(voice.id)
-            if repair:
-                voice.status, voice.error = VoiceStatus.failed, "Interrupted by a restart."
-    if data_dir.is_dir():
-        for entry in sorted(data_dir.iterdir()):
-            if entry.name == JOBS_DIR:
-                continue  # each job's own files: its runner and the job's end remove them
-            if entry.name in voices:
-                continue
-            if _seconds_since_change(entry) < min_age_s:
-                report.young_dirs.append(entry.name)
-                continue
-            if entry.name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
-                report.temp_dirs.append(entry.name)
-            else:
-                report.orphan_dirs.append(entry.name)
-            if repair:
-                remove_path(entry)
+    with_row = 0  # voice directories that have their row
+    for entry in sorted(data_dir.iterdir()) if data_dir.is_dir() else ():
+        if entry.name == JOBS_DIR:
+            continue  # each job's own files: its runner and the job's end remove them
+        if entry.name in rows:
+            with_row += 1
+        elif not is_service_entry(entry.name):
+            report.foreign.append(entry.name)
+        elif _seconds_since_change(entry) < min_age_s:
+            report.young_dirs.append(entry.name)
+        elif entry.name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+            report.temp_dirs.append(entry.name)
+        else:
+            report.orphan_dirs.append(entry.name)
+    if not force:
+        report.held_back = _unrelated(data_dir, report, present, with_row)
     if repair and report.changed:
-        commit()
+        _repair(data_dir, report, rows)
     return report
+
+
+def _unrelated(data_dir: Path, report: ReconcileReport, present: int, with_row: int) -> str | None:
+    """Why the registry and the data directory look like a wrong pairing rather than a crash's, or None."""
+    if report.missing_files and not data_dir.is_dir():
+        return f"the data directory {data_dir} does not exist"
+    if len(report.missing_files) > present:
+        return (f"{len(report.missing_files)} ready voices have no files and only {present} have theirs "
+                f"in {data_dir}")
+    if len(report.orphan_dirs) > with_row:
+        return f"{len(report.orphan_dirs)} voice directories have no row and only {with_row} have one"
+    return None
+
+
+def _repair(data_dir: Path, report: ReconcileReport, rows: dict[str, Voice]) -> None:
+    if not report.held_back:
+        for voice_id in report.missing_files:
+            rows[voice_id].status, rows[voice_id].error = VoiceStatus.failed, MISSING_FILES
+        for name in report.orphan_dirs:
+            remove_path(data_dir / name)
+    for voice_id in report.restored:
+        rows[voice_id].status, rows[voice_id].error = VoiceStatus.ready, None
+    for voice_id in report.stale_rows:
+        rows[voice_id].status, rows[voice_id].error = VoiceStatus.failed, "Interrupted by a restart."
+    for name in report.temp_dirs:
+        remove_path(data_dir / name)
+    commit()
 
 
 def _seconds_since_change(path: Path) -> float:
@@ -217,11 +259,6 @@ def _seconds_since_change(path: Path) -> float:
     except FileNotFoundError:
         return 0.0
     return time.time() - newest
-
-
-def _being_deleted(data_dir: Path, voice_id: str, min_age_s: float) -> bool:
-    """Whether a delete of this voice has moved its files to the trash in the last `min_age_s` seconds."""
-    return any(_seconds_since_change(trash) < min_age_s for trash in trash_dirs(data_dir, voice_id))
 
 
 def _files_present(data_dir: Path, voice: Voice) -> bool:
@@ -238,9 +275,19 @@ def reconcile_at_startup(app: Flask) -> ReconcileReport | None:
         from voiceforge.jobs import store  # jobs -> voices: imported here
 
         report = reconcile(Path(app.config["DATA_DIR"]), is_owned=store.owned_voice_ids().__contains__)
+    if report.held_back:
+        log.error("startup reconcile failed no row and removed no voice directory: %s. Is "
+                  "VOICEFORGE_DATA_DIR the right (mounted) directory and VOICEFORGE_DATABASE_URL the "
+                  "right database? If they are, "
+                  "`flask --app voiceforge voices reconcile --force` repairs: rows without files %s, "
+                  "directories without rows %s", report.held_back, report.missing_files, report.orphan_dirs)
     if report.changed:
-        log.warning("startup reconcile repaired: missing files %s, interrupted %s, orphans %s, temp %s",
-                    report.missing_files, report.stale_rows, report.orphan_dirs, report.temp_dirs)
+        held = bool(report.held_back)
+        log.warning("startup reconcile repaired: missing files %s, orphans %s, restored %s, interrupted %s, "
+                    "temp %s", [] if held else report.missing_files, [] if held else report.orphan_dirs,
+                    report.restored, report.stale_rows, report.temp_dirs)
+    if report.foreign:
+        log.info("the data directory holds entries this service never makes, left alone: %s", report.foreign)
     if report.young_dirs:
         log.info("startup reconcile left %d recent stray directories for a later run (another instance "
                  "may be writing them): %s", len(report.young_dirs), report.young_dirs)
