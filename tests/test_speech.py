@@ -15,6 +15,7 @@ from tests.support.registry import files_under
 from voiceforge.models import Voice, VoiceStatus
 from voiceforge.services import engine as engine_module
 from voiceforge.services.engine import Engine, Latents
+from voiceforge.services.text import clean_text
 
 RATE = 22050
 
@@ -237,6 +238,16 @@ def test_bad_tts_requests_get_clear_4xx(client, body: dict, status: int, detail:
     response = client.post("/api/tts", json=body)
     assert response.status_code == status, response.json
     assert detail in response.json["detail"]
+
+
+def test_the_text_limit_holds_for_what_is_spoken_not_only_for_what_is_sent(make_app) -> None:
+    client = make_app(MAX_TEXT_CHARS=100).test_client()
+    over = client.post("/api/tts", json={"text": "a" * 101, "voiceId": "default-female"})
+    assert over.status_code == 422 and over.json["detail"] == "Text is 101 characters long; the limit is 100."
+    # NFKC spells U+FDFA out as 18 characters: 10 of them would speak 180.
+    expanding = client.post("/api/tts", json={"text": "\ufdfa" * 10, "voiceId": "default-female"})
+    assert expanding.status_code == 422 and "180 characters long once normalised" in expanding.json["detail"]
+    assert clean_text("\ufb01" * 50, max_chars=100) == "fi" * 50  # within the limit once spelt out: fine
 
 
 def test_nan_and_infinity_are_rejected(client) -> None:

@@ -47,7 +47,7 @@ def recordings_from_body(runtime: Runtime, samples: list[dict], main_audio: byte
 def clean_transcript(text: str | None) -> str | None:
     """A recording's text, cleaned as speech text is; None when it has nothing to say ("   ", "...")."""
     try:
-        return clean_text(text, max_chars=len(text)) if text is not None else None
+        return clean_text(text, max_chars=None) if text is not None else None
     except Unprocessable:
         return None
 

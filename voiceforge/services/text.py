@@ -16,9 +16,13 @@ CLAUSE_END = re.compile(r"(?<=[,，、:：—–])\s*")
 DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "So", "Sk"}
 
 
-def clean_text(text: str, *, max_chars: int) -> str:
-    """NFKC-normalise, drop invisible and pictographic characters, collapse whitespace; 422 if empty."""
-    if len(text) > max_chars:
+def clean_text(text: str, *, max_chars: int | None) -> str:
+    """NFKC-normalise, drop invisible and pictographic characters, collapse whitespace; 422 if empty.
+
+    `max_chars` bounds the text as given and as it will be spoken: NFKC can make one character
+    eighteen (U+FDFA), so a text within the limit could otherwise speak many times it.
+    """
+    if max_chars is not None and len(text) > max_chars:
         raise Unprocessable(f"Text is {len(text)} characters long; the limit is {max_chars}.")
     normalised = unicodedata.normalize("NFKC", text)
     kept = "".join(" " if ch.isspace() else ch for ch in normalised
@@ -26,6 +30,9 @@ def clean_text(text: str, *, max_chars: int) -> str:
     cleaned = re.sub(r"\s+", " ", kept).strip()
     if not any(ch.isalnum() for ch in cleaned):
         raise Unprocessable("Text has nothing to speak: it needs at least one letter or digit.")
+    if max_chars is not None and len(cleaned) > max_chars:
+        raise Unprocessable(f"Text is {len(cleaned)} characters long once normalised (NFKC: ligatures and "
+                            f"compatibility characters spelt out); the limit is {max_chars}.")
     return cleaned
 
 
