@@ -46,7 +46,11 @@ def _count(name: str, default: int, minimum: int) -> int:
 # 2 GB on a GPU): keep workers few.
 workers = _count("VOICEFORGE_WORKERS", 1, minimum=1)
 worker_class = "gthread"
-threads = _count("VOICEFORGE_THREADS", 8, minimum=1)
+# Every request being spoken or waiting for the model holds a thread (VOICEFORGE_INFERENCE_QUEUE_SIZE
+# of them): unset, threads are that plus 8 (set in on_starting), so that while the queue is full health
+# checks, listings and the queue's own 503 still find a thread at once.
+threads = _count("VOICEFORGE_THREADS", 16, minimum=1)
+_SPARE_THREADS = 8
 preload_app = False
 # Synthesis of long text on a CPU can take minutes; a worker is not hung while it speaks.
 timeout = _count("VOICEFORGE_TIMEOUT", 600, minimum=0)
@@ -86,7 +90,18 @@ def on_starting(server) -> None:
         sys.exit(f"voiceforge: {error.message}")
     reconcile_at_startup(app)
     warn_if_no_model(get_runtime(app))
-    server.voiceforge_settings = get_runtime(app).settings
+    server.voiceforge_settings = settings = get_runtime(app).settings
+    _size_threads(server, settings.inference_queue_size)
+
+
+def _size_threads(server, queue_size: int) -> None:
+    """Threads beyond the inference queue's places (see `threads` above); a warning when set too few."""
+    if "VOICEFORGE_THREADS" not in os.environ and server.cfg.threads == threads:  # not set by hand or -t
+        server.cfg.set("threads", queue_size + _SPARE_THREADS)
+    elif server.cfg.threads <= queue_size:
+        server.log.warning("%d threads are not more than VOICEFORGE_INFERENCE_QUEUE_SIZE=%d: while the queue "
+                           "is full, every thread is speaking and health checks and the queue's 503 wait "
+                           "for one", server.cfg.threads, queue_size)
 
 
 def when_ready(server) -> None:

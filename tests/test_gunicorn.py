@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -194,3 +196,41 @@ def test_an_early_rejection_keeps_the_connection_usable(server: Server) -> None:
                                 headers={"Content-Type": "audio/wav"})
         assert rejected.status_code == 415
         assert session.get(server.url + "/healthz", timeout=10).status_code == 200  # same connection
+
+
+def test_a_full_inference_queue_leaves_threads_for_health_checks_and_its_503(tmp_path: Path,
+                                                                              checkpoint_dir: Path) -> None:
+    """Every queue place held by a long stream: /healthz and the queue's own 503 must still find a
+    thread, so the default threads outnumber the default queue places (8)."""
+    server = start_server(tmp_path, checkpoint_dir)
+    # Near the default 5,000-character limit: minutes of speech, far more than the sockets can buffer.
+    text = " ".join(f"Sentence number {i} of a long text that keeps its stream busy." for i in range(75))
+    with ThreadPoolExecutor(max_workers=8) as pool:  # together: all in flight long before any ends
+        streams = list(pool.map(lambda _: _slow_reader(server, "/api/tts/stream",
+                                                       {"text": text, "voiceId": "default-male"}), range(8)))
+    try:
+        assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
+        one_more = {"text": "One more.", "voiceId": "default-male"}
+        refused = requests.post(server.url + "/api/tts", json=one_more, timeout=30)
+        assert refused.status_code == 503 and refused.json()["code"] == "busy"
+        assert refused.headers["Retry-After"]
+        assert "not more than VOICEFORGE_INFERENCE_QUEUE_SIZE" not in server.log.read_text()
+    finally:
+        for stream in streams:
+            stream.close()
+        stop_server(server)
+
+
+def _slow_reader(server: Server, path: str, body: dict) -> socket.socket:
+    """A streaming request whose client has read its status line and then reads nothing (a tiny receive
+    buffer soon makes the server's writes wait): it keeps its thread and its queue place."""
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: sets the TCP window
+    sock.settimeout(30)
+    sock.connect((host, int(port)))
+    payload = json.dumps(body).encode()
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    assert sock.recv(12) == b"HTTP/1.1 200"  # speaking: its place in the queue is taken
+    return sock

@@ -59,7 +59,6 @@ def start_server(tmp: Path, checkpoint_dir: Path, port: int | None = None, args:
         "VOICEFORGE_INSTANCE_PATH": str(tmp),
         "VOICEFORGE_BIND": f"127.0.0.1:{port}",
         "VOICEFORGE_WORKERS": "1",
-        "VOICEFORGE_THREADS": "8",
         **env,
     }
     bin_dir = Path(sys.executable).parent
