@@ -23,7 +23,11 @@ from tests.support.finetune import (
     wait_for,
 )
 from tests.support.registry import files_under
-from voiceforge.jobs.runner import JobRunner
+from voiceforge.jobs import finetune, store
+from voiceforge.jobs.runner import JobCancelled, JobRunner, LeaseLost
+from voiceforge.models import JobState
+from voiceforge.runtime import get_runtime
+from voiceforge.services import voices
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +143,8 @@ def test_a_second_job_for_a_voice_is_409_and_cancel_stops_a_queued_one(ft_client
     assert again.status_code == 409 and "already" in again.json["detail"]
     cancelled = ft_client.post(f"/api/jobs/{queued['jobId']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json["state"] == "cancelled"
+    data_dir = Path(ft_client.application.config["DATA_DIR"])
+    assert not (data_dir / ".jobs" / queued["jobId"]).exists()  # its recordings go with it
     retried = ft_client.post(f"/api/voices/{queued['modelId']}/fine-tune", json={"samples": samples()})
     assert retried.status_code == 202 and retried.json["jobId"] != queued["jobId"]
     listed = ft_client.get(f"/api/jobs?voiceId={queued['modelId']}").json["jobs"]
@@ -236,8 +242,93 @@ def test_the_jobs_cli_queues_lists_shows_cancels_and_retries(ft_app: Flask, ft_c
     listed = json.loads(cli.invoke(args=["jobs", "list", "--voice", voice_id, "--json"]).output)
     assert [(job["id"], job["state"], job["epochs"]) for job in listed] == [(job_id, "queued", 3)]
     assert "queued" in cli.invoke(args=["jobs", "show", job_id]).output
-    assert cli.invoke(args=["jobs", "retry", job_id]).exit_code == 1  # only failed or cancelled ones
+    assert cli.invoke(args=["jobs", "retry", job_id]).exit_code == 0  # queued: its task is sent again
     assert "cancelled" in cli.invoke(args=["jobs", "cancel", job_id]).output
+    cancelled = cli.invoke(args=["jobs", "retry", job_id])
+    assert cancelled.exit_code == 1 and "was cancelled, which removed its recordings" in cancelled.output
+    queued = cli.invoke(args=["voices", "finetune", voice_id, *map(str, files), "--transcripts",
+                              str(transcripts)])
+    job_id = queued.output.split()[2].rstrip(".")
+    with ft_app.app_context():
+        store.finish(store.get_job(job_id), JobState.failed, error="The trainer exited with 1.")
     assert cli.invoke(args=["jobs", "retry", job_id]).exit_code == 0
     assert ft_client.get(f"/api/jobs/{job_id}").json["state"] == "queued"
     assert "not found" in cli.invoke(args=["jobs", "show", "nope"]).output
+
+
+def test_cancelling_a_job_whose_runner_died_ends_it_at_once(ft_client: FlaskClient, ft_app: Flask) -> None:
+    """Nobody is left to notice the request: waiting for one would keep the voice locked for hours."""
+    queued = enrol_with_fine_tuning(ft_client).json
+    with ft_app.app_context():
+        store.claim(queued["jobId"], "a-runner-that-died", lease_seconds=-1)  # its lease has run out
+    cancelled = ft_client.post(f"/api/jobs/{queued['jobId']}/cancel").json
+    assert cancelled["state"] == "cancelled" and cancelled["message"] == "Cancelled (its runner had stopped)."
+    assert not (Path(ft_app.config["DATA_DIR"]) / ".jobs" / queued["jobId"]).exists()
+    again = ft_client.post(f"/api/voices/{queued['modelId']}/fine-tune", json={"samples": samples()})
+    assert again.status_code == 202
+
+
+def test_a_runner_that_lost_its_lease_leaves_the_work_to_the_new_owner(
+        ft_client: FlaskClient, ft_app: Flask) -> None:
+    queued = enrol_with_fine_tuning(ft_client).json
+
+    def lease_lost_once_the_dataset_is_ready(force: bool = False, **fields: object) -> None:
+        if "dataset_seconds" in fields:
+            raise LeaseLost()
+
+    with ft_app.app_context(), pytest.raises(LeaseLost):
+        finetune.run_finetune(get_runtime(ft_app), store.get_job(queued["jobId"]),
+                              lease_lost_once_the_dataset_is_ready)
+    work = Path(ft_app.config["DATA_DIR"]) / ".jobs" / queued["jobId"]
+    assert (work / "dataset" / "metadata_train.csv").is_file() and (work / "inputs").is_dir()
+
+
+def test_a_cancel_that_comes_after_the_voice_switched_loses(ft_client: FlaskClient, ft_app: Flask,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Job and voice must agree: a voice speaking with its new weights belongs to a succeeded job."""
+    queued = enrol_with_fine_tuning(ft_client).json
+    switched = []
+    monkeypatch.setattr(finetune, "prepare_dataset", lambda *_args: Path("dataset"))
+    monkeypatch.setattr(finetune, "train", lambda *_args: Path("checkpoint.pth"))
+    monkeypatch.setattr(finetune, "switch_voice", lambda *_args: switched.append(True))
+
+    def cancel_asked_during_export(force: bool = False, **fields: object) -> None:
+        if fields.get("progress") == 1.0:
+            raise JobCancelled()
+
+    with ft_app.app_context():
+        finetune.run_finetune(get_runtime(ft_app), store.get_job(queued["jobId"]),
+                              cancel_asked_during_export)
+    assert switched == [True]
+
+
+def test_a_voice_deleted_while_its_job_exports_stays_deleted(ft_client: FlaskClient, ft_app: Flask,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its row (and the job's) goes first: the export must not make its directory again, and the
+    runner must end the job quietly rather than die on a row that is gone."""
+    queued = enrol_with_fine_tuning(ft_client).json
+    data_dir = Path(ft_app.config["DATA_DIR"])
+    read = voices.get_voice
+
+    def read_then_deleted(voice_id: str) -> object:
+        voice = read(voice_id)
+        monkeypatch.setattr(voices, "get_voice", read)
+        voices.delete_voice(voice_id, data_dir)  # the user deletes it as the export begins
+        return voice
+
+    def export_now(runtime: object, job: object, beat: object) -> None:
+        monkeypatch.setattr(voices, "get_voice", read_then_deleted)
+        finetune.switch_voice(runtime, job, Path("checkpoint.pth"))
+
+    job_runner = JobRunner(ft_app, work={"finetune": export_now})
+    with ft_app.app_context():
+        job = store.claim_next(job_runner.owner, job_runner.lease_seconds)
+    assert job_runner.execute(job.id) is None  # nothing to record: the job's row went with the voice
+    assert not (data_dir / queued["modelId"]).exists()
+    assert ft_client.get(f"/api/jobs/{job.id}").status_code == 404
+
+
+def test_an_undecodable_sample_is_named_by_its_place(ft_client: FlaskClient) -> None:
+    bad = [*samples()[:3], {"audioDataUri": "data:audio/wav;base64,aGVsbG8gd29ybGQ=", "text": "x"}]
+    refused = enrol_with_fine_tuning(ft_client, samples=bad)
+    assert refused.status_code == 415 and refused.json["detail"].startswith("Recording 5:"), refused.json

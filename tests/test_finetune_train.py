@@ -225,7 +225,7 @@ def test_terminate_cancels_within_seconds(runs: Runs) -> None:
 def exported(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from voiceforge.finetune.export import export_gpt
 
-    return export_gpt(runs.checkpoint, tmp_path_factory.mktemp("ft") / "voice" / "gpt.pth")
+    return export_gpt(runs.checkpoint, tmp_path_factory.mktemp("ft") / "gpt.pth")
 
 
 @pytest.fixture(scope="module")

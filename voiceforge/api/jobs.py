@@ -5,7 +5,9 @@ from __future__ import annotations
 from voiceforge.api import ApiBlueprint
 from voiceforge.jobs import store
 from voiceforge.models import Job, JobState
+from voiceforge.runtime import get_runtime
 from voiceforge.schemas import ErrorSchema, JobListSchema, JobQuerySchema, JobSchema
+from voiceforge.services import finetuning
 
 blp = ApiBlueprint("jobs", __name__, url_prefix="/api/jobs", description="Background fine-tuning jobs.")
 
@@ -39,4 +41,4 @@ def get_job(job_id: str) -> Job:
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
 def cancel_job(job_id: str) -> Job:
     """Cancel a job: a queued one at once, a running one within seconds (its files are removed)."""
-    return store.request_cancel(store.get_job(job_id))
+    return finetuning.cancel_job(get_runtime(), store.get_job(job_id))

@@ -85,13 +85,15 @@ class _Planned:
     fits_one_clip: bool
 
 
-def measure_speech(recordings: Sequence[Recording], *, max_seconds: float = DEFAULT_MAX_SECONDS) -> float:
+def measure_speech(recordings: Sequence[Recording], *, max_seconds: float = DEFAULT_MAX_SECONDS,
+                   first_number: int = 1) -> float:
     """Seconds of speech in all recordings: decode and VAD only, nothing written.
 
-    Raises UnsupportedMedia (415), naming the recording, for one that cannot be decoded.
+    Raises UnsupportedMedia (415), naming the recording (numbered from `first_number`), for one that
+    cannot be decoded.
     """
     total = 0.0
-    for number, recording in enumerate(recordings, 1):
+    for number, recording in enumerate(recordings, first_number):
         samples = _decode(number, recording, max_seconds)
         total += total_seconds(speech_segments(samples, SAMPLE_RATE))
     return total

@@ -70,7 +70,6 @@ def export_gpt(trainer_checkpoint: Path, out_path: Path) -> ExportedGpt:
         msg = f"{trainer_checkpoint} holds no {GPT_PREFIX}* weights: not an XTTS GPTTrainer checkpoint"
         raise ValueError(msg)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.partial-{os.getpid()}")
     try:
         with partial.open("wb") as handle:

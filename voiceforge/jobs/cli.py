@@ -64,10 +64,12 @@ def jobs_show(job_id: str, as_json: bool) -> None:
 def jobs_cancel(job_id: str) -> None:
     """Cancel a job (a running one stops within seconds)."""
     from voiceforge.jobs import store
+    from voiceforge.runtime import get_runtime
+    from voiceforge.services.finetuning import cancel_job
 
     job = store.get_job(job_id)
     already = job.state.finished
-    store.request_cancel(job)
+    cancel_job(get_runtime(), job)
     note = " (it had already ended: nothing to cancel)" if already else ""
     click.echo(f"{job.id}: {job.state.value}{' (stopping)' if job.cancel_requested else ''}{note}")
 
@@ -75,13 +77,12 @@ def jobs_cancel(job_id: str) -> None:
 @jobs_cli.command("retry")
 @click.argument("job_id")
 def jobs_retry(job_id: str) -> None:
-    """Queue a failed or cancelled job again."""
+    """Queue a failed job again, or send a queued one's task again (a cancelled job cannot be retried)."""
     from voiceforge.jobs import store
     from voiceforge.runtime import get_runtime
-    from voiceforge.services.finetuning import dispatch
+    from voiceforge.services.finetuning import retry_job
 
-    job = store.retry(store.get_job(job_id))
-    dispatch(get_runtime(), job)
+    job = retry_job(get_runtime(), store.get_job(job_id))
     click.echo(f"{job.id}: queued again")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from voiceforge.audio.decode import decode_audio
 from voiceforge.finetune.dataset import TRAIN_METADATA, build_dataset
-from voiceforge.jobs.runner import JobCancelled, ShuttingDown
+from voiceforge.jobs.runner import JobCancelled, LeaseLost, ShuttingDown
 from voiceforge.models import Job
 from voiceforge.runtime import Runtime
 from voiceforge.services import voices
@@ -43,14 +43,17 @@ def run_finetune(runtime: Runtime, job: Job, beat: Callable[..., None]) -> None:
     except JobCancelled:
         remove_path(work)  # a cancelled job leaves nothing behind
         raise
-    except ShuttingDown:
-        raise  # keep everything: another runner resumes from the checkpoint
+    except (ShuttingDown, LeaseLost):
+        raise  # keep everything: this runner or the one that took the job over resumes from the checkpoint
     except Exception:
         for name in ("run", "dataset", "export"):
             remove_path(work / name)  # the big files go; the recordings stay for a retry
         raise
     remove_path(work)
-    beat(force=True, progress=1.0, message="Fine-tuned: the voice now speaks with its own weights.")
+    try:
+        beat(force=True, progress=1.0, message="Fine-tuned: the voice now speaks with its own weights.")
+    except JobCancelled:  # too late: the voice already speaks with its new weights, so the job succeeded
+        log.info("job %s: cancel asked after the voice was switched; the job ends succeeded", job.id)
 
 
 def fine_tuning_base(runtime: Runtime) -> Path:
@@ -125,8 +128,9 @@ def train(runtime: Runtime, job: Job, base: Path, dataset_dir: Path, work: Path,
             if not process.alive:
                 process.join()
                 break
-    except (JobCancelled, ShuttingDown):
-        # SIGTERM: coqui's trainer stops; the newest complete checkpoint stays for a resume.
+    except (JobCancelled, ShuttingDown, LeaseLost):
+        # SIGTERM: coqui's trainer stops; the newest complete checkpoint stays for a resume (by the
+        # runner that took the job over, when the lease was lost: two trainers must not share a run).
         process.terminate()
         raise
     if process.exitcode != 0 or process.checkpoint is None:
@@ -162,6 +166,8 @@ def switch_voice(runtime: Runtime, job: Job, checkpoint: Path) -> None:
     voice = voices.get_voice(job.voice_id)
     data_dir = runtime.settings.data_dir
     directory = data_dir / voice.id
+    if not directory.is_dir():  # deleted since it was read (the row goes first): never make it again
+        raise RuntimeError(f"Voice {voice.id} has no directory any more (deleted?); nothing was changed.")
     weights_name, latents_name = f"gpt-{job.id[:12]}.pth", f"latents-{job.id[:12]}.pth"
     old = [voice.latents_path, voice.weights_path]
     try:

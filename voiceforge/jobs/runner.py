@@ -19,8 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.orm.exc import StaleDataError
 
 from voiceforge import logs, metrics
+from voiceforge.db import db
+from voiceforge.errors import NotFound
 from voiceforge.jobs import store
 from voiceforge.models import Job, JobState
 from voiceforge.runtime import get_runtime
@@ -142,9 +145,8 @@ class JobRunner:
             try:
                 self.work[job.kind](runtime, job, beat)
             except JobCancelled:
-                store.finish(store.get_job(job_id), JobState.cancelled, message="Cancelled.")
                 log.info("job %s cancelled", job_id)
-                return JobState.cancelled
+                return _finish(job_id, JobState.cancelled, message="Cancelled.")
             except LeaseLost:
                 log.warning("job %s: lease lost to another runner; stopping", job_id)
                 return None
@@ -154,10 +156,19 @@ class JobRunner:
                 return JobState.queued
             except Exception as error:  # any failure ends the job with its reason, never a stuck row
                 log.exception("job %s failed", job_id)
-                store.finish(store.get_job(job_id), JobState.failed, error=str(error) or type(error).__name__,
-                             message="Failed.")
-                return JobState.failed
+                return _finish(job_id, JobState.failed, error=str(error) or type(error).__name__,
+                               message="Failed.")
             else:
-                store.finish(store.get_job(job_id), JobState.succeeded)
                 log.info("job %s succeeded", job_id)
-                return JobState.succeeded
+                return _finish(job_id, JobState.succeeded)
+
+
+def _finish(job_id: str, state: JobState, **fields: Any) -> JobState | None:
+    """Record how a job ended; None when its row is gone (its voice was deleted, taking its jobs)."""
+    try:
+        store.finish(store.get_job(job_id), state, **fields)
+    except (NotFound, StaleDataError):
+        db.session.rollback()
+        log.info("job %s ended %s, but its row is gone (its voice was deleted)", job_id, state.value)
+        return None
+    return state

@@ -54,9 +54,15 @@ def latest_job(voice_id: str) -> Job | None:
 
 
 def request_cancel(job: Job) -> Job:
-    """Cancel a queued job at once; ask a running one's runner to stop (it does within seconds)."""
+    """Cancel a queued job at once; ask a running one's runner to stop (it does within seconds).
+
+    A running job whose runner's lease ran out (the runner died, and no other has claimed it yet)
+    is cancelled at once too: nobody is there to notice the request.
+    """
     if job.state == JobState.queued:
         finish(job, JobState.cancelled, message="Cancelled before it started.")
+    elif job.state == JobState.running and job.lease_expires_at and job.lease_expires_at < utcnow():
+        finish(job, JobState.cancelled, message="Cancelled (its runner had stopped).")
     elif job.state == JobState.running:
         job.cancel_requested = True
         job.message = "Cancelling…"
@@ -65,9 +71,12 @@ def request_cancel(job: Job) -> Job:
 
 
 def retry(job: Job) -> Job:
-    """Queue a failed or cancelled job again, from its last checkpoint if it has one."""
-    if job.state not in (JobState.failed, JobState.cancelled):
-        raise Conflict(f"Job {job.id} is {job.state.value}; only failed or cancelled jobs can be retried.")
+    """Queue a failed job again, from its last checkpoint if it has one."""
+    if job.state == JobState.cancelled:
+        raise Conflict(f"Job {job.id} was cancelled, which removed its recordings; start a new "
+                       "fine-tuning job instead.")
+    if job.state != JobState.failed:
+        raise Conflict(f"Job {job.id} is {job.state.value}; only failed jobs can be retried.")
     if active_job(job.voice_id) is not None:
         raise Conflict(f"Voice {job.voice_id!r} already has a fine-tuning job queued or running.")
     job.state, job.error, job.cancel_requested, job.attempts = JobState.queued, None, False, 0

@@ -12,7 +12,7 @@ from voiceforge.audio.datauri import parse_data_uri
 from voiceforge.errors import Conflict, Unprocessable
 from voiceforge.finetune.dataset import MAX_CLIP_SECONDS, Recording, measure_speech
 from voiceforge.jobs import store
-from voiceforge.models import Job, Voice, VoiceKind, VoiceStatus
+from voiceforge.models import Job, JobState, Voice, VoiceKind, VoiceStatus
 from voiceforge.runtime import Runtime
 from voiceforge.services import voices
 from voiceforge.services.storage import JOBS_DIR, TEMP_PREFIX, remove_path, storage_error, write_file_atomic
@@ -59,8 +59,9 @@ def check_recordings(runtime: Runtime, recordings: list[Recording]) -> float:
     one training clip (at most 11 s of speech); with it, text is optional.
     """
     settings = runtime.settings
-    per_recording = [measure_speech([recording], max_seconds=settings.finetune_max_sample_seconds)
-                     for recording in recordings]
+    per_recording = [measure_speech([recording], max_seconds=settings.finetune_max_sample_seconds,
+                                    first_number=number)
+                     for number, recording in enumerate(recordings, 1)]
     if not settings.asr_model:
         for index, (recording, seconds) in enumerate(zip(recordings, per_recording, strict=True)):
             name = f"Recording {index + 1} of {len(recordings)}"
@@ -118,6 +119,28 @@ def stored_recordings(directory: Path) -> list[Recording]:
     """The recordings a job was queued with."""
     manifest = json.loads((directory / INPUTS / "manifest.json").read_text())
     return [Recording((directory / INPUTS / entry["file"]).read_bytes(), entry["text"]) for entry in manifest]
+
+
+def cancel_job(runtime: Runtime, job: Job) -> Job:
+    """Cancel a job; one that ends at once (queued, or its runner gone) has its files removed now,
+    a running one's runner removes them as it stops (within seconds)."""
+    store.request_cancel(job)
+    if job.state == JobState.cancelled:
+        remove_path(job_dir(runtime, job.id))
+    return job
+
+
+def retry_job(runtime: Runtime, job: Job) -> Job:
+    """Queue a failed job again (409 when its recordings are gone), or send a queued one's task again
+    (Celery: a task lost with Redis's data); 409 for a running, succeeded or cancelled job."""
+    if job.state == JobState.queued:
+        dispatch(runtime, job)  # a job runs once however many tasks name it
+        return job
+    if job.state == JobState.failed and not (job_dir(runtime, job.id) / INPUTS / "manifest.json").is_file():
+        raise Conflict(f"Job {job.id}'s recordings are gone; start a new fine-tuning job instead.")
+    store.retry(job)
+    dispatch(runtime, job)
+    return job
 
 
 def dispatch(runtime: Runtime, job: Job) -> None:
