@@ -34,6 +34,7 @@ pytestmark = pytest.mark.slow  # a real redis-server and Celery worker processes
 pytest.importorskip("celery", reason="celery is not installed (requirements.txt pins it)")
 redis = pytest.importorskip("redis", reason="the redis client is not installed (requirements.txt pins it)")
 
+CELERY = Path(sys.executable).parent / "celery"  # the script README's `celery -A …` runs
 VISIBILITY_SECONDS = 8  # Redis hands a dead worker's task to another worker after this
 FINISHED = {"succeeded", "failed", "cancelled"}
 # The web app and every worker share these (and the database, the data and the model directories).
@@ -97,14 +98,17 @@ def start_worker(celery_app: Flask, tmp_path: Path) -> Iterator[Callable[[str], 
     shared = {"DATABASE_URL": config["DATABASE_URL"], "DATA_DIR": config["DATA_DIR"],
               "MODEL_DIR": config["MODEL_DIR"], "CELERY_BROKER_URL": config["CELERY_BROKER_URL"],
               "INSTANCE_PATH": str(tmp_path), **SETTINGS}
-    environment = {**os.environ, "PYTHONPATH": str(ROOT),
+    # No PYTHONPATH: the worker must find the project as README's command line leaves it, with the
+    # checkout on sys.path only while `celery -A` loads the app (the trainer child must still import it).
+    environment = {**{key: value for key, value in os.environ.items() if key != "PYTHONPATH"},
                    **{f"VOICEFORGE_{key}": str(value) for key, value in shared.items()}}
     workers: list[Worker] = []
 
     def start(name: str) -> Worker:
         log = tmp_path / f"worker-{name}.log"
-        # The documented command line; its own process group, so kill -9 takes its pool and trainer too.
-        command = [sys.executable, "-m", "celery", "-A", "voiceforge.jobs.celery_backend", "worker",
+        # README's command line, with the `celery` script (`python -m celery` would put the checkout on
+        # sys.path for good); its own process group, so kill -9 takes its pool and trainer too.
+        command = [str(CELERY), "-A", "voiceforge.jobs.celery_backend", "worker",
                    "--loglevel=INFO", "--concurrency=1", "-Q", "voiceforge", "-n", f"{name}@%h",
                    "--without-gossip", "--without-mingle", "--without-heartbeat"]
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log.open("wb"),

@@ -622,6 +622,7 @@ class TrainingProcess:
         self.last_progress: dict[str, Any] | None = None
         self.checkpoint: Path | None = None  # the final trainer checkpoint, once training succeeded
         self.error: str | None = None  # why training failed, when the child said so
+        self._heard = False  # whether the child sent any event (see _explain_early_exit)
         self._reader = threading.Thread(target=self._read, name="voiceforge-training-events", daemon=True)
         self._reader.start()
 
@@ -631,6 +632,7 @@ class TrainingProcess:
                 event = self._conn.recv()
             except (EOFError, OSError):
                 break  # the child exited (or was killed): nothing more will come
+            self._heard = True
             if event.get("event") == "progress":
                 self.last_progress = event
             elif event.get("event") == "finished":
@@ -671,7 +673,16 @@ class TrainingProcess:
         self._process.join(timeout)
         if self._process.exitcode is not None:
             self._reader.join(timeout=5)
+            self._explain_early_exit()
         return self._process.exitcode
+
+    def _explain_early_exit(self) -> None:
+        """Say where to look when the child failed before it could report (its stderr was still ours)."""
+        # Exit status 1 with no event: Python's own exit on an uncaught error in spawn's bootstrap (the
+        # package not importable) or before the child redirected its output to train.log.
+        if self._process.exitcode == 1 and self.error is None and not self._heard:
+            self.error = ("the trainer process failed before training began (exit status 1); its traceback "
+                          "is in the log (stderr) of the process that started it, not in train.log")
 
     def terminate(self, grace_s: float = 2.0) -> int | None:
         """Cancel: SIGTERM, then SIGKILL after grace_s. Safe at any moment: checkpoints are written
@@ -697,6 +708,7 @@ def start_training(plan: TrainingPlan, *, log_level: int = logging.INFO) -> Trai
     Missing input files raise FileNotFoundError here, before any process starts.
     """
     check_inputs(plan)
+    _make_importable_in_children()
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold threads and CUDA
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child_main, args=(plan, sender, log_level), name="voiceforge-finetune",
@@ -705,3 +717,15 @@ def start_training(plan: TrainingPlan, *, log_level: int = logging.INFO) -> Trai
     sender.close()  # only the child writes; its exit then reads as end-of-file here
     log.info("training started in process %s: %s", process.pid, plan.run_dir)
     return TrainingProcess(plan, process, receiver)
+
+
+def _make_importable_in_children() -> None:
+    """Put the directory that holds the voiceforge package on sys.path, which spawn children start with."""
+    # A spawn child imports voiceforge again to find _child_main, with the parent's sys.path (sent in
+    # multiprocessing's preparation data, replacing the child's own). That path need not hold the
+    # checkout: `celery -A voiceforge…` adds the working directory only while it loads the app. Appended,
+    # it shadows nothing: voiceforge was imported from there already, and earlier entries keep their
+    # precedence. For an installed package the directory is site-packages, already on the path.
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.append(root)
