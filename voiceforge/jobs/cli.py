@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from flask import current_app
@@ -13,6 +17,13 @@ from flask.cli import with_appcontext
 
 from voiceforge.commands import CommandGroup
 from voiceforge.schemas import JobSchema
+
+if TYPE_CHECKING:
+    from voiceforge.jobs.runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+PARENT_POLL_SECONDS = 1.0  # how soon a supervised runner notices that its parent died
 
 jobs_cli = CommandGroup("jobs", help="Fine-tuning jobs: list, inspect, cancel, retry, and run a worker.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -87,7 +98,10 @@ def jobs_retry(job_id: str) -> None:
 
 
 @jobs_cli.command("worker")
-def jobs_worker() -> None:
+@click.option("--parent-pid", type=int, default=None,
+              help="Stop, as on SIGTERM, once this process is no longer the parent (gunicorn's master "
+                   "passes its own pid).")
+def jobs_worker(parent_pid: int | None) -> None:
     """Run a job runner here until SIGTERM/SIGINT (needs the same database and data directory)."""
     from voiceforge.jobs.runner import JobRunner
     from voiceforge.logs import configure_logging
@@ -103,7 +117,25 @@ def jobs_worker() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if parent_pid is not None:
+        _stop_when_orphaned(runner, parent_pid)
     runner.run_forever()
+
+
+def _stop_when_orphaned(runner: JobRunner, parent_pid: int) -> None:
+    """Stop the runner as SIGTERM does once parent_pid is no longer this process's parent."""
+    # A dead parent's children are re-parented (to init or a subreaper), so getppid() changes: a poll
+    # that a pid reused by another process cannot fool, and portable. PR_SET_PDEATHSIG would need
+    # ctypes and a preexec_fn in a threaded master, and fires when the *thread* that started us ends.
+    # Comparing with the pid given (not getppid() at start) also catches a parent that died already.
+    def watch() -> None:
+        while not runner.stopping.wait(PARENT_POLL_SECONDS):
+            if os.getppid() != parent_pid:
+                log.warning("job runner: its parent process %d is gone; stopping", parent_pid)
+                runner.stop()  # as SIGTERM does: running jobs stop and are given back
+                return
+
+    threading.Thread(target=watch, name="voiceforge-parent-watch", daemon=True).start()
 
 
 @click.command("finetune")

@@ -21,8 +21,10 @@ RUNNER_COMMAND = (sys.executable, "-m", "flask", "--app", "voiceforge", "jobs", 
 class RunnerSupervisor:
     """Start the runner, restart it whenever it exits (kill -9, out of memory), stop it on shutdown."""
 
-    def __init__(self, command: tuple[str, ...] = RUNNER_COMMAND, restart_delay: float = 1.0) -> None:
-        self.command = command
+    def __init__(self, command: tuple[str, ...] | None = None, restart_delay: float = 1.0) -> None:
+        # --parent-pid: a master killed outright (kill -9 of it alone) runs no on_exit hook; the runner
+        # then stops by itself instead of claiming jobs for ever beside the next start's runner.
+        self.command = command or (*RUNNER_COMMAND, "--parent-pid", str(os.getpid()))
         self.restart_delay = restart_delay
         self.process: subprocess.Popen | None = None
         self.restarts = 0
