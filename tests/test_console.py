@@ -8,6 +8,7 @@ screenshot, the page's HTML and its console log in test-artifacts/.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -357,3 +358,52 @@ def test_a_fine_tuning_jobs_progress_bar_reaches_100_percent(driver, trainable: 
         if page.job_card().find_elements("css selector", ".actions") else True
     assert "was cancelled" in page.wait(lambda: "cancelled" in page.text("jobs-status")
                                         and page.text("jobs-status"), 30)
+
+
+def job_card_of(page: ConsolePage, name: str) -> list:
+    """The card of the job that fine-tunes the voice called `name` (a list: empty while there is none)."""
+    return [card for card in page.all("#job-list li")
+            if card.find_element("css selector", "h3").text == f"Fine-tuning {name}"]
+
+
+@slow
+def test_jobs_polling_survives_failed_polls_and_clears_the_error(page: ConsolePage, files: dict) -> None:
+    # Every GET /api/jobs fails, as during a server restart or a network blip, until the test lets it through.
+    page.script("""
+        const original = window.fetch;
+        window.jobsDown = true;
+        window.fetch = (url, init) => window.jobsDown && String(url).endsWith('api/jobs')
+          ? Promise.reject(new TypeError('Failed to fetch')) : original(url, init);
+    """)
+    page.choose_files(files["samples"])
+    status = page.create_voice("Blip", transcripts=TEXTS, epochs=1)
+    assert status.startswith("Blip is ready to speak now, and fine-tuning is queued"), status
+    page.wait(lambda: "could not be reached" in page.text("jobs-status"), 30, "the poll's error")
+    page.script("window.jobsDown = false")
+    # The page keeps polling: the job's card appears and reaches its end (this checkpoint cannot train).
+    page.wait(lambda: job_card_of(page, "Blip") and job_card_of(page, "Blip")[0].get_attribute("data-state")
+              == "failed", 120, "the job's card to reach its end")
+    assert "could not be reached" not in page.text("jobs-status")
+
+    # A wrong key's 401 is shown, and cleared once the right key loads the (non-empty) job list.
+    page.use_key("wrong-key")
+    page.wait(lambda: "valid API key is required" in page.text("jobs-status"), 30, "the 401")
+    page.use_key(KEY)
+    page.wait_for_voices()
+    page.wait(lambda: "valid API key" not in page.text("jobs-status"), 30, "the 401 to be cleared")
+    assert job_card_of(page, "Blip")
+
+
+@slow
+def test_jobs_queued_elsewhere_get_a_card(page: ConsolePage, keyed: Server, files: dict) -> None:
+    def uri(path: Path) -> str:
+        return "data:audio/wav;base64," + base64.b64encode(path.read_bytes()).decode()
+
+    first, *others = files["samples"]
+    answer = api(keyed, "POST", "/api/train-voice", json={
+        "modelName": "Queued elsewhere", "audioDataUri": uri(first), "transcript": TEXTS[0], "fineTune": True,
+        "epochs": 1, "samples": [{"audioDataUri": uri(path), "text": text}
+                                 for path, text in zip(others, TEXTS, strict=False)]})
+    assert answer.status_code in (200, 201, 202), answer.text
+    page.by_id("voices-refresh").click()  # the page did not start it: Refresh picks it up
+    page.wait(lambda: job_card_of(page, "Queued elsewhere"), 10, "the job's card")

@@ -112,6 +112,8 @@ function start() {
     jobs.refresh();
   };
   setupKey(reload);
+  // Refresh covers the jobs too: a voice made elsewhere may come with a fine-tuning job.
+  $('voices-refresh').addEventListener('click', () => reload());
   showReadiness();
   reload();
 }

@@ -1,11 +1,13 @@
 // Fine-tuning jobs: a live progress bar each (progress, epoch, loss, time left), cancel, the failure reason.
 // Polled once a second while a job is queued or running: the API has no push channel, and a job's row
-// changes at most once per training step anyway.
+// changes at most once per training step anyway. Otherwise polled slowly while the tab is visible, so
+// that jobs started elsewhere (the API, the CLI, another tab) get a card too.
 
 import {api} from './api.js';
 import {$, el, explain, facts, say} from './ui.js';
 
 const POLL_MS = 1000;
+const IDLE_POLL_MS = 15000; // no job active, or the server keeps failing
 const SHOWN = 20; // newest jobs listed
 const ACTIVE = new Set(['queued', 'running']);
 
@@ -16,6 +18,8 @@ export function setupJobs({onFinished, voiceName = (id) => id}) {
   const seen = new Map(); // job id -> {state, firstAt, firstProgress}: for announcements and time left
   let timer = null;
   let names = voiceName;
+  let active = false; // a job was queued or running at the last successful poll
+  let failures = 0; // polls failed in a row (a restart, a network blip, a wrong key)
 
   async function refresh() {
     clearTimeout(timer);
@@ -25,12 +29,28 @@ export function setupJobs({onFinished, voiceName = (id) => id}) {
       jobs = (await api('api/jobs')).jobs.slice(0, SHOWN);
     } catch (error) {
       say(status, explain(error), 'error');
+      failures += 1;
+      schedule();
       return;
     }
+    if (failures) say(status, ''); // the error is over; announce() may say something new
+    failures = 0;
+    active = jobs.some((job) => ACTIVE.has(job.state));
     announce(jobs);
     render(jobs);
-    if (jobs.some((job) => ACTIVE.has(job.state))) timer = setTimeout(refresh, POLL_MS);
+    schedule();
   }
+
+  function schedule() {
+    clearTimeout(timer);
+    timer = null;
+    // A failed poll never ends the polling: it backs off (2, 4, 8, 15 s) and recovers on its own.
+    const delay = failures ? Math.min(POLL_MS * 2 ** failures, IDLE_POLL_MS) : active ? POLL_MS : IDLE_POLL_MS;
+    if (active || !document.hidden) timer = setTimeout(refresh, delay);
+  }
+
+  // A hidden tab skips the slow poll; catch up as soon as it is shown again.
+  document.addEventListener('visibilitychange', () => { if (!document.hidden && !timer) refresh(); });
 
   function announce(jobs) {
     let finished = false;
