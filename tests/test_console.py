@@ -407,3 +407,24 @@ def test_jobs_queued_elsewhere_get_a_card(page: ConsolePage, keyed: Server, file
     assert answer.status_code in (200, 201, 202), answer.text
     page.by_id("voices-refresh").click()  # the page did not start it: Refresh picks it up
     page.wait(lambda: job_card_of(page, "Queued elsewhere"), 10, "the job's card")
+
+
+@slow
+def test_a_voice_deleted_elsewhere_leaves_the_list(page: ConsolePage, keyed: Server, files: dict) -> None:
+    ids = []
+    for name in ("Renamed elsewhere", "Deleted elsewhere"):
+        page.choose_files(files["samples"][:1])
+        assert page.create_voice(name) == f"{name} is ready: choose it under Speak."
+        ids.append(page.by_id("speak-voice").get_attribute("value"))
+    assert api(keyed, "DELETE", f"/api/voices/{ids[0]}").status_code == 204
+    page.voice_card(ids[0]).find_element("xpath", ".//button[text()='Rename']").click()
+    page.by_id(f"rename-{ids[0]}").send_keys(" again\n")
+    page.wait(lambda: not page.all(f'#voice-list li[data-voice-id="{ids[0]}"]'), 30, "the card to go")
+    assert page.text("voices-status") == "Renamed elsewhere is gone: it was deleted elsewhere."
+
+    assert api(keyed, "DELETE", f"/api/voices/{ids[1]}").status_code == 204
+    page.voice_card(ids[1]).find_element("xpath", ".//button[text()='Delete']").click()
+    page.driver.switch_to.alert.accept()
+    page.wait(lambda: not page.all(f'#voice-list li[data-voice-id="{ids[1]}"]'), 30, "the card to go")
+    assert page.text("voices-status") == "Deleted elsewhere is gone: it was deleted elsewhere."
+    assert not set(ids) & set(page.voice_options())

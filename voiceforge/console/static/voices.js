@@ -9,7 +9,6 @@ export function setupVoices({onChange}) {
   const status = $('voices-status');
   const select = $('speak-voice');
   let voices = [];
-  $('voices-refresh').addEventListener('click', () => refresh());
 
   async function refresh(selectId) {
     if (!voices.length) say(status, 'Loading voices…');
@@ -86,7 +85,8 @@ export function setupVoices({onChange}) {
         onChange();
         list.querySelector(`[data-voice-id="${CSS.escape(voice.id)}"] button`)?.focus();
       } catch (error) {
-        say(message, explain(error), 'error');
+        if (error.status === 404) await gone(voice);
+        else say(message, explain(error), 'error');
       }
     });
     button.setAttribute('aria-expanded', 'true');
@@ -105,8 +105,17 @@ export function setupVoices({onChange}) {
       onChange();
       $('voices-heading').focus(); // the card and its button are gone: keep the keyboard user here
     } catch (error) {
-      say(status, explain(error), 'error');
+      if (error.status === 404) await gone(voice);
+      else say(status, explain(error), 'error');
     }
+  }
+
+  /** A 404: the voice was deleted elsewhere (another tab, the API, the CLI); drop it instead of offering it. */
+  async function gone(voice) {
+    await refresh();
+    say(status, `${voice.name} is gone: it was deleted elsewhere.`, 'error');
+    onChange(); // its jobs went with it
+    $('voices-heading').focus(); // the card and its buttons are gone: keep the keyboard user here
   }
 
   return {
