@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -428,3 +429,57 @@ def test_a_voice_deleted_elsewhere_leaves_the_list(page: ConsolePage, keyed: Ser
     page.wait(lambda: not page.all(f'#voice-list li[data-voice-id="{ids[1]}"]'), 30, "the card to go")
     assert page.text("voices-status") == "Deleted elsewhere is gone: it was deleted elsewhere."
     assert not set(ids) & set(page.voice_options())
+
+
+@slow
+def test_only_one_speech_sounds_at_a_time(page: ConsolePage) -> None:
+    from selenium.webdriver.support.select import Select
+
+    # Keep every AudioContext the page makes, to see whether Web Audio still sounds.
+    hook = page.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+        window.contexts = [];
+        window.AudioContext = class extends window.AudioContext {
+          constructor(...args) { super(...args); window.contexts.push(this); }
+        };"""})
+    try:
+        page.open()
+        page.wait_for_voices()
+        page.script("document.getElementById('speak-text').value = arguments[0]", LONG_TEXT)
+        Select(page.by_id("speak-format")).select_by_value("mp3")
+        page.by_id("speak-button").click()
+        assert page.wait_for_status("speak-status", 180).startswith("Done: ")
+        audio = "document.getElementById('speak-audio')"
+        page.script(f"{audio}.currentTime = 0; {audio}.play()")  # the user plays the MP3 again
+        page.wait(lambda: page.script(f"return !{audio}.paused && {audio}.currentTime > 0"), 30,
+                  "the MP3 to play")
+        Select(page.by_id("speak-format")).select_by_value("wav")
+        page.by_id("speak-button").click()  # while the MP3 still plays
+        assert page.script(f"return {audio}.paused"), "the MP3 plays on under the WAV"
+        assert page.wait_for_status("speak-status", 180).startswith("Done: ")
+        assert page.script("return window.contexts.at(-1).state") != "closed"  # Web Audio played the WAV
+        # The player now holds the WAV: playing it there stops Web Audio instead of adding a second copy.
+        page.script(f"{audio}.play()")
+        page.wait(lambda: page.script("return window.contexts.at(-1).state") == "closed", 10,
+                  "Web Audio to stop")
+    finally:
+        page.driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
+                                    {"identifier": hook["identifier"]})
+
+
+@slow
+def test_long_unbroken_words_fit_a_phone(page: ConsolePage, files: dict, tmp_path: Path) -> None:
+    long_file = tmp_path / "Voice_Memo_20240517_143211_kitchen_take3_from_the_phone_recorder.wav"
+    shutil.copy(files["samples"][0], long_file)
+    name = "W" * 100
+    page.choose_files([long_file])
+    assert page.create_voice(name) == f"{name} is ready: choose it under Speak."  # in #create-status
+    voice_id = page.by_id("speak-voice").get_attribute("value")
+    page.voice_card(voice_id).find_element("xpath", ".//button[text()='Rename']").click()
+    page.choose_files([long_file])  # a take labelled with the file's name
+    try:
+        page.driver.set_window_size(360, 800)
+        page.wait(lambda: page.script("return window.innerWidth") <= 360, 10, "the narrow window")
+        assert page.script("const root = document.documentElement;"
+                           "return root.scrollWidth - root.clientWidth") <= 0  # no sideways scrolling
+    finally:
+        page.driver.set_window_size(1280, 1600)

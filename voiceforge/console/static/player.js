@@ -7,13 +7,20 @@ import {apiHeaders, ApiError, errorFrom} from './api.js';
 
 export const EXTENSIONS = {mp3: 'mp3', wav: 'wav', aac: 'aac', opus: 'ogg', flac: 'flac'};
 
-let current = null; // the speech playing now: {controller, context}
+let current = null; // the speech playing now: {controller, context, audio}
 
-/** Stop the speech that is playing or streaming, if any. */
+/** Silence the Web Audio playback of the current speech (a WAV), if any. */
+function stopWebAudio() {
+  if (current?.context) current.context.close().catch(() => {});
+  if (current) current.context = null;
+}
+
+/** Stop the speech that is playing or streaming, if any: only one speech may sound at a time. */
 export function stopSpeech() {
   if (!current) return;
   current.controller.abort();
-  if (current.context) current.context.close().catch(() => {});
+  stopWebAudio();
+  current.audio.pause();
   current = null;
 }
 
@@ -26,8 +33,11 @@ export function stopSpeech() {
 export async function streamSpeech(body, audio) {
   stopSpeech();
   if (audio.src.startsWith('blob:')) URL.revokeObjectURL(audio.src); // the last answer's MediaSource or file
+  // Empty the player: while a WAV streams on Web Audio, its Play must not bring back the last answer.
+  audio.removeAttribute('src');
+  audio.load();
   const controller = new AbortController();
-  current = {controller, context: null};
+  current = {controller, context: null, audio};
   const started = performance.now();
   const since = () => Math.round(performance.now() - started);
   const timings = {firstByte: null, playing: null, end: null};
@@ -77,6 +87,8 @@ export async function streamSpeech(body, audio) {
     audio.src = URL.createObjectURL(blob);
     // Web Audio has played it already; the element holds it for replay. Otherwise play it now.
     if (how === 'whole-file') audio.play().catch(() => {});
+    // Web Audio may still be sounding: the player's Play takes over instead of starting a second copy.
+    if (how === 'web-audio') audio.addEventListener('play', stopWebAudio, {once: true, signal: controller.signal});
   }
   return {blob, mime, how, complete, timings};
 }
