@@ -11,28 +11,12 @@ import pytest
 import requests
 
 from tests.support.finetune import TEXTS, build_training_checkpoint, recording
-from tests.support.server import Server, start_server, stop_server
+from tests.support.server import Server, runner_pids, start_server, stop_server
 
 pytestmark = pytest.mark.slow  # real gunicorn processes, real training
 
 SETTINGS = {"VOICEFORGE_FINETUNE_LEARNING_RATE": "1e-3", "VOICEFORGE_FINETUNE_MIN_SPEECH_SECONDS": "10",
             "VOICEFORGE_JOB_LEASE_SECONDS": "3", "VOICEFORGE_FINETUNE_SAVE_STEPS": "2"}
-
-
-def runner_pids(server: Server) -> list[int]:
-    """The job runner processes gunicorn's master started (`flask … jobs worker`)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == server.process.pid and b"worker" in command and b"jobs" in command:
-            pids.append(int(entry.name))
-    return pids
 
 
 def job(server: Server, job_id: str) -> dict:
@@ -66,11 +50,11 @@ def test_a_job_survives_kill_minus_9_of_its_runner_and_a_restart_of_the_service(
         # which claims the job when its lease expires and resumes from that checkpoint.
         before = wait(server, job_id, lambda j: j["step"] >= 4)
         assert before["state"] == "running" and before["attempts"] == 1, before
-        [runner] = runner_pids(server)
+        [runner] = runner_pids(server.process.pid)
         os.kill(runner, signal.SIGKILL)
         resumed = wait(server, job_id, lambda j: j["attempts"] == 2 and j["state"] == "running")
         assert resumed["attempts"] == 2, resumed
-        assert runner_pids(server) and runner not in runner_pids(server)
+        assert runner_pids(server.process.pid) and runner not in runner_pids(server.process.pid)
 
         # Then stop the whole service (SIGTERM) mid-job and start it again on the same data.
         wait(server, job_id, lambda j: j["step"] > before["step"])

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from tests.support.finetune import TEXTS, build_training_checkpoint, recording
-from tests.support.server import parent_pid, start_server
+from tests.support.server import runner_pids, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -63,22 +63,6 @@ def test_a_request_in_flight_when_sigterm_arrives_completes(tmp_path: Path, chec
     assert "Handling signal: term" in log and "route=/api/tts status=200" in log
 
 
-def runner_of(master: int) -> int:
-    """The job runner process (`flask … jobs worker`) that this gunicorn master started."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"jobs" in command and b"worker" in command and parent_pid(int(entry.name)) == master:
-                found.append(int(entry.name))
-        except (OSError, StopIteration):
-            continue  # it exited while we looked
-    assert len(found) == 1, found
-    return found[0]
-
-
 def job_row(database: Path, job_id: str) -> tuple[str, str]:
     """A job's state and message, straight from the SQLite database."""
     with contextlib.closing(sqlite3.connect(database)) as connection:
@@ -111,7 +95,7 @@ def test_the_job_runner_gives_its_job_back_and_exits_when_its_master_is_killed(
         while requests.get(f"{server.url}/api/jobs/{job_id}", timeout=10).json()["step"] < 2:
             assert time.monotonic() < deadline, "the job did not start training"
             time.sleep(0.3)
-        runner = runner_of(master)
+        [runner] = runner_pids(master)
 
         os.kill(master, signal.SIGKILL)  # the master alone, not its process group
         server.process.wait(10)

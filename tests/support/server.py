@@ -38,6 +38,22 @@ def parent_pid(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
 
 
+def runner_pids(master: int) -> list[int]:
+    """The job runner processes (`flask … jobs worker`) that a gunicorn master started."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = parent_pid(int(entry.name))
+        except (OSError, ValueError, StopIteration):
+            continue  # it exited while we looked
+        if parent == master and b"worker" in command and b"jobs" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
