@@ -183,6 +183,7 @@ def test_a_killed_worker_s_job_comes_back_and_resumes_from_its_checkpoint(
     # SIGTERM (docker stop, systemctl stop): the job checkpoints, is given back, and its task is sent again.
     second.process.send_signal(signal.SIGTERM)
     assert second.process.wait(60) == 0, second.text()[-4000:]
+    assert "training stopped with a checkpoint of every step done" in second.text(), second.text()[-4000:]
     given_back = client.get(f"/api/jobs/{job_id}").json
     assert given_back["state"] == "queued" and "resume" in given_back["message"], given_back
     third = start_worker("third")

@@ -66,6 +66,8 @@ def test_a_job_survives_kill_minus_9_of_its_runner_and_a_restart_of_the_service(
         log = server.log.read_text()
         assert log.count("training resumed from checkpoint") >= 2, log[-3000:]
         assert "given back for another runner to resume" in log
+        # SIGTERM let the trainer finish its step and save it: the restart trained nothing twice.
+        assert "training stopped with a checkpoint of every step done" in log, log[-3000:]
         voice = requests.get(f"{server.url}/api/voices/{voice_id}", timeout=10).json()
         assert voice["kind"] == "finetuned"
         tuned = [requests.post(f"{server.url}/api/tts", json=hello, timeout=120).json()["audioDataUri"]

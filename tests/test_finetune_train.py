@@ -218,6 +218,34 @@ def test_terminate_cancels_within_seconds(runs: Runs) -> None:
     assert runs.cancelled_exitcode in (-signal.SIGTERM, -signal.SIGKILL)
 
 
+def test_a_stopped_run_saves_every_step_and_resumes_at_the_next(base_dir: Path, dataset_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    # No periodic checkpoint would land in this run: whatever a resume keeps, the stop saved.
+    plan = TrainingPlan(base_dir=base_dir, dataset_dir=dataset_dir, language="en", run_dir=tmp_path / "run",
+                        epochs=EPOCHS, batch_size=1, grad_accum_steps=1, learning_rate=1e-3,
+                        save_every=1000, device="cpu")
+    proc = start_training(plan)
+    try:
+        watch(proc, lambda events: bool(progress(events)), timeout=120)
+        assert proc.stop(grace_s=60) is True, log_tail(plan.run_dir)
+    finally:
+        proc.kill()
+    events = proc.poll()
+    stopped = next(event for event in events if event["event"] == "stopped")
+    done = stopped["step"]
+    assert proc.exitcode == 0 and proc.checkpoint is None
+    assert 1 <= done < EPOCHS * BATCHES_PER_EPOCH
+    assert [int(path.stem.split("_")[1]) for path in checkpoints(plan.run_dir)] == [done - 1]
+
+    proc = start_training(plan)
+    try:
+        resumed = watch(proc, lambda events: bool(progress(events)), timeout=120)
+    finally:
+        proc.kill()
+    assert started(resumed)["resumed_from"] == done
+    assert progress(resumed)[0]["step"] == done + 1  # the next batch: none trained twice, none skipped
+
+
 # -- export and serving ------------------------------------------------------------------------
 
 

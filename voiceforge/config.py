@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "JOB_CONCURRENCY": 1,  # jobs one runner trains at once
     "JOB_MAX_ATTEMPTS": 3,  # a job whose runner died this many times is failed
     "JOB_LEASE_SECONDS": 30.0,  # a runner renews its lease this often x3; an expired lease means it died
+    "JOB_STOP_SECONDS": 15.0,  # on SIGTERM, a running job may take this long to save its training steps
     "CELERY_BROKER_URL": None,  # redis://host:6379/0 with JOB_BACKEND=celery
     # Seconds before Redis hands an unacknowledged task (its worker died) to another worker: longer
     # than any training run, or a running job's task is delivered again (it then waits its turn).

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainingPlan", "TrainingProcess", "check_inputs", "choose_batch", "load_clip", "run_training",
-           "start_training"]
+__all__ = ["TrainingPlan", "TrainingProcess", "TrainingStopped", "check_inputs", "choose_batch", "load_clip",
+           "run_training", "start_training"]
 
 BASE_FILES = ("config.json", "model.pth", "vocab.json", "dvae.pth", "mel_stats.pth")
 TRAIN_METADATA = "metadata_train.csv"
@@ -40,7 +40,16 @@ PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; renamed into place o
 RECIPE_MAX_WAV = 255995  # coqui's recipe: about 11.6 s at 22.05 kHz
 RECIPE_MAX_TEXT = 200
 MIN_CLIP_S = 0.5  # coqui's dataset silently drops shorter clips
+STOP_SIGNAL = signal.SIGUSR1  # from the parent: save a checkpoint at the end of this step, then exit
 _GIB = 1 << 30
+
+
+class TrainingStopped(Exception):
+    """Training stopped when asked, with every step done saved (step: None when it stopped before any)."""
+
+    def __init__(self, step: int | None) -> None:
+        super().__init__(f"stopped at step {step}" if step is not None else "stopped before training began")
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,8 @@ def choose_batch(device_memory_bytes: int | None) -> tuple[int, int]:
 # -- the training child ------------------------------------------------------------------------
 
 
-def run_training(plan: TrainingPlan, report: Callable[[dict[str, Any]], None]) -> Path:
+def run_training(plan: TrainingPlan, report: Callable[[dict[str, Any]], None],
+                 stop: threading.Event | None = None) -> Path:
     """Fine-tune the GPT of plan.base_dir on plan.dataset_dir; return the final trainer checkpoint.
 
     Meant for a child process (start_training): coqui's Trainer seeds every RNG, sets PYTHONHASHSEED,
@@ -120,7 +130,9 @@ def run_training(plan: TrainingPlan, report: Callable[[dict[str, Any]], None]) -
     the last step; epoch counts from 1, loss is the epoch's running average. If plan.run_dir holds
     a checkpoint of an earlier run of the same plan, training continues from it (model, optimiser,
     scheduler and step count; the interrupted epoch trains only its remaining batches); if that run
-    had already finished, its final checkpoint is returned at once.
+    had already finished, its final checkpoint is returned at once. Once stop is set, training saves a
+    checkpoint at the end of the step under way (a resume then trains none of it again) and raises
+    TrainingStopped.
     """
     run_dir = plan.run_dir
     finished = _finished_checkpoint(run_dir)
@@ -153,7 +165,7 @@ def run_training(plan: TrainingPlan, report: Callable[[dict[str, Any]], None]) -
     eval_samples = _usable_samples(eval_samples, model.xtts.tokenizer, config, "evaluation")
     config.run_eval = bool(eval_samples)
 
-    progress = _Progress(report)
+    progress = _Progress(report, stop)
     trainer = Trainer(
         TrainerArgs(continue_path=str(continue_dir or ""), grad_accum_steps=grad_accum,
                     skip_train_epoch=False, start_with_eval=False),
@@ -509,10 +521,11 @@ class _Epoch:
 
 
 class _Progress:
-    """Trainer callbacks: progress events, and skipping what a resumed epoch already trained."""
+    """Trainer callbacks: progress events, skipping what a resumed epoch trained, stopping when asked."""
 
-    def __init__(self, report: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, report: Callable[[dict[str, Any]], None], stop: threading.Event | None = None) -> None:
         self.report = report
+        self.stop = stop or threading.Event()
         self.epoch_batches = 0
         self.last_report = 0.0
 
@@ -521,6 +534,8 @@ class _Progress:
         resumed = trainer.total_steps_done if trainer.continue_run else None
         self.report({"event": "started", "resumed_from": resumed, "batch_size": trainer.config.batch_size,
                      "grad_accum": trainer.grad_accum_steps, "device": "cuda" if trainer.use_cuda else "cpu"})
+        if self.stop.is_set():
+            raise TrainingStopped(None)  # nothing trained in this run yet: nothing to save
 
     def on_train_epoch_start(self, trainer: Any) -> None:
         loader = trainer.train_loader
@@ -537,12 +552,28 @@ class _Progress:
     def on_train_step_end(self, trainer: Any) -> None:
         step = trainer.total_steps_done
         steps = trainer.config.epochs * self.epoch_batches
+        stopping = self.stop.is_set() and step < steps  # at the last step, the final save is coming anyway
         now = time.monotonic()
-        if now - self.last_report < REPORT_INTERVAL_S and step < steps:
+        if now - self.last_report < REPORT_INTERVAL_S and step < steps and not stopping:
             return
         self.last_report = now
         self.report({"event": "progress", "step": step, "steps": steps, "epoch": trainer.epochs_done + 1,
                      "epochs": trainer.config.epochs, "loss": _epoch_loss(trainer)})
+        if stopping:
+            _save_steps_done(trainer)
+            raise TrainingStopped(step)
+
+
+def _save_steps_done(trainer: Any) -> None:
+    """A checkpoint from which a resume starts at the next batch: none of the steps done is lost."""
+    # The Trainer saves its periodic checkpoints during a step, before counting it, and a resume starts
+    # at the saved step + 1; saved here, after the count, the checkpoint takes the number one lower.
+    trainer.total_steps_done -= 1
+    try:
+        if not (Path(trainer.output_path) / f"checkpoint_{trainer.total_steps_done}.pth").is_file():
+            trainer.save_checkpoint()  # (a periodic save during this very step already holds it)
+    finally:
+        trainer.total_steps_done += 1
 
 
 def _epoch_loss(trainer: Any) -> float | None:
@@ -559,6 +590,8 @@ def _child_main(plan: TrainingPlan, conn: Connection, log_level: int) -> None:
     """Entry point of the training process: run_training with events sent up the pipe."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when training stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(STOP_SIGNAL, lambda _signum, _frame: stop.set())
     _exit_with_parent()
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     # Everything the child writes (coqui's console progress, transformers' warnings, tracebacks from
@@ -574,7 +607,10 @@ def _child_main(plan: TrainingPlan, conn: Connection, log_level: int) -> None:
     sys.argv = ["voiceforge-finetune"]
 
     try:
-        checkpoint = run_training(plan, conn.send)
+        checkpoint = run_training(plan, conn.send, stop)
+    except TrainingStopped as stopped:
+        log.info("training %s, as the parent asked", stopped)
+        outcome, code = {"event": "stopped", "step": stopped.step}, 0
     except BaseException as error:  # SystemExit from coqui included: reported, then exit 1
         log.exception("training failed")
         outcome, code = {"event": "failed", "error": f"{type(error).__name__}: {error}"}, 1
@@ -622,6 +658,7 @@ class TrainingProcess:
         self.last_progress: dict[str, Any] | None = None
         self.checkpoint: Path | None = None  # the final trainer checkpoint, once training succeeded
         self.error: str | None = None  # why training failed, when the child said so
+        self.stopped = False  # whether the child stopped when asked (stop()), its steps saved
         self._heard = False  # whether the child sent any event (see _explain_early_exit)
         self._reader = threading.Thread(target=self._read, name="voiceforge-training-events", daemon=True)
         self._reader.start()
@@ -639,6 +676,8 @@ class TrainingProcess:
                 self.checkpoint = Path(event["checkpoint"])
             elif event.get("event") == "failed":
                 self.error = event.get("error")
+            elif event.get("event") == "stopped":
+                self.stopped = True
             self._events.put(event)
         self._conn.close()
 
@@ -694,6 +733,18 @@ class TrainingProcess:
                 self._process.kill()
                 self._process.join(5)
         return self.join(5)
+
+    def stop(self, grace_s: float) -> bool:
+        """Shut down keeping the work done: the child saves a checkpoint at the end of its current step
+        and exits; terminated if that takes longer than grace_s. Whether it stopped with its steps saved."""
+        if self._process.exitcode is None and grace_s > 0 and self._process.pid is not None:
+            try:
+                os.kill(self._process.pid, STOP_SIGNAL)
+            except ProcessLookupError:
+                pass
+            self._process.join(grace_s)
+        self.terminate()
+        return self.stopped
 
     def kill(self) -> None:
         """SIGKILL at once, as a crash or an OOM kill would."""

@@ -128,9 +128,14 @@ def train(runtime: Runtime, job: Job, base: Path, dataset_dir: Path, work: Path,
             if not process.alive:
                 process.join()
                 break
-    except (JobCancelled, ShuttingDown, LeaseLost):
-        # SIGTERM: coqui's trainer stops; the newest complete checkpoint stays for a resume (by the
-        # runner that took the job over, when the lease was lost: two trainers must not share a run).
+    except ShuttingDown:
+        # The trainer saves what it trained since its last checkpoint, if its step ends in time.
+        if process.stop(runtime.settings.job_stop_seconds):
+            log.info("job %s: training stopped with a checkpoint of every step done", job.id)
+        raise
+    except (JobCancelled, LeaseLost):
+        # SIGTERM: coqui's trainer stops at once and saves nothing (a cancelled job's files go; a lost
+        # lease means another runner's trainer resumes this run, and two must not write to it).
         process.terminate()
         raise
     if process.exitcode != 0 or process.checkpoint is None:
