@@ -17,7 +17,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.audio import data_uri, encode_audio, speech_like  # noqa: E402
+from tests.support.audio import data_uri, encode_audio, voice  # noqa: E402
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from tests.support.server import start_server, stop_server  # noqa: E402
 from tests.support.timing import interleaved  # noqa: E402
@@ -41,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         checkpoint = build_checkpoint(tmp / "xtts", size=args.size)
-        recording, mime = encode_audio(speech_like(args.reference_seconds, 48000), 48000, "webm/opus")
+        recording, mime = encode_audio(voice(args.reference_seconds, rate=48000), 48000, "webm/opus")
         server = start_server(tmp, checkpoint)
         try:
             enrolled = requests.post(server.url + "/api/train-voice", timeout=600, json={

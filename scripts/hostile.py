@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support.audio import compressed_silence, encode_audio, speech_like  # noqa: E402
+from tests.support.audio import compressed_silence, encode_audio, voice  # noqa: E402
 
 FOUR_XX = "4xx"  # only a client error is acceptable
 OK_OR_4XX = "ok-or-4xx"  # a correct answer (e.g. speech for text with emoji in it) is fine too
@@ -487,11 +487,11 @@ def voice_cases() -> list[Case]:
 def _audio() -> dict[str, bytes]:
     """Every upload the battery needs, built in memory in well under a second."""
     rate = 16000
-    speech = _pcm16(speech_like(4.0, rate))
-    six_seconds = encode_audio(speech_like(6.0, rate), rate, "wav")[0]
-    mp3 = encode_audio(speech_like(6.0, rate), rate, "mp3")[0]
-    webm = encode_audio(speech_like(6.0, 48000), 48000, "webm/opus")[0]
-    second = _pcm16(speech_like(1.0, rate))
+    speech = _pcm16(voice(4.0, rate=rate))
+    six_seconds = encode_audio(voice(6.0, rate=rate), rate, "wav")[0]
+    mp3 = encode_audio(voice(6.0, rate=rate), rate, "mp3")[0]
+    webm = encode_audio(voice(6.0, rate=48000), 48000, "webm/opus")[0]
+    second = _pcm16(voice(1.0, rate=rate))
     rng = np.random.default_rng(0)
     return {
         "speech": _wav(payload=speech, rate=rate),

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.audio import FORMATS, compressed_silence, data_uri, encode_audio, speech_like
+from tests.support.audio import FORMATS, compressed_silence, data_uri, encode_audio, speech_like, voice
 from voiceforge.audio import datauri
 from voiceforge.audio.datauri import DataUri, parse_data_uri, wav_data_uri
 from voiceforge.audio.decode import decode_audio
@@ -43,8 +43,8 @@ CLIP_SECONDS = 4.0
 
 @functools.cache
 def encoded(fmt: str) -> tuple[bytes, str]:
-    """Each format encoded once per run: 4 s of speech-like audio recorded at 16 kHz."""
-    return encode_audio(speech_like(CLIP_SECONDS, 16000), 16000, fmt)
+    """Each format encoded once per run: 4 s of speech recorded at 16 kHz."""
+    return encode_audio(voice(CLIP_SECONDS, rate=16000), 16000, fmt)
 
 
 def wav_header(*, channels: int = 1, rate: int = RATE, bits: int = 16, fmt_tag: int = 1,
@@ -320,21 +320,51 @@ def test_near_silent_hiss_and_dc_offset_are_422_no_speech() -> None:
 
 
 def test_too_little_speech_is_422_with_the_measured_duration() -> None:
-    clip = np.concatenate([np.zeros(2 * RATE), speech_like(1.5, RATE), np.zeros(2 * RATE)])
-    with pytest.raises(Unprocessable, match=r"only 1\.5 s of speech; at least 3\.0 s"):
+    clip = np.concatenate([np.zeros(2 * RATE), voice(1.5, rate=RATE), np.zeros(2 * RATE)]).astype(np.float32)
+    with pytest.raises(Unprocessable, match=r"only 1\.[5-7] s of speech; at least 3\.0 s are needed\.$"):
+        prepare_reference(clip, RATE)
+    assert prepare_reference(clip, RATE, min_speech_seconds=1.0).size > 0
+    # Cut short by decoding: the refusal says only the start was heard.
+    with pytest.raises(Unprocessable, match=r"Only its first 4 s are read; put the speech there\.$"):
+        prepare_reference(clip[: 4 * RATE], RATE, max_seconds=4.0)
+
+
+def noise(seconds: float, dbfs: float, seed: int = 0) -> np.ndarray:
+    return 10 ** (dbfs / 20) * np.random.default_rng(seed).standard_normal(round(seconds * RATE))
+
+
+@pytest.mark.parametrize("floor_dbfs", [-50, -40, -30])
+def test_room_noise_is_not_speech(floor_dbfs: float) -> None:
+    # A 1.5 s take in 8 s of a noisy room: the noise is loud enough for a level threshold to call it
+    # speech, and not for the VAD.
+    clip = noise(8.0, floor_dbfs)
+    clip[3 * RATE:3 * RATE + round(1.5 * RATE)] += 0.3 * voice(1.5, rate=RATE)
+    with pytest.raises(Unprocessable, match=r"only 1\.[5-8] s of speech"):
         prepare_reference(clip.astype(np.float32), RATE)
-    assert prepare_reference(clip.astype(np.float32), RATE, min_speech_seconds=1.0).size > 0
+    # Allowed through, the reference keeps the speech, not the 8 s of noise around it.
+    reference = prepare_reference(clip.astype(np.float32), RATE, min_speech_seconds=1.0)
+    assert 1.5 <= reference.size / RATE < 2.2
+
+
+@pytest.mark.parametrize("what", ["white noise", "a 1 kHz tone", "a steady hum"])
+def test_noise_and_tones_are_not_speech(what: str) -> None:
+    t = np.arange(8 * RATE) / RATE
+    clip = {"white noise": noise(8.0, -20),
+            "a 1 kHz tone": 0.3 * np.sin(2 * np.pi * 1000 * t),
+            "a steady hum": speech_like(8.0, RATE)}[what]  # voiced harmonics without vowels or consonants
+    with pytest.raises(Unprocessable, match=r"no speech \(only noise, hum or tones\)"):
+        prepare_reference(clip.astype(np.float32), RATE)
 
 
 def test_reference_is_trimmed_and_peak_normalised() -> None:
-    noise = 1e-4 * np.random.default_rng(0).standard_normal(RATE)
-    speech = 0.05 * speech_like(4.0, RATE)  # quiet
-    clip = (np.concatenate([noise, speech, noise, noise]) + 0.02).astype(np.float32)  # DC offset
+    hiss = 1e-4 * np.random.default_rng(0).standard_normal(RATE)
+    speech = 0.05 * voice(4.0, rate=RATE)  # quiet
+    clip = (np.concatenate([hiss, speech, hiss, hiss]) + 0.02).astype(np.float32)  # DC offset
 
     reference = prepare_reference(clip, RATE)
 
     assert reference.dtype == np.float32
-    assert reference.size / RATE == pytest.approx(4.2, abs=0.05)  # speech + 0.1 s each side
+    assert 4.1 < reference.size / RATE < 4.6  # the speech, the VAD's margins and 0.1 s each side
     assert float(np.max(np.abs(reference))) == pytest.approx(10 ** (-1 / 20), rel=1e-3)
     assert abs(float(reference.mean())) < 0.01
 

@@ -109,10 +109,10 @@ def test_model_info_does_not_load_the_model(make_app, checkpoint_dir: Path) -> N
 
 
 def test_voices_add_clones_from_an_audio_file(runner, tmp_path: Path, data_dir: Path) -> None:
-    from tests.support.audio import encode_audio, speech_like
+    from tests.support.audio import encode_audio, voice
 
     recording = tmp_path / "me.mp3"
-    recording.write_bytes(encode_audio(speech_like(4.0, 44100), 44100, "mp3")[0])
+    recording.write_bytes(encode_audio(voice(4.0, rate=44100), 44100, "mp3")[0])
     added = runner.invoke(args=["voices", "add", "Me Myself", str(recording), "--language", "de", "--json"])
     assert added.exit_code == 0, added.output
     voice = json.loads(added.output)

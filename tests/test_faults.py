@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.audio import data_uri, encode_audio, speech_like
+from tests.support.audio import data_uri, encode_audio, voice
 from tests.support.registry import files_under, left_long_ago
 from tests.support.server import start_server, stop_server
 from voiceforge.runtime import get_runtime
@@ -21,7 +21,7 @@ from voiceforge.services import storage
 
 
 def upload(seconds: float = 4.0) -> str:
-    data, mime = encode_audio(speech_like(seconds, 48000), 48000, "wav")
+    data, mime = encode_audio(voice(seconds, rate=48000), 48000, "wav")
     return data_uri(data, mime)
 
 

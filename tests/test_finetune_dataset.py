@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.audio import encode_audio, phrases, voice
 from tests.support.whisper import build_tiny_whisper, random_model_options
+from voiceforge.audio.vad import speech_segments
 from voiceforge.errors import ServiceUnavailable, Unprocessable, UnsupportedMedia
 from voiceforge.finetune.asr import Transcriber, asr_configured, whisper_language
 from voiceforge.finetune.dataset import (
@@ -22,7 +23,6 @@ from voiceforge.finetune.dataset import (
     cut_clips,
     measure_speech,
 )
-from voiceforge.finetune.vad import speech_segments
 
 RATE = 22050
 def wav(samples: np.ndarray) -> bytes:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.support.audio import data_uri, decode_output, encode_audio, speech_like
+from tests.support.audio import data_uri, decode_output, encode_audio, voice
 from tests.support.server import (
     Server,
     control_socket_workers,
@@ -88,7 +88,7 @@ def test_malformed_requests_are_4xx_json_behind_gunicorn(server: Server) -> None
 
 
 def test_enrol_then_speak_behind_gunicorn(server: Server) -> None:
-    data, mime = encode_audio(speech_like(4.0, 48000), 48000, "webm/opus")
+    data, mime = encode_audio(voice(4.0, rate=48000), 48000, "webm/opus")
     enrolled = server.post("/api/train-voice", {"modelName": "Browser Voice",
                                                 "audioDataUri": data_uri(data, mime)})
     assert enrolled.status_code == 200, enrolled.text
@@ -98,8 +98,8 @@ def test_enrol_then_speak_behind_gunicorn(server: Server) -> None:
     assert spoken.json()["audioDataUri"].startswith("data:audio/wav;base64,")
     # What the deployed worker reports once it has spoken: timestamps in UTC with their offset, and
     # how its decoder runs (one worker here, so /readyz answers from the worker that spoke).
-    voice = requests.get(f"{server.url}/api/voices/{voice_id}", timeout=5).json()
-    assert voice["createdAt"].endswith("+00:00") and voice["updatedAt"].endswith("+00:00")
+    stored = requests.get(f"{server.url}/api/voices/{voice_id}", timeout=5).json()
+    assert stored["createdAt"].endswith("+00:00") and stored["updatedAt"].endswith("+00:00")
     decoding = requests.get(server.url + "/readyz", timeout=5).json()["model"]["decoding"]
     assert decoding == {**decoding, "gptDtype": "float32", "vocoderDtype": "float32", "cudaGraphs": False}
     assert decoding["rows"] >= 1
@@ -137,7 +137,7 @@ def test_mixed_concurrent_load_has_no_errors_beyond_documented_503s(server: Serv
     alone = [server.post("/api/tts", body).json()["audioDataUri"] for body in speech]
     recordings = []
     for i in range(4):
-        data, mime = encode_audio(speech_like(3.5 + i * 0.25, 48000, seed=i), 48000, "ogg/opus")
+        data, mime = encode_audio(voice(3.5 + i * 0.25, rate=48000, seed=i), 48000, "ogg/opus")
         recordings.append({"modelName": f"Concurrent {i}", "audioDataUri": data_uri(data, mime)})
     jobs = [("/api/tts", body) for body in speech] + [("/api/train-voice", body) for body in recordings]
     statuses: list[int] = []

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.audio import data_uri, encode_audio, speech_like
+from tests.support.audio import data_uri, encode_audio, voice
 from tests.support.postgres import fresh_database
 from tests.support.server import Server, control_socket_workers, parent_pid, start_server, stop_server
 from voiceforge.db import db
@@ -33,7 +33,7 @@ def postgres_url() -> Iterator[str]:
 
 
 def recording(seed: int) -> str:
-    data, mime = encode_audio(speech_like(4.0, 48000, seed=seed), 48000, "webm/opus")
+    data, mime = encode_audio(voice(4.0, rate=48000, seed=seed), 48000, "webm/opus")
     return data_uri(data, mime)
 
 

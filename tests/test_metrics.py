@@ -12,7 +12,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.audio import data_uri, encode_audio, speech_like
+from tests.support.audio import data_uri, encode_audio, voice
 from tests.support.registry import add_stored_voice
 from tests.support.server import start_server, stop_server
 from voiceforge.jobs import store
@@ -116,7 +116,7 @@ def test_queue_depth_and_busy_refusals(make_app) -> None:
 
 
 def test_latents_are_read_once_then_served_from_the_cache(client) -> None:
-    data, mime = encode_audio(speech_like(4.0, 48000), 48000, "webm/opus")
+    data, mime = encode_audio(voice(4.0, rate=48000), 48000, "webm/opus")
     enrolled = client.post("/api/train-voice", json={"modelName": "Cached",
                                                      "audioDataUri": data_uri(data, mime)})
     assert enrolled.status_code == 200, enrolled.json

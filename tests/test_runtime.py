@@ -166,7 +166,7 @@ def test_the_voice_list_shows_which_speaker_each_alias_speaks_with(client) -> No
 
 # -- languages reach the model --------------------------------------------------------------------
 def test_the_requested_language_reaches_the_model(client, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.support.audio import data_uri, encode_audio, speech_like
+    from tests.support.audio import data_uri, encode_audio, voice
 
     languages: list[str] = []
     real = Engine.speak
@@ -176,7 +176,7 @@ def test_the_requested_language_reaches_the_model(client, monkeypatch: pytest.Mo
         return real(self, texts, language, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "speak", recording)
-    data, mime = encode_audio(speech_like(4.0, 48000), 48000, "wav")
+    data, mime = encode_audio(voice(4.0, rate=48000), 48000, "wav")
     russian = client.post("/api/train-voice", json={"modelName": "Ru", "audioDataUri": data_uri(data, mime),
                                                     "language": "ru"}).json["modelId"]
     cases = [({"voiceId": russian}, "ru"),  # the voice's language

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.audio import FORMATS, data_uri, encode_audio, speech_like
+from tests.support.audio import FORMATS, data_uri, encode_audio, voice
 from tests.support.registry import files_under
 from voiceforge.models import Voice, VoiceStatus
 from voiceforge.services import engine as engine_module
@@ -32,7 +32,7 @@ def read_wav(audio_data_uri: str) -> tuple[wave._wave_params, np.ndarray]:
 
 
 def recording(fmt: str = "wav", seconds: float = 4.0) -> str:
-    data, mime = encode_audio(speech_like(seconds, 48000), 48000, fmt)
+    data, mime = encode_audio(voice(seconds, rate=48000), 48000, fmt)
     return data_uri(data, mime)
 
 
@@ -101,7 +101,7 @@ def test_bad_uploads_are_rejected_and_leave_nothing(app, client, data_dir: Path,
 
 @pytest.mark.parametrize(("samples", "expected"), [
     (np.zeros(RATE * 5, dtype=np.float32), "speech"),  # pure silence
-    (speech_like(1.5, RATE), "3"),  # too short: the detail names the minimum
+    (voice(1.5, rate=RATE), "3"),  # too short: the detail names the minimum
 ])
 def test_silent_or_short_recordings_are_422(app, client, data_dir: Path, samples: np.ndarray,
                                             expected: str) -> None:

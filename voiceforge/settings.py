@@ -75,7 +75,7 @@ class Settings:
             device=_device(config),
             default_language=_language(config),
             max_audio_bytes=_number(config, "MAX_AUDIO_BYTES", int, minimum=1),
-            max_reference_seconds=_number(config, "MAX_REFERENCE_SECONDS", float, minimum=1.0),
+            max_reference_seconds=_reference_seconds(config),
             min_speech_seconds=_number(config, "MIN_SPEECH_SECONDS", float, minimum=0.1),
             max_text_chars=_number(config, "MAX_TEXT_CHARS", int, minimum=1),
             sentence_pause_ms=_number(config, "SENTENCE_PAUSE_MS", int, minimum=0),
@@ -178,6 +178,17 @@ def _number(config: Mapping[str, Any], key: str, kind: type, *, minimum: float) 
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
         raise ConfigError(key, value, f"a number of at least {kind(minimum)}.")
     return kind(value)
+
+
+def _reference_seconds(config: Mapping[str, Any]) -> float:
+    """How much of a recording enrolment reads: never less than the speech it must find there."""
+    value = _number(config, "MAX_REFERENCE_SECONDS", float, minimum=1.0)
+    least = _number(config, "MIN_SPEECH_SECONDS", float, minimum=0.1)
+    if value < least:
+        raise ConfigError("MAX_REFERENCE_SECONDS", config.get("MAX_REFERENCE_SECONDS"),
+                          f"at least VOICEFORGE_MIN_SPEECH_SECONDS ({least:g}), or no recording could "
+                          "hold enough speech.")
+    return value
 
 
 def _choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:

@@ -142,29 +142,29 @@ _VOWELS = ((730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2
            (570, 840, 2410), (640, 1190, 2390))
 
 
-def voice(seconds: float, *, f0: float = 120.0, seed: int = 0) -> np.ndarray:
+def voice(seconds: float, *, f0: float = 120.0, seed: int = 0, rate: int = VOICE_RATE) -> np.ndarray:
     """A phrase Silero VAD hears as speech: `speech_like`'s pitch and syllable rhythm alone read
     as a hum to it, so each syllable is a pulse train through a random vowel's formants, with
-    fricative noise between some of them."""
+    fricative noise between some of them. What the service hears as speech when it enrols a voice."""
     from scipy.signal import lfilter
 
     rng = np.random.default_rng(seed)
-    size = round(seconds * VOICE_RATE)
-    hum = speech_like(seconds, VOICE_RATE, f0=f0, seed=seed)  # keeps its breath noise under the vowels
-    t = np.arange(size) / VOICE_RATE
+    size = round(seconds * rate)
+    hum = speech_like(seconds, rate, f0=f0, seed=seed)  # keeps its breath noise under the vowels
+    t = np.arange(size) / rate
     wobble = 0.1 * np.sin(2 * np.pi * 0.5 * t + rng.uniform(0, 6)) + 0.04 * np.sin(2 * np.pi * 3.3 * t)
     pitch = f0 * (1 + wobble)
-    pulses = lfilter([1.0], [1.0, -0.97], np.diff(2 * (np.cumsum(pitch) / VOICE_RATE % 1.0) - 1, prepend=0.0))
+    pulses = lfilter([1.0], [1.0, -0.97], np.diff(2 * (np.cumsum(pitch) / rate % 1.0) - 1, prepend=0.0))
     out = np.zeros(size)
     position = 0
     while position < size:
-        length = int(rng.uniform(0.15, 0.3) * VOICE_RATE)
+        length = int(rng.uniform(0.15, 0.3) * rate)
         part = slice(position, min(size, position + length))
         for frequency, bandwidth in zip(_VOWELS[rng.integers(len(_VOWELS))], (80, 100, 140), strict=True):
-            radius, angle = np.exp(-np.pi * bandwidth / VOICE_RATE), 2 * np.pi * frequency / VOICE_RATE
+            radius, angle = np.exp(-np.pi * bandwidth / rate), 2 * np.pi * frequency / rate
             out[part] += lfilter([1 - radius], [1, -2 * radius * np.cos(angle), radius**2], pulses[part])
         out[part] *= np.sin(np.linspace(0, np.pi, out[part].size)) ** 0.5
-        hiss = int(0.05 * VOICE_RATE)
+        hiss = int(0.05 * rate)
         if position + length + hiss < size and rng.random() < 0.6:
             noise = lfilter([1, -0.9], [1], rng.standard_normal(hiss))
             out[position + length:position + length + hiss] += 0.05 * noise

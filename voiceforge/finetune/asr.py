@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from voiceforge.audio.vad import VAD_RATE, resample
 from voiceforge.errors import ServiceUnavailable
-from voiceforge.finetune.vad import VAD_RATE, resample
 
 log = logging.getLogger(__name__)
 

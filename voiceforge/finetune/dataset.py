@@ -14,9 +14,9 @@ from typing import Protocol
 import numpy as np
 
 from voiceforge.audio.decode import decode_audio
+from voiceforge.audio.vad import speech_segments, total_seconds
 from voiceforge.errors import Unprocessable, UnsupportedMedia
 from voiceforge.finetune.asr import ASR_MODEL_ENV
-from voiceforge.finetune.vad import speech_segments, total_seconds
 
 log = logging.getLogger(__name__)
 

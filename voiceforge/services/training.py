@@ -38,7 +38,8 @@ def enrol_voice(runtime: Runtime, name: str, audio: bytes, language: str | None 
     display_name = voices.clean_name(name)
     lang = normalise_language(language) if language else settings.default_language
     samples = decode_audio(audio, target_rate=CONDITIONING_RATE, max_seconds=settings.max_reference_seconds)
-    reference = prepare_reference(samples, CONDITIONING_RATE, min_speech_seconds=settings.min_speech_seconds)
+    reference = prepare_reference(samples, CONDITIONING_RATE, min_speech_seconds=settings.min_speech_seconds,
+                                  max_seconds=settings.max_reference_seconds)
     engine = runtime.engine
     with engine.reserve():
         latents = engine.compute_latents(reference)
