@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,8 +87,21 @@ def test_vad_finds_each_phrase_and_nothing_in_silence() -> None:
 def test_vad_serves_concurrent_callers() -> None:
     signals = [phrases(0.3, 2.0 + index / 2, 0.7, 1.5, 0.3, seed=index) for index in range(4)]
     expected = [speech_segments(signal, RATE) for signal in signals]
-    with ThreadPoolExecutor(4) as pool:  # one stateful model: callers must not mix their windows
+    with ThreadPoolExecutor(4) as pool:  # a stateful model: callers must not mix their windows
         assert list(pool.map(speech_segments, signals, [RATE] * 4)) == expected
+
+
+def test_a_long_vad_call_does_not_hold_up_a_short_one() -> None:
+    # Ten minutes of a fine-tuning sample being measured must not make an enrolment wait for it.
+    long, short = phrases(0.3, 5.0, 0.3, seed=1), phrases(0.3, 2.0, 0.3, seed=2)
+    long = np.tile(long, round(600 / (long.size / RATE)))
+    finished: list[str] = []
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(lambda: finished.append("long") if speech_segments(long, RATE) else None)
+        time.sleep(0.5)  # the long call is under way
+        pool.submit(lambda: finished.append("short") if speech_segments(short, RATE) else None).result()
+        finished.append("short answered")
+    assert finished[:2] == ["short", "short answered"], finished
 
 
 # -- cutting -----------------------------------------------------------------------------------

@@ -126,6 +126,9 @@ def test_fine_tuning_switches_the_voice_to_its_own_weights(ft_client: FlaskClien
     ({"samples": [{"audioDataUri": recording(4.0), "text": 5}]}, 400, "samples"),
     ({"samples": [{"audioDataUri": recording(4.0), "text": " ... "}] * 3}, 422, "has no text"),
     ({"transcript": "   "}, 422, "Recording 1 of"),
+    # A missing text is refused before anything is decoded (decoding and the VAD cost CPU time).
+    ({"samples": [{"audioDataUri": "data:audio/wav;base64," + base64.b64encode(b"%PDF-1.4" * 50).decode()}]},
+     422, "has no text"),
 ])
 def test_bad_fine_tuning_requests_leave_nothing(ft_client: FlaskClient, ft_app: Flask, change: dict,
                                                 status: int, detail: str) -> None:

@@ -23,10 +23,11 @@ _MIN_SILENCE_MS = 100
 _SPEECH_PAD_MS = 30
 _CHUNK = 65536  # samples per frame handed to the resampler, so long recordings stay cheap
 
-# The model is stateful (it carries context from one 32 ms window to the next): one instance,
-# loaded on first use, and one caller at a time.
-_lock = threading.Lock()
-_vad: tuple[Any, Any] | None = None  # (TorchScript model, silero_vad.get_speech_timestamps)
+# The model is stateful (it carries context from one 32 ms window to the next), so each thread gets
+# an instance of its own (about 2 MB, loaded in milliseconds): a long recording being measured for
+# fine-tuning then never makes an enrolment wait. Importing silero_vad is what is done once.
+_import_lock = threading.Lock()
+_models = threading.local()
 
 
 def speech_segments(samples: np.ndarray, rate: int) -> list[tuple[float, float]]:
@@ -34,7 +35,7 @@ def speech_segments(samples: np.ndarray, rate: int) -> list[tuple[float, float]]
 
     Segments are split at pauses of 100 ms or more and padded by 30 ms; blips under 250 ms are
     dropped. The recording is resampled to 16 kHz for the model; the times refer to the original.
-    Takes about 1.1 s per minute of audio on one CPU thread; callers are serialised.
+    Takes about 1.1 s per minute of audio on one CPU thread; threads run it side by side.
     """
     if rate <= 0:
         raise ValueError("rate must be positive")
@@ -43,13 +44,12 @@ def speech_segments(samples: np.ndarray, rate: int) -> list[tuple[float, float]]
         return []
     import torch
 
-    with _lock:
-        model, get_speech_timestamps = _load()
-        with _one_torch_thread(torch), torch.inference_mode():
-            stamps = get_speech_timestamps(
-                torch.from_numpy(audio), model, sampling_rate=VAD_RATE, threshold=_THRESHOLD,
-                min_speech_duration_ms=_MIN_SPEECH_MS, min_silence_duration_ms=_MIN_SILENCE_MS,
-                speech_pad_ms=_SPEECH_PAD_MS)
+    model, get_speech_timestamps = _load()
+    with _one_torch_thread(torch), torch.inference_mode():
+        stamps = get_speech_timestamps(
+            torch.from_numpy(audio), model, sampling_rate=VAD_RATE, threshold=_THRESHOLD,
+            min_speech_duration_ms=_MIN_SPEECH_MS, min_silence_duration_ms=_MIN_SILENCE_MS,
+            speech_pad_ms=_SPEECH_PAD_MS)
     duration = np.asarray(samples).size / rate
     return [(min(stamp["start"] / VAD_RATE, duration), min(stamp["end"] / VAD_RATE, duration))
             for stamp in stamps]
@@ -84,23 +84,24 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
 
 
 def _load() -> tuple[Any, Any]:
-    """Load the model once per process (the caller holds _lock)."""
-    global _vad
-    if _vad is None:
+    """This thread's model and silero_vad.get_speech_timestamps, loaded on the thread's first call."""
+    loaded = getattr(_models, "vad", None)
+    if loaded is None:
         import torch
 
-        threads = torch.get_num_threads()
-        try:
-            from silero_vad import get_speech_timestamps, load_silero_vad
+        with _import_lock:
+            threads = torch.get_num_threads()
+            try:
+                from silero_vad import get_speech_timestamps, load_silero_vad
 
-            model = load_silero_vad(onnx=False)  # the TorchScript model shipped inside the wheel
-        finally:
-            # Importing silero_vad calls torch.set_num_threads(1), which would slow every later
-            # inference in this process (XTTS included) to one thread.
-            torch.set_num_threads(threads)
-        _vad = (model, get_speech_timestamps)
-        log.info("loaded Silero VAD")
-    return _vad
+                model = load_silero_vad(onnx=False)  # the TorchScript model shipped inside the wheel
+            finally:
+                # Importing silero_vad calls torch.set_num_threads(1), which would slow every later
+                # inference in this process (XTTS included) to one thread.
+                torch.set_num_threads(threads)
+        loaded = _models.vad = (model, get_speech_timestamps)
+        log.debug("loaded Silero VAD for thread %s", threading.current_thread().name)
+    return loaded
 
 
 @contextmanager

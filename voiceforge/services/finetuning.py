@@ -59,17 +59,20 @@ def check_recordings(runtime: Runtime, recordings: list[Recording]) -> float:
     one training clip (at most 11 s of speech); with it, text is optional.
     """
     settings = runtime.settings
+    if not settings.asr_model:  # checked first: decoding and the VAD cost about 1 s of CPU a minute
+        for index, recording in enumerate(recordings):
+            if not recording.text:
+                raise Unprocessable(
+                    f"Recording {index + 1} of {len(recordings)} has no text. Without speech recognition "
+                    "every recording needs its transcript (in the API `transcript` for the main one and "
+                    "`text` for each sample; `flask voices finetune --transcripts`), or set "
+                    "VOICEFORGE_ASR_MODEL on the server.")
     per_recording = [measure_speech([recording], max_seconds=settings.finetune_max_sample_seconds,
                                     first_number=number)
                      for number, recording in enumerate(recordings, 1)]
     if not settings.asr_model:
-        for index, (recording, seconds) in enumerate(zip(recordings, per_recording, strict=True)):
+        for index, seconds in enumerate(per_recording):
             name = f"Recording {index + 1} of {len(recordings)}"
-            if not recording.text:
-                raise Unprocessable(
-                    f"{name} has no text. Without speech recognition every recording needs its "
-                    "transcript (in the API `transcript` for the main one and `text` for each sample; "
-                    "`flask voices finetune --transcripts`), or set VOICEFORGE_ASR_MODEL on the server.")
             if seconds > MAX_CLIP_SECONDS:
                 raise Unprocessable(
                     f"{name} holds {seconds:.1f} s of speech; without speech recognition each must fit "
