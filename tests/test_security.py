@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from voiceforge import create_app
 from voiceforge.config import ConfigError
 
 KEY = "s3cret-key-for-tests"
@@ -74,6 +75,56 @@ def test_keys_can_come_from_a_file(make_app, tmp_path: Path) -> None:
     assert client.get("/api/voices", headers={"X-API-Key": "file-key-2"}).status_code == 200
     assert client.get("/api/voices", headers={"X-API-Key": "# studio"}).status_code == 401
     assert client.get("/api/voices").status_code == 401
+
+
+def test_a_key_file_saved_with_a_bom_keeps_its_first_key(make_app, tmp_path: Path) -> None:
+    key_file = tmp_path / "keys.txt"
+    key_file.write_bytes("\ufefffile-key-1\nfile-key-2\n".encode())  # as Windows Notepad saves it
+    client = make_app(API_KEYS_FILE=str(key_file)).test_client()
+    assert client.get("/api/voices", headers={"X-API-Key": "file-key-1"}).status_code == 200
+
+
+@pytest.mark.parametrize(("content", "allowed"), [
+    (b"", "holds none"),
+    (b"# keys go here\n\n   # one per line\n", "holds none"),  # a file of comments only
+    ("file-key-1\n".encode("utf-16"), "not UTF-8"),  # PowerShell's `>`
+    ("file-key-1\ncl\u00e9-secr\u00e8te\n".encode(), "line 2 holds another character"),
+    (b"file-key-1\x00\n", "line 1 holds another character"),
+])
+def test_a_key_file_without_a_usable_key_is_refused_at_start(
+        tmp_path: Path, content: bytes, allowed: str) -> None:
+    """An empty secret mount must not turn keys off, and a key no header can carry must not pass unseen."""
+    key_file = tmp_path / "keys.txt"
+    key_file.write_bytes(content)
+    with pytest.raises(ConfigError) as refused:
+        create_app({"API_KEYS_FILE": str(key_file)}, instance_path=str(tmp_path))
+    message = refused.value.message
+    assert message.startswith(f"VOICEFORGE_API_KEYS_FILE={key_file} is not valid: ") and allowed in message
+    assert "\n" not in message and "file-key-1" not in message and "secr" not in message
+
+
+@pytest.mark.parametrize(("value", "allowed"), [
+    (" , ", "names none"), (f"{KEY},cl\u00e9-secr\u00e8te", "key 2 holds another character"),
+])
+def test_keys_in_the_environment_that_yield_no_usable_key_are_refused_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, allowed: str) -> None:
+    monkeypatch.setenv("VOICEFORGE_API_KEYS", value)
+    with pytest.raises(ConfigError) as refused:
+        create_app(instance_path=str(tmp_path))
+    assert refused.value.message.startswith("VOICEFORGE_API_KEYS=") and allowed in refused.value.message
+    assert KEY not in refused.value.message and "secr" not in refused.value.message
+
+
+def test_a_list_of_blank_keys_in_python_config_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        create_app({"API_KEYS": ["", "  "]}, instance_path=str(tmp_path))
+    assert refused.value.message.startswith("VOICEFORGE_API_KEYS=… is not valid: at least one key")
+
+
+def test_an_empty_keys_variable_still_means_keys_off(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compose.yaml passes VOICEFORGE_API_KEYS through empty when the operator sets none."""
+    monkeypatch.setenv("VOICEFORGE_API_KEYS", "")
+    assert make_app().test_client().get("/api/voices").status_code == 200
 
 
 def test_without_keys_the_api_is_open(client) -> None:

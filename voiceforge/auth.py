@@ -8,18 +8,60 @@ from typing import Any
 
 from flask import Request
 
+from voiceforge.config import ConfigError
 from voiceforge.errors import Unauthorized
 
 HOW_TO_SEND = "A valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
 
 
 def load_api_keys(config: Any) -> list[bytes]:
-    """Keys from VOICEFORGE_API_KEYS and, one per line (# comments allowed), VOICEFORGE_API_KEYS_FILE."""
-    keys = list(config.get("API_KEYS") or [])
+    """Keys from VOICEFORGE_API_KEYS and, one per line (# comments allowed), VOICEFORGE_API_KEYS_FILE.
+
+    An empty list means keys are off, so a setting that is there but yields no key (an empty secret
+    mount, a file of comments only) is a ConfigError: it must never open the service. Every caller reads
+    the file itself (each gunicorn worker when it boots), so each one fails closed. Keys are never shown.
+    """
+    listed = config.get("API_KEYS") or []
+    if not isinstance(listed, list | tuple) or not all(isinstance(key, str) for key in listed):
+        # A string here would be taken letter by letter: any one letter would be a key.
+        raise ConfigError("API_KEYS", "…", "a list of keys: API_KEYS = [\"key-1\", \"key-2\"] in "
+                          "instance/config.py, comma-separated in the environment.")
+    keys = [key.strip() for key in listed if key.strip()]
+    if listed and not keys:
+        raise ConfigError("API_KEYS", "…", "at least one key: these are all blank, which would turn keys "
+                          "off (unset it for no keys).")
+    for number, key in enumerate(keys, 1):
+        _check_sendable("API_KEYS", "…", key, f"key {number}")
     if config.get("API_KEYS_FILE"):
-        lines = Path(config["API_KEYS_FILE"]).read_text(encoding="utf-8").splitlines()
-        keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [key.encode() for key in keys if key]
+        keys += _read_key_file(config["API_KEYS_FILE"])
+    return [key.encode() for key in keys]
+
+
+def _read_key_file(path: str) -> list[str]:
+    try:
+        # utf-8-sig: a file saved with a BOM (Windows Notepad) would otherwise lose its first key.
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError("API_KEYS_FILE", path, "a UTF-8 text file of API keys, one per line "
+                          "(this one is not UTF-8: UTF-16, as PowerShell writes, is not read).") from None
+    except OSError:
+        raise ConfigError("API_KEYS_FILE", path, "a readable file of API keys, one per line.") from None
+    numbered = [(number, line.strip()) for number, line in enumerate(lines, 1)
+                if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
+        raise ConfigError("API_KEYS_FILE", path, "a file holding at least one API key, one per line; this "
+                          "one holds none, which would turn keys off (unset it for no keys).")
+    for number, key in numbered:
+        _check_sendable("API_KEYS_FILE", path, key, f"the key on line {number}")
+    return [key for _, key in numbered]
+
+
+def _check_sendable(setting: str, shown: str, key: str, which: str) -> None:
+    """Refuse a key no client could present: a header value reaches us as latin-1, so only printable ASCII
+    can ever match; a key with anything else (é, a control character, a UTF-16 NUL) would be dead."""
+    if not all(" " <= char <= "~" for char in key):
+        raise ConfigError(setting, shown, f"keys of printable ASCII characters only; {which} holds another "
+                          "character, which no HTTP header can carry so that it matches.")
 
 
 def presented_credentials(request: Request) -> list[str | None]:

@@ -113,24 +113,45 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 def parse_value(key: str, raw: str, default: Any) -> Any:
     """Turn one environment string into the type of its default; fail loudly on nonsense."""
     if isinstance(default, bool):
-        return _boolean(key, raw)
+        return boolean(key, raw)
+    if isinstance(default, list):
+        return _items(key, raw)
+    if isinstance(default, dict):
+        return _pairs(key, raw)
     try:
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
             return float(raw)
-        if isinstance(default, list):
-            return [item.strip() for item in raw.split(",") if item.strip()]
-        if isinstance(default, dict):
-            # "alias=Speaker Name,other=Name"
-            pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)
-            return {name.strip(): value.strip() for name, value in pairs}
     except ValueError:
         raise ConfigError(key, raw, "an integer." if isinstance(default, int) else "a number.") from None
     return raw.strip() or None
 
 
-def _boolean(key: str, raw: str) -> bool:
+def _items(key: str, raw: str) -> list[str]:
+    """Comma-separated values; empty is none, but commas and spaces alone are a mistake, not none.
+
+    (VOICEFORGE_API_KEYS=" , " would otherwise turn keys off.) What is shown is commas and spaces only.
+    """
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    if raw.strip() and not items:
+        raise ConfigError(key, repr(raw), "comma-separated values; this names none (set it empty for none).")
+    return items
+
+
+def _pairs(key: str, raw: str) -> dict[str, str]:
+    """"alias=Speaker Name,other=Name"; a pair without "=" is refused, never dropped."""
+    pairs: dict[str, str] = {}
+    for item in _items(key, raw):
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise ConfigError(key, item, "name=value pairs separated by commas; this pair has no \"=\".")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
+def boolean(key: str, raw: str) -> bool:
+    """A switch: true/false, 1/0, yes/no, on/off (any case; empty is false); anything else is refused."""
     word = raw.strip().lower()
     if word in ("1", "true", "yes", "on"):
         return True

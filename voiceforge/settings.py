@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from voiceforge.config import DEFAULTS, ConfigError
+from voiceforge.auth import load_api_keys
+from voiceforge.config import DEFAULTS, ConfigError, boolean
 from voiceforge.logs import LOG_FORMATS
 from voiceforge.services.languages import ALIASES, SUPPORTED_LANGUAGES
 from voiceforge.services.storage import is_valid_id
@@ -88,7 +89,7 @@ class Settings:
             decoder_dtype=_half_or_full(config, "DECODER_DTYPE"),
             vocoder_dtype=_half_or_full(config, "VOCODER_DTYPE"),
             cpu_matmul=_choice(config, "CPU_MATMUL", ("onednn", "reference")),
-            cuda_graphs=bool(config.get("CUDA_GRAPHS")),
+            cuda_graphs=_switch(config, "CUDA_GRAPHS"),
             log_level=log_level(config.get("LOG_LEVEL")),
             log_format=_choice(config, "LOG_FORMAT", LOG_FORMATS),
             finetune_min_speech_seconds=_number(config, "FINETUNE_MIN_SPEECH_SECONDS", float, minimum=1.0),
@@ -99,7 +100,7 @@ class Settings:
             finetuned_cache=_number(config, "FINETUNED_CACHE", int, minimum=1),
             asr_model=config.get("ASR_MODEL") or None,
             job_backend=_choice(config, "JOB_BACKEND", ("db", "celery")),
-            job_runner=bool(config.get("JOB_RUNNER")),
+            job_runner=_switch(config, "JOB_RUNNER"),
             job_concurrency=_number(config, "JOB_CONCURRENCY", int, minimum=1),
             job_max_attempts=_number(config, "JOB_MAX_ATTEMPTS", int, minimum=1),
             job_lease_seconds=_number(config, "JOB_LEASE_SECONDS", float, minimum=1.0),
@@ -114,14 +115,7 @@ def _check_web_settings(config: Mapping[str, Any]) -> None:
     _number(config, "MAX_BODY_BYTES", int, minimum=1)
     _number(config, "DB_BUSY_TIMEOUT_MS", int, minimum=0)
     _database_url(config)
-    keys = config.get("API_KEYS") or []
-    if not isinstance(keys, list | tuple) or not all(isinstance(key, str) for key in keys):
-        # A string here would be taken letter by letter: any one letter would be a key. Never shown.
-        raise ConfigError("API_KEYS", "…", "a list of keys: API_KEYS = [\"key-1\", \"key-2\"] in "
-                          "instance/config.py, comma-separated in the environment.")
-    keys_file = config.get("API_KEYS_FILE")
-    if keys_file and (Path(keys_file).is_dir() or not os.access(keys_file, os.R_OK)):
-        raise ConfigError("API_KEYS_FILE", keys_file, "a readable file of API keys, one per line.")
+    load_api_keys(config)  # refuses keys that are set but none, unreadable, or that no client could send
 
 
 def _database_url(config: Mapping[str, Any]) -> None:
@@ -175,9 +169,21 @@ def _language(config: Mapping[str, Any]) -> str:
 
 def _number(config: Mapping[str, Any], key: str, kind: type, *, minimum: float) -> Any:
     value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ConfigError(key, value, f"a number of at least {kind(minimum)}.")
+    # nan passes every comparison and inf every minimum; neither is a limit anything can use.
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum \
+            or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(key, value, f"a finite number of at least {kind(minimum)}.")
     return kind(value)
+
+
+def _switch(config: Mapping[str, Any], key: str) -> bool:
+    """A switch from instance/config.py may be a string ("false"): read as the environment's, not bool()."""
+    value = config.get(key)
+    if isinstance(value, str):
+        return boolean(key, value)
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise ConfigError(key, value, "true or false (or 1/0, yes/no, on/off).")
 
 
 def _reference_seconds(config: Mapping[str, Any]) -> float:

@@ -1,0 +1,84 @@
+"""Settings checked at start: values that would pass a loose check but break the service are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voiceforge import create_app
+from voiceforge.config import ConfigError
+from voiceforge.runtime import get_runtime
+
+
+def refusal(tmp_path: Path) -> str:
+    """The one-line message create_app refuses the current environment with."""
+    with pytest.raises(ConfigError) as refused:
+        create_app(instance_path=str(tmp_path))
+    assert "\n" not in refused.value.message
+    return refused.value.message
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("MIN_SPEECH_SECONDS", "nan"),  # would turn the minimum-speech check off
+    ("MAX_REFERENCE_SECONDS", "inf"),  # every enrolment would crash converting it to a sample count
+    ("JOB_LEASE_SECONDS", "inf"),
+    ("FINETUNE_LEARNING_RATE", "nan"),
+    ("FINETUNE_LEARNING_RATE", "-inf"),
+])
+def test_a_number_that_is_not_finite_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(f"VOICEFORGE_{variable}", value)
+    assert refusal(tmp_path).startswith(f"VOICEFORGE_{variable}={value} is not valid: a finite number")
+
+
+def test_a_number_that_is_not_finite_in_instance_config_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.py").write_text("MAX_TEXT_CHARS = float('inf')\n")
+    assert refusal(tmp_path).startswith("VOICEFORGE_MAX_TEXT_CHARS=inf is not valid: a finite number")
+
+
+def test_max_reference_seconds_below_min_speech_seconds_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No recording could hold the speech enrolment asks for."""
+    monkeypatch.setenv("VOICEFORGE_MIN_SPEECH_SECONDS", "5")
+    monkeypatch.setenv("VOICEFORGE_MAX_REFERENCE_SECONDS", "4")
+    message = refusal(tmp_path)
+    assert message.startswith("VOICEFORGE_MAX_REFERENCE_SECONDS=4.0 is not valid: at least "
+                              "VOICEFORGE_MIN_SPEECH_SECONDS (5)")
+    monkeypatch.setenv("VOICEFORGE_MAX_REFERENCE_SECONDS", "5")  # equal is enough
+    assert get_runtime(create_app(instance_path=str(tmp_path))).settings.max_reference_seconds == 5.0
+
+
+@pytest.mark.parametrize(("written", "expected"), [
+    ('"false"', False), ('"off"', False), ('"no"', False), ('"0"', False), ("False", False), ("0", False),
+    ('"true"', True), ('"ON"', True), ("True", True), ("1", True),
+])
+@pytest.mark.parametrize("switch", ["JOB_RUNNER", "CUDA_GRAPHS"])
+def test_a_switch_in_instance_config_reads_as_in_the_environment(
+        tmp_path: Path, switch: str, written: str, expected: bool) -> None:
+    (tmp_path / "config.py").write_text(f"{switch} = {written}\n")
+    settings = get_runtime(create_app(instance_path=str(tmp_path))).settings
+    assert getattr(settings, switch.lower()) is expected
+
+
+@pytest.mark.parametrize("written", ['"nah"', "2", "None"])
+def test_a_switch_in_instance_config_that_is_no_switch_is_refused(tmp_path: Path, written: str) -> None:
+    (tmp_path / "config.py").write_text(f"JOB_RUNNER = {written}\n")
+    assert "is not valid: true or false" in refusal(tmp_path)
+
+
+@pytest.mark.parametrize(("variable", "value", "pair"), [
+    ("VOICE_ALIASES", "default-female:Ana Florence,default-male:Damien Black", "default-female:Ana Florence"),
+    ("OPENAI_VOICES", "alloy=default-female,nova:default-male", "nova:default-male"),
+])
+def test_a_pair_without_an_equals_sign_is_refused_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, pair: str) -> None:
+    monkeypatch.setenv(f"VOICEFORGE_{variable}", value)
+    assert refusal(tmp_path) == (f'VOICEFORGE_{variable}={pair} is not valid: name=value pairs separated by '
+                                 'commas; this pair has no "=".')
+
+
+def test_pairs_keep_working_with_a_trailing_comma(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEFORGE_VOICE_ALIASES", "default-narrator = Ana Florence,")
+    settings = get_runtime(create_app(instance_path=str(tmp_path))).settings
+    assert settings.voice_aliases == {"default-narrator": "Ana Florence"}
