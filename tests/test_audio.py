@@ -12,6 +12,7 @@ import struct
 import time
 import tracemalloc
 import wave
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -180,6 +181,8 @@ def test_oversized_payload_is_413_before_any_decoding(monkeypatch: pytest.Monkey
     (b"hello, this is a text file and not a recording\n" * 40, "text"),
     (np.random.default_rng(1).bytes(20_000), "not in a recognised audio format"),
     (b"", "empty"),
+    (b"RIFF\x1a\x00\x00\x00WEBPVP8L" + os.urandom(200), "WebP image"),  # RIFF, yet not a WAV
+    (b"RIFF\x00\x10\x00\x00AVI LIST" + os.urandom(200), "no audio stream"),
 ])
 def test_non_audio_declared_as_audio_is_415(data: bytes, words: str) -> None:
     upload = parse_data_uri(data_uri(data, "audio/wav"), max_bytes=MAX_BYTES) if data else None
@@ -199,8 +202,58 @@ def test_video_without_audio_is_415_no_audio_stream() -> None:
                                                format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    with pytest.raises(UnsupportedMedia, match=r"no audio stream \(found: video\)"):
+    with pytest.raises(UnsupportedMedia, match=r"^The file has no audio stream \(found: video\)"):
         decode_audio(out.getvalue(), max_seconds=30)
+
+
+def media_file(container_format: str, codec: str, tracks: list[np.ndarray], rate: int = 44100,
+               video: str | None = None) -> bytes:
+    """A file of one or more mono audio tracks (and optionally a short video track), as cameras,
+    screen recorders and OBS write them."""
+    out = io.BytesIO()
+    with av.open(out, "w", format=container_format) as container:
+        if video:
+            picture = container.add_stream(video, rate=10)
+            picture.width, picture.height, picture.pix_fmt = 32, 32, "yuv420p"
+        streams = [container.add_stream(codec, rate=rate, layout="mono") for _ in tracks]
+        for stream in streams:
+            stream.codec_context.open()  # before the first packet: that writes the header
+        if video:
+            for index in range(10):
+                frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), index * 20, np.uint8), format="rgb24")
+                container.mux(picture.encode(frame))
+            container.mux(picture.encode(None))
+        for stream, samples in zip(streams, tracks, strict=True):
+            context = stream.codec_context
+            resampler = av.AudioResampler(format=context.format, layout="mono", rate=context.sample_rate,
+                                          frame_size=context.frame_size or 4096)
+            frame = av.AudioFrame.from_ndarray(samples[np.newaxis].astype(np.float32), format="flt",
+                                               layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+            for converted in [*resampler.resample(frame), *resampler.resample(None)]:
+                container.mux(stream.encode(converted))
+            container.mux(stream.encode(None))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("container_format", "codec", "video"), [
+    ("avi", "libmp3lame", "mpeg4"), ("mpegts", "aac", "mpeg2video"),
+])
+def test_camera_and_broadcast_videos_are_decoded(container_format: str, codec: str, video: str) -> None:
+    data = media_file(container_format, codec, [voice(4.0, rate=44100)], video=video)
+    samples = decode_audio(data, max_seconds=30)
+    assert samples.size / RATE == pytest.approx(4.0, abs=0.15)
+    assert prepare_reference(samples, RATE).size / RATE > 3.0
+
+
+def test_a_silent_first_track_gives_way_to_the_next_with_sound() -> None:
+    speech = voice(4.0, rate=44100)
+    data = media_file("matroska", "flac", [np.zeros_like(speech), speech])
+    samples = decode_audio(data, max_seconds=30)
+    assert float(np.max(np.abs(samples))) > 0.3  # the voice on track 2, not track 1's silence
+    silent = media_file("matroska", "flac", [np.zeros_like(speech)] * 2)
+    with pytest.raises(Unprocessable, match="No speech"):
+        prepare_reference(decode_audio(silent, max_seconds=30), RATE)
 
 
 @pytest.mark.parametrize("playlist", [

@@ -142,6 +142,13 @@ def test_bad_parameters_are_400_naming_the_parameter(client: openai.OpenAI, chan
     assert caught.value.body["message"]
 
 
+def test_a_null_response_format_is_named_in_json_terms(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.speech.create(model="tts-1", input="Hello.", voice="alloy", response_format=None)
+    message = caught.value.body["message"]
+    assert message.startswith("'response_format' must be a string; use one of ") and "None" not in message
+
+
 def test_unknown_voice_is_404_and_a_wrong_key_401_in_openai_shape(client: openai.OpenAI,
                                                                    server: Server) -> None:
     with pytest.raises(openai.NotFoundError) as caught:

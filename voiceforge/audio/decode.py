@@ -18,55 +18,70 @@ log = logging.getLogger(__name__)
 # probe playlists and concat scripts (hls, concat, ...) that open *other* files or URLs by name:
 # an upload must never make the server read its own disk.
 _DEMUXERS = ("wav,w64,rf64,mp3,ogg,matroska,webm,mov,mp4,m4a,3gp,3g2,flac,aac,aiff,caf,amr,"
-             "amrnb,amrwb,asf,au,wv,ape,tta,ac3,eac3,mpc,mpc8")
+             "amrnb,amrwb,asf,au,wv,ape,tta,ac3,eac3,mpc,mpc8,avi,mpegts")
 _MIN_RATE, _MAX_RATE = 1_000, 768_000  # beyond these a header is lying or it is not speech audio
 # A real clip decodes far faster; this only stops a pathological file from holding a worker.
 _DECODE_TIME_LIMIT_S = 20.0
 _MAX_BAD_PACKETS = 8
 _SUPPORTED = "Send a WAV, MP3, OGG, WebM, M4A/AAC or FLAC recording."
+# (offset, bytes, what): RIFF files say what they hold at byte 8 (WAVE, AVI, WEBP).
 _NON_AUDIO_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF8", "a GIF image"), (b"PK\x03\x04", "a ZIP archive"), (b"%PDF", "a PDF document"),
-    (b"\x1f\x8b", "a gzip archive"), (b"BM", "a BMP image"),
+    (0, b"\x89PNG\r\n\x1a\n", "a PNG image"), (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, b"GIF8", "a GIF image"), (0, b"PK\x03\x04", "a ZIP archive"), (0, b"%PDF", "a PDF document"),
+    (0, b"\x1f\x8b", "a gzip archive"), (0, b"BM", "a BMP image"), (8, b"WEBP", "a WebP image"),
 )
 _AUDIO_SIGNATURES = (
-    (0, b"RIFF", "a WAV"), (0, b"OggS", "an Ogg"), (0, b"fLaC", "a FLAC"), (0, b"ID3", "an MP3"),
-    (0, b"\x1aE\xdf\xa3", "a WebM/Matroska"), (4, b"ftyp", "an MP4/M4A"),
+    (8, b"WAVE", "a WAV"), (8, b"AVI ", "an AVI"), (0, b"OggS", "an Ogg"), (0, b"fLaC", "a FLAC"),
+    (0, b"ID3", "an MP3"), (0, b"\x1aE\xdf\xa3", "a WebM/Matroska"), (4, b"ftyp", "an MP4/M4A"),
 )
+_MAX_AUDIO_STREAMS = 4  # a multi-track file: the first few tracks are tried for one with sound
 # Scale of each integer sample format, so any decoder output becomes float in [-1, 1].
 _INT_SCALE = {"u8": 128.0, "s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
 
 
 def decode_audio(data: bytes, *, target_rate: int = 22050, max_seconds: float) -> np.ndarray:
-    """Decode any supported container's first audio stream to mono float32 at `target_rate`.
+    """Decode any supported container's first audio stream with sound to mono float32 at `target_rate`.
 
-    The declared MIME type is never consulted: FFmpeg probes the bytes. Decoding stops once
-    `max_seconds` of output exist, so a tiny file of hours of compressed silence costs no more
-    than `max_seconds` of audio in memory and time. A damaged stream keeps what decoded before
-    the damage. Raises UnsupportedMedia (415) when nothing usable can be decoded.
+    The declared MIME type is never consulted: FFmpeg probes the bytes. In a file of several audio
+    tracks (screen recorders, OBS) a digitally silent track is passed over for the next one.
+    Decoding stops once `max_seconds` of output exist, so a tiny file of hours of compressed
+    silence costs no more than `max_seconds` of audio in memory and time (per track tried). A
+    damaged stream keeps what decoded before the damage. Raises UnsupportedMedia (415) when nothing
+    usable can be decoded.
     """
     if target_rate <= 0 or max_seconds <= 0:
         raise ValueError("target_rate and max_seconds must be positive")
     if not data:
         raise UnsupportedMedia(f"The upload is empty. {_SUPPORTED}")
     limit = max(1, int(max_seconds * target_rate))
+    first: np.ndarray | None = None
+    for index in range(_MAX_AUDIO_STREAMS):
+        with _open(data) as container:
+            if index and index >= len(container.streams.audio):
+                break
+            stream = _audio_stream(container, index)
+            samples = _decode_stream(container, stream, target_rate, limit)
+        if first is None:
+            first = samples
+        if samples.size and np.any(samples):
+            return samples
+    if first is None or first.size == 0:
+        raise UnsupportedMedia("The audio stream contains no decodable sound.")
+    return first  # silent in every track: what to say about that is the caller's business
+
+
+def _open(data: bytes) -> av.container.InputContainer:
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="replace",
-                            container_options={"format_whitelist": _DEMUXERS})
+        return av.open(io.BytesIO(data), mode="r", metadata_errors="replace",
+                       container_options={"format_whitelist": _DEMUXERS})
     except (av.FFmpegError, ValueError) as exc:
         raise UnsupportedMedia(f"{_describe(data)} {_SUPPORTED}") from exc
-    with container:
-        stream = _first_audio_stream(container)
-        samples = _decode_stream(container, stream, target_rate, limit)
-    if samples.size == 0:
-        raise UnsupportedMedia("The audio stream contains no decodable sound.")
-    return samples
 
 
 def _describe(data: bytes) -> str:
     """Say what an unreadable upload looks like, so the user knows what they sent by mistake."""
-    for signature, name in _NON_AUDIO_SIGNATURES:
-        if data.startswith(signature):
+    for offset, signature, name in _NON_AUDIO_SIGNATURES:
+        if data[offset:offset + len(signature)] == signature:
             return f"The upload is {name}, not audio."
     for offset, signature, name in _AUDIO_SIGNATURES:
         if data[offset:offset + len(signature)] == signature:
@@ -77,12 +92,11 @@ def _describe(data: bytes) -> str:
     return "The upload is not in a recognised audio format."
 
 
-def _first_audio_stream(container: av.container.InputContainer) -> av.AudioStream:
+def _audio_stream(container: av.container.InputContainer, index: int) -> av.AudioStream:
     if not container.streams.audio:
         kinds = sorted({stream.type for stream in container.streams}) or ["no streams"]
-        raise UnsupportedMedia(f"The {container.format.name.split(',')[0]} file has no audio "
-                               f"stream (found: {', '.join(kinds)}). {_SUPPORTED}")
-    stream = container.streams.audio[0]
+        raise UnsupportedMedia(f"The file has no audio stream (found: {', '.join(kinds)}). {_SUPPORTED}")
+    stream = container.streams.audio[index]
     context = stream.codec_context
     if context is None:
         raise UnsupportedMedia(f"The audio codec in this file is not supported. {_SUPPORTED}")

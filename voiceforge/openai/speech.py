@@ -63,8 +63,9 @@ def parse_speech(body: Mapping[str, Any], voices: Mapping[str, str]) -> SpeechRe
     voice_id = resolve_voice(_required(body, "voice"), voices)
     response_format = body.get("response_format", "mp3")
     if not isinstance(response_format, str) or response_format not in FORMATS:
-        raise InvalidRequest(f"Unknown response_format {str(response_format)[:40]!r}; use one of "
-                             f"{', '.join(FORMATS)}.", param="response_format")
+        given = (f"Unknown response_format {response_format[:40]!r}" if isinstance(response_format, str)
+                 else "'response_format' must be a string")
+        raise InvalidRequest(f"{given}; use one of {', '.join(FORMATS)}.", param="response_format")
     speed = body.get("speed", 1.0)
     low, high = SPEED_RANGE
     # NaN and the infinities fail the range check too (math.isfinite would overflow on a huge integer).
