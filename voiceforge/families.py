@@ -49,7 +49,7 @@ class ApiFamily:
 
 def register_families(app: Flask, families: list[ApiFamily]) -> None:
     """Give each family the app's keys and CORS origins, and check keys before every request."""
-    keys = load_api_keys(app.config)  # the key file is read once, at start-up
+    keys = load_api_keys(app.config)  # the key file is read as each worker starts
     for family in families:
         family.keys = keys
         CORS(app, resources={rf"{family.url_prefix}/.*": {"origins": app.config["CORS_ORIGINS"]}},
