@@ -259,6 +259,19 @@ def test_the_jobs_cli_queues_lists_shows_cancels_and_retries(ft_app: Flask, ft_c
     assert "not found" in cli.invoke(args=["jobs", "show", "nope"]).output
 
 
+def test_a_built_in_voice_cannot_be_fine_tuned_or_removed_from_the_cli(ft_app: Flask, tmp_path: Path) -> None:
+    from tests.support.audio import VOICE_RATE, encode_audio, phrases
+
+    take = tmp_path / "take.wav"
+    take.write_bytes(encode_audio(phrases(0.3, 4.0, 0.3), VOICE_RATE, "wav")[0])
+    cli = ft_app.test_cli_runner()
+    for args in (["voices", "finetune", "default-female", str(take)],
+                 ["voices", "remove", "default-female", "--yes"]):
+        result = cli.invoke(args=args)
+        # As the API says it (409), not "not found": the voice exists, inside the model.
+        assert result.exit_code == 1 and "is a built-in voice of the model" in result.output, result.output
+
+
 def test_cancelling_a_job_whose_runner_died_ends_it_at_once(ft_client: FlaskClient, ft_app: Flask) -> None:
     """Nobody is left to notice the request: waiting for one would keep the voice locked for hours."""
     queued = enrol_with_fine_tuning(ft_client).json

@@ -101,6 +101,7 @@ def voices_remove(voice_id: str, yes: bool) -> None:
     """Delete a voice and its files."""
     from voiceforge.services import voices
 
+    voices.refuse_builtin(voice_id)  # says why, where the registry lookup would say "not found"
     voice = voices.get_voice(voice_id)
     if not yes:
         click.confirm(f"Delete voice {voice.id} ({voice.name!r}) and its files?", abort=True)

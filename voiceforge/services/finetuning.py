@@ -176,7 +176,8 @@ def enrol_and_fine_tune(runtime: Runtime, name: str, data_uri: str, language: st
 
 
 def finetunable_voice(voice_id: str) -> Voice:
-    """The voice a fine-tuning request names: 404 unknown; 409 not a ready cloned voice, or training."""
+    """The voice a fine-tuning request names: 404 unknown; 409 built in, not ready and cloned, or training."""
+    voices.refuse_builtin(voice_id)
     voice = voices.get_voice(voice_id)
     if voice.kind not in (VoiceKind.cloned, VoiceKind.finetuned) or voice.status != VoiceStatus.ready:
         raise Conflict(f"Voice {voice_id!r} is not a ready cloned voice (status: {voice.status.value}).")
