@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -104,15 +105,18 @@ def start_worker(celery_app: Flask, tmp_path: Path) -> Iterator[Callable[[str], 
                    **{f"VOICEFORGE_{key}": str(value) for key, value in shared.items()}}
     workers: list[Worker] = []
 
-    def start(name: str) -> Worker:
+    def start(name: str, log_format: str = "text") -> Worker:
         log = tmp_path / f"worker-{name}.log"
         # README's command line, with the `celery` script (`python -m celery` would put the checkout on
-        # sys.path for good); its own process group, so kill -9 takes its pool and trainer too.
-        command = [str(CELERY), "-A", "voiceforge.jobs.celery_backend", "worker",
+        # sys.path for good); its own process group, so kill -9 takes its pool and trainer too. JSON
+        # logs: compose.yaml's, --quiet leaving out the start-up banner.
+        quiet = ["--quiet"] if log_format == "json" else []
+        command = [str(CELERY), *quiet, "-A", "voiceforge.jobs.celery_backend", "worker",
                    "--loglevel=INFO", "--concurrency=1", "-Q", "voiceforge", "-n", f"{name}@%h",
                    "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log.open("wb"),
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        environment["VOICEFORGE_LOG_FORMAT"] = log_format
+        process = subprocess.Popen(command, cwd=ROOT, env=environment,
+                                   stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         workers.append(Worker(process, log))
         return workers[-1]
 
@@ -194,6 +198,24 @@ def test_a_killed_worker_s_job_comes_back_and_resumes_from_its_checkpoint(
         assert "training resumed from checkpoint" in worker.text(), worker.text()[-4000:]
     assert task_ids(third) and not set(task_ids(third)) & set(task_ids(first))  # sent again on SIGTERM
     assert client.get(f"/api/voices/{voice_id}").json["kind"] == "finetuned"
+
+
+def test_a_worker_asked_for_json_logs_writes_json_lines(start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker("json", log_format="json")
+    deadline = time.monotonic() + 60
+    while "ready." not in worker.text() and worker.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(30) == 0, worker.text()[-4000:]
+    records, plain = [], []
+    for line in filter(str.strip, worker.text().splitlines()):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            plain.append(line)
+    # Celery prints its shutdown notice itself, outside logging: the one line a collector sees as text.
+    assert plain == ["worker: Warm shutdown (MainProcess)"], plain
+    assert any(record["logger"].startswith("celery") and "ready" in record["message"] for record in records)
 
 
 def test_a_task_whose_job_runs_under_a_live_lease_waits_for_that_lease(

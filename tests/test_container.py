@@ -51,7 +51,7 @@ def test_compose_brings_up_web_worker_redis_and_postgres_with_data_and_model_vol
         assert environment["VOICEFORGE_CELERY_BROKER_URL"].startswith("redis://redis:")
     assert "gunicorn -c gunicorn.conf.py wsgi:app" in " ".join(services["web"]["command"])
     assert "flask db upgrade" in " ".join(services["web"]["command"])
-    assert services["worker"]["command"][:3] == ["celery", "-A", "voiceforge.jobs.celery_backend"]
+    assert services["worker"]["command"][:4] == ["celery", "--quiet", "-A", "voiceforge.jobs.celery_backend"]
     assert re.search(r"/healthz|/readyz", " ".join(services["web"]["healthcheck"]["test"]))
     assert all("healthcheck" in services[name] for name in ("redis", "postgres"))
     assert {"data", "models"} <= set(spec["volumes"])

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery, Task, shared_task
-from celery.signals import worker_shutting_down
+from celery.signals import setup_logging, worker_shutting_down
 from flask import Flask, current_app
 from kombu.exceptions import OperationalError
 
@@ -24,6 +24,7 @@ TASK_NAME = "voiceforge.finetune"
 QUEUE = "voiceforge"
 
 _runner: JobRunner | None = None  # this worker's runner, built by its first task
+_log_settings: tuple[str, str] | None = None  # (level, format) of a worker's app, set by make_celery
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -99,13 +100,28 @@ def _stop_running_job(**_kwargs: Any) -> None:
         _runner.stop()
 
 
+@setup_logging.connect
+def _log_as_the_service_does(loglevel: Any = None, **_kwargs: Any) -> None:
+    """A worker logs in VOICEFORGE_LOG_FORMAT (text, or JSON lines) through one handler on stderr, as
+    gunicorn does, instead of Celery's own format; Celery's lines (task received, succeeded) keep the
+    worker's --loglevel. A receiver here is what tells Celery to leave logging alone."""
+    from voiceforge.logs import configure_logging
+
+    level, log_format = _log_settings or ("INFO", "text")
+    configure_logging(level, log_format, install_handler=True)
+    logging.getLogger("celery").setLevel(loglevel or level)
+
+
 def make_celery() -> Celery:
     """The Celery app of a worker: create_app() from the VOICEFORGE_* environment, and its Celery."""
     from voiceforge import create_app
 
+    global _log_settings
     app = create_app()
     if "celery" not in app.extensions:
         raise ConfigError("JOB_BACKEND", app.config.get("JOB_BACKEND"), "celery, to run a Celery worker.")
+    settings = get_runtime(app).settings
+    _log_settings = (settings.log_level, settings.log_format)
     return app.extensions["celery"]
 
 
