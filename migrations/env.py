@@ -3,6 +3,7 @@ import logging
 from logging.config import fileConfig
 
 from alembic import context
+from alembic.util import CommandError
 from flask import current_app
 
 # this is the Alembic Config object, which provides
@@ -99,14 +100,46 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=get_metadata(),
-            **conf_args
-        )
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds a table on SQLite (copy, DROP, rename). With the app's
+            # foreign_keys=ON, dropping `voices` would run ON DELETE CASCADE and empty `jobs`. Alembic's
+            # documented fix: foreign keys off for the migration. The pragma is ignored inside a
+            # transaction, so it is set (and committed) before the migration's transaction begins.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            # On SQLite too, every step of one `db upgrade` or `downgrade` commits together or not at
+            # all, so a refused check below leaves the database as it was.
+            context.configure(
+                connection=connection,
+                target_metadata=get_metadata(),
+                transactional_ddl=True,
+                **conf_args
+            )
 
-        with context.begin_transaction():
-            context.run_migrations()
+            with context.begin_transaction():
+                if sqlite:
+                    # pysqlite itself would begin only at the first INSERT, after some DDL has run.
+                    connection.exec_driver_sql("BEGIN")
+                context.run_migrations()
+                if sqlite:
+                    _check_foreign_keys(connection)
+        finally:
+            if sqlite:
+                # The connection goes back to the app's pool: the app relies on foreign keys being on.
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
+
+
+def _check_foreign_keys(connection):
+    """With foreign keys off, nothing stopped a migration leaving rows that point nowhere: refuse to
+    commit it then (Flask-Migrate prints a CommandError as one `Error:` line)."""
+    dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if dangling:
+        found = ", ".join(f"{table} row {rowid} -> {parent}" for table, rowid, parent, _ in dangling[:5])
+        raise CommandError(f"the migration would leave {len(dangling)} row(s) whose foreign key points "
+                           f"nowhere ({found}); nothing was committed")
 
 
 if context.is_offline_mode():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from voiceforge import create_app
 from voiceforge.db import db
@@ -52,3 +53,52 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
     with app.app_context(), db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+
+
+def _count(table: str) -> int:
+    return db.session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def _add_job(voice_id: str, *, foreign_keys: bool = True) -> None:
+    with db.engine.connect() as connection:
+        if not foreign_keys:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.execute(text(
+            "INSERT INTO jobs (id, voice_id, kind, state, params, progress, epoch, epochs, step, steps, "
+            "attempts, cancel_requested, created_at, updated_at) VALUES ('j1', :voice, 'finetune', "
+            "'succeeded', '{}', 1.0, 10, 10, 5, 5, 1, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"),
+            {"voice": voice_id})
+        connection.commit()
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+
+
+def test_a_downgrade_and_upgrade_that_rebuild_voices_keep_the_jobs(tmp_path: Path) -> None:
+    """SQLite batch mode rebuilds `voices` (DROP TABLE); with foreign keys on, that cascaded to `jobs`."""
+    app = _app(tmp_path)
+    with app.app_context():
+        upgrade()
+        db.session.execute(text(
+            "INSERT INTO voices (id, name, language, kind, status, created_at, updated_at, version) "
+            "VALUES ('v-1', 'V', 'en', 'cloned', 'ready', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 1)"))
+        db.session.commit()
+        _add_job("v-1")
+        downgrade(revision="0002")
+        assert (_count("voices"), _count("jobs")) == (1, 1)
+        upgrade()
+        assert (_count("voices"), _count("jobs")) == (1, 1)
+        # The app's own connections (the pool the migration used) still enforce foreign keys.
+        assert db.session.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+
+
+def test_a_migration_that_would_leave_dangling_rows_is_refused_and_rolled_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    app = _app(tmp_path)
+    with app.app_context():
+        upgrade()
+        _add_job("v-gone", foreign_keys=False)  # a job whose voice is gone, behind the foreign key's back
+        with pytest.raises(SystemExit):  # Flask-Migrate's exit after logging the error
+            downgrade(revision="0002")
+        assert "1 row(s) whose foreign key points nowhere (jobs row 1 -> voices)" in caplog.text
+        with db.engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() == "0003"
+        assert "version" in {column["name"] for column in inspect(db.engine).get_columns("voices")}
