@@ -79,16 +79,23 @@ def on_starting(server) -> None:
     _fresh_metrics_dir(server)
     if not _control and server.cfg.control_socket == _control_socket_for([bind]):  # not set by hand
         server.cfg.set("control_socket", _control_socket_for(server.cfg.bind))
+    from sqlalchemy.exc import OperationalError
+
     from voiceforge import create_app
     from voiceforge.config import ConfigError
+    from voiceforge.db import NotMigrated, database_error
     from voiceforge.runtime import get_runtime, warn_if_no_model
     from voiceforge.services.voices import reconcile_at_startup
 
     try:
         app = create_app()
+        reconcile_at_startup(app)
     except ConfigError as error:
         sys.exit(f"voiceforge: {error.message}")
-    reconcile_at_startup(app)
+    except NotMigrated as error:  # the schema is behind the code: `flask db upgrade` first
+        sys.exit(f"voiceforge: {error.detail}")
+    except OperationalError as error:  # unreachable, or refusing us
+        sys.exit(f"voiceforge: {database_error(error)}")
     warn_if_no_model(get_runtime(app))
     server.voiceforge_settings = settings = get_runtime(app).settings
     _size_threads(server, settings.inference_queue_size)

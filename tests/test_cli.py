@@ -146,6 +146,30 @@ def test_commands_before_the_first_migration_say_to_run_it(checkpoint_dir: Path,
             "first."]
 
 
+def test_commands_on_a_database_one_migration_behind_say_to_upgrade(checkpoint_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """New code deployed, `flask db upgrade` forgotten: one line, not SQLAlchemy's "no such column"."""
+    from flask_migrate import upgrade
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'old.db'}", "DATA_DIR": str(tmp_path / "v"),
+                      "MODEL_DIR": str(checkpoint_dir)})
+    with app.app_context():
+        upgrade(revision="0002")
+    for command in (["voices", "list"], ["voices", "reconcile"]):
+        result = app.test_cli_runner().invoke(args=command)
+        assert result.exit_code == 1 and result.output.strip().splitlines() == [
+            "Error: The database schema is at migration 0002 and this code needs 0003: run "
+            "`flask --app voiceforge db upgrade`."], command
+
+
+def test_commands_on_an_unreachable_database_say_so_in_one_line(checkpoint_dir: Path, tmp_path: Path) -> None:
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}",
+                      "DATA_DIR": str(tmp_path / "v"), "MODEL_DIR": str(checkpoint_dir)})
+    result = app.test_cli_runner().invoke(args=["voices", "list"])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [
+        "Error: The database is unavailable: unable to open database file"]
+
+
 def test_reconcile_refuses_a_min_age_that_is_not_a_number(runner) -> None:
     refused = runner.invoke(args=["voices", "reconcile", "--min-age", "nan"])
     assert refused.exit_code == 2 and "not a number of seconds" in refused.output

@@ -116,3 +116,83 @@ def test_a_sqlite_file_deleted_under_the_running_service_makes_it_unready(make_a
         path.unlink()
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json["database"] == "missing"
+
+
+# -- a database behind this code's migrations ------------------------------------------------------
+@pytest.fixture(params=["never migrated", "one migration behind"])
+def unmigrated_app(request: pytest.FixtureRequest, tmp_path: Path, checkpoint_dir: Path, shared_engine):
+    """An app whose database was never migrated, or stopped at 0002 (new code deployed, upgrade forgotten)."""
+    from flask_migrate import upgrade
+
+    from voiceforge import create_app
+
+    app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'old.db'}",
+                      "DATA_DIR": str(tmp_path / "voices"), "MODEL_DIR": str(checkpoint_dir),
+                      "API_KEYS": ["k1"]}, engine=shared_engine)
+    if request.param == "one migration behind":
+        with app.app_context():
+            upgrade(revision="0002")
+    else:
+        (tmp_path / "old.db").touch()  # an empty database (a file that is not there reads as `missing`)
+    return app
+
+
+def test_a_database_behind_the_migrations_is_unready_and_its_routes_say_to_upgrade(unmigrated_app) -> None:
+    from flask_migrate import upgrade
+
+    client = unmigrated_app.test_client()
+    key = {"Authorization": "Bearer k1"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json["status"] == "unavailable"
+    assert ready.json["database"] == "not migrated: run flask db upgrade"
+    assert ready.json["model"]["loadable"] is True  # the database alone is the reason
+    for method, path, body in (("GET", "/api/voices", None), ("POST", "/api/train-voice", {}),
+                               ("GET", "/api/jobs", None)):
+        refused = client.open(path, method=method, json=body, headers=key)
+        assert refused.status_code == 503 and refused.json["code"] == "database_not_migrated", path
+        assert "run `flask --app voiceforge db upgrade`" in refused.json["detail"]
+        assert "retry" not in refused.json["detail"]
+    assert "db upgrade" in client.get("/v1/models", headers=key).json["error"]["message"]
+    assert client.get("/api/voices").status_code == 401  # without a key, nothing is told
+    assert client.get("/healthz").status_code == 200
+
+    with unmigrated_app.app_context():
+        upgrade()
+    assert client.get("/readyz").status_code == 200  # no restart needed
+    assert client.get("/api/voices", headers=key).status_code == 200
+
+
+def test_a_database_migrated_by_newer_code_is_not_refused(make_app) -> None:
+    """A rolling deploy: another instance's newer code has migrated past this code's head."""
+    from sqlalchemy import text
+
+    from voiceforge.db import db
+
+    app = make_app()
+    with app.app_context():
+        db.session.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+        db.session.commit()
+    client = app.test_client()
+    assert client.get("/readyz").json["database"] == "ok"
+    assert client.get("/api/voices").status_code == 200
+
+
+@pytest.mark.slow
+def test_gunicorn_on_a_database_behind_the_migrations_exits_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    bin_dir = Path(sys.executable).parent
+    env = {"PATH": str(bin_dir), "VOICEFORGE_INSTANCE_PATH": str(tmp_path), "VOICEFORGE_BIND": "127.0.0.1:0",
+           "VOICEFORGE_CONTROL_SOCKET": "", "VOICEFORGE_JOB_RUNNER": "false"}
+    subprocess.run([str(bin_dir / "flask"), "--app", "voiceforge", "db", "upgrade", "0002"], cwd=root,
+                   env=env, check=True, capture_output=True)
+    result = subprocess.run([str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=root,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("voiceforge:")] == [
+        "voiceforge: The database schema is at migration 0002 and this code needs 0003: run "
+        "`flask --app voiceforge db upgrade`."]
+    assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr

@@ -5,17 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from voiceforge.db import database_error, schema_problem
 from voiceforge.errors import VoiceForgeError
-
-UPGRADE_FIRST = "The database has no VoiceForge tables yet: run `flask --app voiceforge db upgrade` first."
 
 
 class CommandGroup(AppGroup):
     """An AppGroup whose commands report what the services refuse (the API's 4xx/5xx detail) in one line,
-    and, run before the first `flask db upgrade`, say to run it."""
+    and, run on a database behind this code's migrations (or before the first), say to run `db upgrade`."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -23,11 +22,14 @@ class CommandGroup(AppGroup):
         except VoiceForgeError as error:
             raise click.ClickException(error.detail) from None
         except (OperationalError, ProgrammingError) as error:
-            if _missing_table(error):
-                raise click.ClickException(UPGRADE_FIRST) from None
+            # Checked only once a command has failed: `model …` commands work before any migration.
+            try:
+                with ctx.ensure_object(ScriptInfo).load_app().app_context():
+                    problem = schema_problem()
+            except OperationalError as unavailable:
+                raise click.ClickException(database_error(unavailable)) from None
+            if problem:
+                raise click.ClickException(problem) from None
+            if isinstance(error, OperationalError):  # the database's state (locked, full), not a bug
+                raise click.ClickException(database_error(error)) from None
             raise
-
-
-def _missing_table(error: OperationalError | ProgrammingError) -> bool:
-    # SQLite says "no such table"; PostgreSQL's SQLSTATE 42P01 is undefined_table.
-    return "no such table" in str(error.orig) or getattr(error.orig, "sqlstate", None) == "42P01"

@@ -8,7 +8,7 @@ from flask import current_app
 from sqlalchemy import text
 
 from voiceforge.api import ApiBlueprint
-from voiceforge.db import db
+from voiceforge.db import NOT_MIGRATED, db, schema_problem
 from voiceforge.runtime import Runtime, get_runtime
 from voiceforge.schemas import HealthSchema, ReadySchema
 
@@ -27,7 +27,8 @@ def healthz() -> dict:
 @blp.doc(security=[])
 @blp.response(200, ReadySchema)
 @blp.alt_response(503, schema=ReadySchema,
-                  description="The database is unreachable, or no model can be provided (see model.problem).")
+                  description="The database is unreachable or not migrated, or no model can be provided "
+                              "(see model.problem).")
 def readyz() -> tuple[dict, int]:
     """Ready when the database answers and the model is loaded or loadable; never loads or downloads it."""
     database = database_state()
@@ -40,8 +41,9 @@ def readyz() -> tuple[dict, int]:
 
 
 def database_state() -> str:
-    """`ok`, `unreachable`, or `missing`: a SQLite file deleted while the service runs, which still
-    answers from its open file, but whose writes are lost at the next start."""
+    """`ok`, `unreachable`, `not migrated: …` (its schema is behind this code's migrations), or `missing`:
+    a SQLite file deleted while the service runs, which still answers from its open file, but whose
+    writes are lost at the next start."""
     path = db.engine.url.database if db.engine.dialect.name == "sqlite" else None
     if path and Path(path).is_absolute() and not Path(path).exists():
         current_app.logger.error("readiness: the database file %s is gone; writes since are lost at the next "
@@ -49,9 +51,13 @@ def database_state() -> str:
         return "missing"
     try:
         db.session.execute(text("SELECT 1"))
+        problem = schema_problem()  # a query only until the schema has been seen at head
     except Exception as error:  # noqa: BLE001 - any failure means "not ready"
         current_app.logger.warning("readiness: database unreachable: %s", error)
         return "unreachable"
+    if problem:
+        current_app.logger.warning("readiness: %s", problem)
+        return NOT_MIGRATED
     return "ok"
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import Flask
-from sqlalchemy import delete, inspect, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm.exc import StaleDataError
 
-from voiceforge.db import db
+from voiceforge.db import NotMigrated, db, schema_problem
 from voiceforge.errors import Conflict, NotFound, Unprocessable
 from voiceforge.models import Voice, VoiceKind, VoiceStatus
 from voiceforge.services.storage import (
@@ -266,12 +266,15 @@ def _files_present(data_dir: Path, voice: Voice) -> bool:
     return all(path and (data_dir / path).is_file() for path in paths)
 
 
-def reconcile_at_startup(app: Flask) -> ReconcileReport | None:
-    """Run reconcile once before serving (gunicorn's master calls this before forking workers)."""
+def reconcile_at_startup(app: Flask) -> ReconcileReport:
+    """Run reconcile once before serving (gunicorn's master calls this before forking workers).
+
+    Raises NotMigrated, saying to run `flask db upgrade`, when the schema is behind this code's migrations.
+    """
     with app.app_context():
-        if not inspect(db.engine).has_table(Voice.__tablename__):
-            log.warning("voices table missing: run `flask --app voiceforge db upgrade`")
-            return None
+        problem = schema_problem()
+        if problem:
+            raise NotMigrated(problem)
         from voiceforge.jobs import store  # jobs -> voices: imported here
 
         report = reconcile(Path(app.config["DATA_DIR"]), is_owned=store.owned_voice_ids().__contains__)
