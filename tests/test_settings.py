@@ -82,3 +82,14 @@ def test_pairs_keep_working_with_a_trailing_comma(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("VOICEFORGE_VOICE_ALIASES", "default-narrator = Ana Florence,")
     settings = get_runtime(create_app(instance_path=str(tmp_path))).settings
     assert settings.voice_aliases == {"default-narrator": "Ana Florence"}
+
+
+def test_names_in_instance_config_that_nothing_reads_are_said(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "config.py").write_text('WORKERS = 4\nDEFAUL_LANGUAGE = "de"\nDEFAULT_LANGUAGE = "fr"\n')
+    app = create_app(instance_path=str(tmp_path))
+    assert get_runtime(app).settings.default_language == "fr"
+    warnings = " | ".join(record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+    assert "sets WORKERS, which only the environment sets (VOICEFORGE_WORKERS)" in warnings
+    assert "sets DEFAUL_LANGUAGE, which is not a setting" in warnings
+    assert "DEFAULT_LANGUAGE," not in warnings

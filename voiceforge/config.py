@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -11,7 +12,12 @@ from typing import Any
 import click
 from flask import Flask
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX = "VOICEFORGE_"
+# Read from the environment only, before any app exists: gunicorn.conf.py, compose, the instance path.
+ENVIRONMENT_ONLY = ("BIND", "WORKERS", "THREADS", "TIMEOUT", "GRACEFUL_TIMEOUT", "CONTROL_SOCKET", "PORT",
+                    "INSTANCE_PATH")
 OFFICIAL_MODEL = "tts_models/multilingual/multi-dataset/xtts_v2"
 
 # Every setting an operator may change. Names are the Flask config keys; the environment variable
@@ -92,11 +98,27 @@ class ConfigError(click.ClickException, ValueError):
 def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
     """Fill app.config from defaults, instance/config.py, the environment and explicit overrides."""
     app.config.update(DEFAULTS)
+    flask_keys = set(app.config)
     app.config.from_pyfile("config.py", silent=True)
+    _warn_about_unused_names(app, flask_keys)
     app.config.update(read_environment(os.environ))
     if overrides:
         app.config.update(overrides)
     derive(app)
+
+
+def _warn_about_unused_names(app: Flask, known: set[str]) -> None:
+    """A name in instance/config.py that nothing reads (a typo, or a gunicorn setting) is said once."""
+    path = Path(app.instance_path) / "config.py"
+    if not path.is_file():
+        return
+    for name in sorted(set(app.config) - known):
+        if name in ENVIRONMENT_ONLY:
+            log.warning("%s sets %s, which only the environment sets (%s%s); it is ignored", path, name,
+                        ENV_PREFIX, name)
+        else:
+            log.warning("%s sets %s, which is not a setting (see README, Configuration); it is ignored",
+                        path, name)
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
