@@ -24,7 +24,10 @@ ENV PYTHONUNBUFFERED=1 \
     FLASK_APP=voiceforge \
     VOICEFORGE_INSTANCE_PATH=/data \
     VOICEFORGE_DATA_DIR=/data/voices \
-    HF_HOME=/models/huggingface
+    HF_HOME=/models/huggingface \
+    XDG_RUNTIME_DIR=/tmp
+# XDG_RUNTIME_DIR: gunicorn's control socket then lives in the container, not in the home directory
+# /data, a volume that several containers may share (each would take the others' socket over).
 WORKDIR /app
 
 # The dependencies first, so a code change does not reinstall PyTorch (a layer of several GB).

@@ -67,3 +67,11 @@ def test_the_driver_for_composes_database_is_a_runtime_requirement() -> None:
     requirements = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^psycopg\[binary\]==", requirements, re.MULTILINE)
     assert re.search(r"^prometheus-client==", requirements, re.MULTILINE)
+
+
+def test_the_image_keeps_gunicorns_control_socket_out_of_the_shared_data_volume() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    # The user's home is /data (a volume several containers may share); the default socket would be there.
+    assert re.search(r"--home-dir /data\b", dockerfile)
+    runtime_dir = re.search(r"\bXDG_RUNTIME_DIR=(\S+)", dockerfile)
+    assert runtime_dir and not runtime_dir.group(1).startswith("/data")
