@@ -12,9 +12,19 @@ config = context.config
 
 # Alembic's logging set-up (its INFO lines) is for `flask db ...` run from a shell. Where logging is
 # already configured (the service process, gunicorn, pytest's capture), fileConfig would replace the
-# root handlers, so it is skipped there.
+# root handlers, so it is skipped there. With VOICEFORGE_LOG_FORMAT=json (compose migrates before it
+# serves) those lines are JSON, as every other line of the service.
 if not logging.getLogger().handlers:
-    fileConfig(config.config_file_name, disable_existing_loggers=False)
+    from voiceforge.logs import configure_logging
+    from voiceforge.runtime import get_runtime
+
+    _settings = get_runtime(current_app).settings
+    if _settings.log_format == "json":
+        configure_logging(_settings.log_level, "json", install_handler=True)
+        for _name in ("alembic", "flask_migrate"):
+            logging.getLogger(_name).setLevel(logging.INFO)
+    else:
+        fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger('alembic.env')
 
 

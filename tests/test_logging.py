@@ -93,3 +93,18 @@ def test_an_unknown_log_format_is_refused_naming_the_variable(tmp_path: Path,
     monkeypatch.setenv("VOICEFORGE_LOG_FORMAT", "xml")
     with pytest.raises(ConfigError, match="VOICEFORGE_LOG_FORMAT=xml is not valid: one of text, json"):
         create_app(instance_path=str(tmp_path))
+
+
+def test_migrations_log_json_lines_when_asked(tmp_path: Path) -> None:
+    # compose's web service runs `flask db upgrade` before gunicorn, with VOICEFORGE_LOG_FORMAT=json.
+    import os
+    import subprocess
+
+    environment = {**os.environ, "VOICEFORGE_INSTANCE_PATH": str(tmp_path), "VOICEFORGE_LOG_FORMAT": "json",
+                   "VOICEFORGE_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}"}
+    flask = str(Path(sys.executable).parent / "flask")
+    result = subprocess.run([flask, "--app", "voiceforge", "db", "upgrade"], cwd=Path(__file__).parents[1],
+                            env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert any(line["message"].startswith("Running upgrade") for line in lines), lines
