@@ -111,6 +111,11 @@ def _size_threads(server, queue_size: int) -> None:
                            "for one", server.cfg.threads, queue_size)
 
 
+def on_reload(server) -> None:
+    """A reload (SIGHUP, `gunicornc … reload`) has read this file again: size the threads again."""
+    _size_threads(server, server.voiceforge_settings.inference_queue_size)
+
+
 def when_ready(server) -> None:
     """Start the job runner process beside the workers (the database backend; Celery has its own)."""
     settings = server.voiceforge_settings

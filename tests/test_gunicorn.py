@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import requests
 from tests.support.audio import data_uri, decode_output, encode_audio, voice
 from tests.support.server import (
     Server,
+    control_socket_config,
     control_socket_workers,
     free_port,
     parent_pid,
@@ -218,6 +221,24 @@ def test_a_full_inference_queue_leaves_threads_for_health_checks_and_its_503(tmp
     finally:
         for stream in streams:
             stream.close()
+        stop_server(server)
+
+
+def test_threads_sized_from_the_queue_survive_a_reload(tmp_path: Path, checkpoint_dir: Path) -> None:
+    control = tmp_path / "control.ctl"
+    server = start_server(tmp_path, checkpoint_dir, VOICEFORGE_INFERENCE_QUEUE_SIZE="20",
+                          VOICEFORGE_CONTROL_SOCKET=str(control))
+    try:
+        deadline = time.monotonic() + 15  # the master binds its socket once the workers are forked
+        while not control.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "threads: 28" in control_socket_config(control).splitlines()  # 20 places + 8
+        worker = control_socket_workers(control)
+        os.kill(server.process.pid, signal.SIGHUP)  # gunicorn reads gunicorn.conf.py again
+        while control_socket_workers(control) == worker and time.monotonic() < deadline + 30:
+            time.sleep(0.2)
+        assert "threads: 28" in control_socket_config(control).splitlines()
+    finally:
         stop_server(server)
 
 

@@ -33,6 +33,13 @@ def control_socket_workers(socket: Path) -> list[int]:
     return [worker["pid"] for worker in json.loads(answer.stdout)["workers"]]
 
 
+def control_socket_config(socket: Path) -> str:
+    """What `gunicornc … show config` says through one control socket."""
+    answer = subprocess.run([str(Path(sys.executable).parent / "gunicornc"), "-s", str(socket), "-c",
+                             "show config"], capture_output=True, text=True, timeout=30, check=True)
+    return answer.stdout
+
+
 def parent_pid(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
