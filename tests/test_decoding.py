@@ -154,6 +154,63 @@ def test_a_new_requests_first_sentence_goes_ahead_of_other_requests_later_ones(
     engine.decoder().close()
 
 
+def submitted_together(engine: Engine, requests: list[tuple[Latents, Sampling]], text: str) -> list:
+    """Utterances that the decoder takes into one batch: it cannot take any until all are queued."""
+    decoder = engine.decoder()
+    with decoder._condition:
+        return [engine.speak([text], "en", latents, sampling)[0] for latents, sampling in requests]
+
+
+@pytest.mark.parametrize("damage", ["wrong shape", "nan"])
+def test_a_sequence_whose_own_inputs_fail_ends_alone_and_its_batch_goes_on(
+        shared_engine: Engine, voices, damage: str) -> None:
+    """Latents of another checkpoint or with NaN (which a sampled row's draw would choke on) fail
+    their own sequence at admission; the others in the batch speak exactly as they would alone."""
+    text = "Innocent bystanders keep talking."
+    alone = [shared_engine.speak([text], "en", latents, GREEDY)[0] for latents in voices[:2]]
+    alone_audio = [utterance.audio() for utterance in alone]
+    good = voices[0]
+    bad = Latents(torch.zeros(1, 32, 7), good.speaker_embedding) if damage == "wrong shape" else \
+        Latents(torch.full_like(good.gpt_cond_latent, float("nan")), good.speaker_embedding)
+    first, doomed, second = submitted_together(
+        shared_engine, [(voices[0], GREEDY), (bad, VARIED), (voices[1], GREEDY)], text)
+    with pytest.raises((RuntimeError, FloatingPointError)):
+        doomed.audio()
+    for utterance, tokens, audio in zip((first, second), alone, alone_audio, strict=True):
+        assert np.abs(utterance.audio() - audio).max() < 1e-6
+        assert utterance.tokens == tokens.tokens
+
+
+def test_a_row_whose_scores_turn_nan_mid_sequence_ends_alone(shared_engine: Engine, voices) -> None:
+    """NaN scores in one row (a damaged fine-tuned weight) neither break the batch's shared draw
+    nor pass for tokens: that sequence ends with an error and the others go on."""
+    text = "Innocent bystanders keep talking."
+    (alone,) = shared_engine.speak([text], "en", voices[0], GREEDY)
+    alone_audio = alone.audio()
+    decoder = shared_engine.decoder()
+    real_step = decoder._step_runner
+    steps = {"n": 0}
+
+    def poisoning_row_1_once(*args: object):
+        output = real_step(*args)
+        steps["n"] += 1
+        if steps["n"] == 2:
+            output.logits[1] = float("nan")
+        return output
+
+    decoder._step_runner = poisoning_row_1_once
+    try:
+        first, doomed, third = submitted_together(
+            shared_engine, [(voices[0], GREEDY), (voices[1], VARIED), (voices[0], GREEDY)], text)
+        with pytest.raises(FloatingPointError):
+            doomed.audio()
+        for utterance in (first, third):
+            assert np.abs(utterance.audio() - alone_audio).max() < 1e-6
+            assert utterance.tokens == alone.tokens
+    finally:
+        decoder._step_runner = real_step
+
+
 def fine_tuned_weights(engine: Engine, directory: Path) -> str:
     """A voice's fine-tuned GPT file as export_gpt writes it: the base weights plus noise."""
     generator = torch.Generator().manual_seed(3)

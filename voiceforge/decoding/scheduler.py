@@ -6,7 +6,9 @@ live rows by one token per step, each with its own sampling settings; a row leav
 stop token, reaches the token cap, or its consumer cancels it. After each step the vocoder windows
 that are ready, from any row, are vocoded together. Voices with fine-tuned weights only share a
 batch with sequences of the same weights: a batch drains before the weights change, and a waiting
-sequence of other weights stops newer ones from joining, so no voice waits for ever.
+sequence of other weights stops newer ones from joining, so no voice waits for ever. A sequence
+whose own inputs fail (at its prefill, or NaN scores later) ends alone with the error; a failure of
+the batch's shared work (its weights, a step, the vocoder) ends every sequence in the batch.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _DONE = object()  # end of an utterance's audio pieces
 # Token ids in stock XTTS's prompt (placeholder 1s for the prefix, then the start token), which
 # transformers' repetition penalty counts as seen: penalising them too keeps tokens identical.
 _PROMPT_PLACEHOLDER = 1
+NON_FINITE = "decoding produced NaN or infinite scores for this sequence (damaged latents or weights?)"
 
 
 @dataclass(eq=False)
@@ -168,23 +171,26 @@ class BatchScheduler:
                 joining = self._take_joining()
             try:
                 with self._model_lock, torch.inference_mode():
+                    # The batch's weights: a failure here (a deleted voice's file) is every sequence's,
+                    # since only sequences of the same weights share a batch.
                     self._use_weights(self._weights)
                     if self._decoder_weights != (self._weights,):
                         self.decoder.refresh()
                         self._decoder_weights = (self._weights,)
-                    for utterance in joining:
-                        self._admit(utterance)
+                    while joining:
+                        self._admit(joining[0])  # a sequence's own failure here ends only that one
+                        joining.pop(0)
                     self._drop_cancelled()
                     if self._live:
                         self._step()
                         self._vocode()
                     self._retire()
-            except BaseException as error:  # handed to every consumer in the batch; the thread goes on
-                stranded = {id(item): item for item in [live.utterance for live in self._live] + joining}
+            except BaseException as error:  # the batch's shared work failed: every sequence in it ends
+                # (except those already ended: cancelled, failed alone, or all their audio out)
+                stranded = [live.utterance for live in self._live if live.vocoding is not None] + joining
                 log.exception("decoding failed; ending %d utterance(s)", len(stranded))
-                for utterance in stranded.values():  # one that already ended never reads these
-                    utterance._out.put(error)
-                    utterance._out.put(_DONE)
+                for utterance in stranded:
+                    _end(utterance, error)
                 self._live = []  # every row is free again; their caches are simply overwritten
         self._fail_all(RuntimeError("the decoder was closed"))
 
@@ -199,22 +205,34 @@ class BatchScheduler:
         return joining
 
     def _admit(self, utterance: Utterance) -> None:
+        """Prefill an utterance into the next free row; if its own inputs fail, it alone ends."""
         if utterance.cancelled:
             utterance._out.put(_DONE)
             return
+        try:
+            live = self._prefilled(utterance)
+        except Exception as error:  # its latents or tokens (shapes, NaN): the rows of others are untouched
+            log.exception("an utterance failed at admission; the batch goes on")
+            _end(utterance, error)
+            return
+        self._live.append(live)
+
+    def _prefilled(self, utterance: Utterance) -> _Live:
         decoder, row = self.decoder, len(self._live)
         device = decoder.device
         embeddings = decoder.prefix_embeddings(utterance.cond_latent.to(device),
                                                utterance.text_tokens.to(device))
         output = decoder.prefill(row, embeddings)
+        if not bool(torch.isfinite(output.logits).all()):
+            raise FloatingPointError(NON_FINITE)
         self.table.assign(row, utterance.settings, [_PROMPT_PLACEHOLDER, decoder.start_token])
         token = int(self.table.choose(output.logits, torch.tensor([row], device=device),
                                       sample=not utterance.settings.greedy)[0])
         vocoding = WindowedVocoding(self.model, utterance.speaker.to(device), utterance.speed,
                                     first=utterance.first_window, window=utterance.window)
         live = _Live(utterance, vocoding, embeddings.shape[0])
-        self._live.append(live)
         self._record(live, token, output.latents[0])
+        return live
 
     def _record(self, live: _Live, token: int, latent: torch.Tensor) -> None:
         live.utterance.tokens.append(token)
@@ -242,14 +260,25 @@ class BatchScheduler:
         audio_positions = torch.tensor([len(live.utterance.tokens) for live in self._live], device=device)
         cache_positions = torch.tensor(lengths, device=device)
         output = self._step_runner(tokens, audio_positions, cache_positions, max(lengths) + 1)
+        # A row with NaN or infinite scores would make the batch's shared draw fail for every row:
+        # it gets neutral scores for the draw and then ends alone.
+        finite = torch.isfinite(output.logits).all(dim=-1)
+        logits = torch.where(finite[:, None], output.logits, 0.0)
         sample = any(not live.utterance.settings.greedy for live in self._live)
-        chosen = self.table.choose(output.logits, torch.arange(n, device=device), sample=sample).tolist()
+        chosen = self.table.choose(logits, torch.arange(n, device=device), sample=sample)
+        chosen, usable = torch.stack([chosen, finite.long()]).tolist()  # one read back from the device
         latents = output.latents.float().clone()  # a graph's outputs are overwritten by its next replay
         self.steps += 1
         self.max_batch = max(self.max_batch, len(stepping))
         for row, live in enumerate(self._live):
             if live.finished:
                 continue  # its row was stepped only to keep the batch packed; the result is ignored
+            if not usable[row]:
+                log.error("a sequence's scores became NaN or infinite; it ends, the batch goes on")
+                live.finished = True
+                live.vocoding = None  # type: ignore[assignment] - nothing more to vocode
+                _end(live.utterance, FloatingPointError(NON_FINITE))
+                continue
             live.cache_length += 1
             self._record(live, chosen[row], latents[row])
 
@@ -287,8 +316,13 @@ class BatchScheduler:
             stranded = [live.utterance for live in self._live] + self._waiting
             self._live, self._waiting = [], []
         for utterance in stranded:
-            utterance._out.put(error)
-            utterance._out.put(_DONE)
+            _end(utterance, error)
+
+
+def _end(utterance: Utterance, error: BaseException) -> None:
+    """End an utterance with an error: its consumer raises it instead of reading more audio."""
+    utterance._out.put(error)
+    utterance._out.put(_DONE)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
