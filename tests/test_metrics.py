@@ -77,6 +77,10 @@ def test_speech_records_synthesis_time_and_the_audio_it_produced(client) -> None
     assert produced == pytest.approx(wav_seconds(spoken.json["audioDataUri"]) + streamed_seconds, abs=0.01)
     assert value(after, "voiceforge_model_loaded") >= 1
     assert value(after, "voiceforge_inference_queue_depth") == 0  # every place given back
+    # A several-sentence request is still one observation: the help text says what a sample is.
+    helps = {family.name: family.documentation for family in text_string_to_metric_families(after)}
+    for name in ("voiceforge_synthesis_seconds", "voiceforge_synthesis_tokens_per_second"):
+        assert "per speech request" in helps[name] and "sentence." not in helps[name]
 
 
 def test_a_slow_listener_does_not_count_as_synthesis_time(client) -> None:

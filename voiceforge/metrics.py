@@ -47,12 +47,12 @@ REQUEST_SECONDS = Histogram(
 # -- synthesis ----------------------------------------------------------------------------------
 # Real-time factor = rate(voiceforge_synthesis_seconds_sum) / rate(voiceforge_synthesis_audio_seconds_total).
 SYNTHESIS_SECONDS = Histogram(
-    "voiceforge_synthesis_seconds", "Time the engine took per synthesised sentence.",
+    "voiceforge_synthesis_seconds", "Time the engine took per speech request (all its sentences).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300))
 AUDIO_SECONDS = Counter("voiceforge_synthesis_audio_seconds", "Seconds of speech produced (pauses excluded).")
 TOKENS = Counter("voiceforge_synthesis_tokens", "XTTS audio tokens decoded (where the engine reports them).")
 TOKENS_PER_SECOND = Histogram(
-    "voiceforge_synthesis_tokens_per_second", "Audio tokens decoded per second, per sentence.",
+    "voiceforge_synthesis_tokens_per_second", "Audio tokens decoded per second, per speech request.",
     buckets=(1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000))
 QUEUE_DEPTH = Gauge("voiceforge_inference_queue_depth",
                     "Speech requests using or waiting for the model (all processes).",
@@ -100,7 +100,7 @@ def record_synthesis(seconds: float, audio_seconds: float, tokens: int | None = 
     update_gpu_memory()
 
 
-def measured_stream(pieces: Generator[Any, None, tuple[float, int]]) -> Iterator[Any]:
+def measured_stream(pieces: Generator[Any, None, tuple[float, int]]) -> Generator[Any, None, None]:
     """Yield what `pieces` yields, then record it with the (speech seconds, audio tokens) it returns.
 
     Only the time spent inside `pieces` counts, not the time the consumer (a slow client) holds each
