@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.support.audio import FORMATS, data_uri, encode_audio, voice
 from tests.support.registry import files_under
+from voiceforge.errors import Conflict
 from voiceforge.models import Voice, VoiceStatus
 from voiceforge.services import engine as engine_module
 from voiceforge.services.engine import Engine, Latents
-from voiceforge.services.text import clean_text
+from voiceforge.services.languages import CHAR_LIMITS
+from voiceforge.services.text import clean_text, split_text
 
 RATE = 22050
 
@@ -230,6 +234,8 @@ def test_latents_are_computed_once_per_voice_not_per_request(client, monkeypatch
     ({"text": "Hi", "voiceId": "default-female", "variability": -0.1}, 422, "variability"),
     ({"text": "Hi", "voiceId": "default-female", "speed": "fast"}, 400, "speed"),
     ({"text": "Hi", "voiceId": "default-female", "speed": True}, 400, "speed"),
+    ({"text": "Hi", "voiceId": "default-female", "speed": "1.5"}, 400, "speed: Not a valid number"),
+    ({"text": "Hi", "voiceId": "default-female", "variability": "0"}, 400, "variability: Not a valid number"),
     ({"text": ["Hi"], "voiceId": "default-female"}, 400, "text"),
     ({"voiceId": "default-female"}, 400, "text"),
     ({"text": "Hi"}, 400, "voiceId"),
@@ -238,6 +244,95 @@ def test_bad_tts_requests_get_clear_4xx(client, body: dict, status: int, detail:
     response = client.post("/api/tts", json=body)
     assert response.status_code == status, response.json
     assert detail in response.json["detail"]
+
+
+def test_text_the_model_cannot_read_says_why(client) -> None:
+    # coqui's number expansion has no Hindi digits and raises NotImplementedError() with no message.
+    response = client.post("/api/tts", json={"text": "मेरे पास 123 रुपये हैं।", "voiceId": "default-female",
+                                             "language": "hi"})
+    assert response.status_code == 422
+    assert response.json["detail"] == (
+        "This text cannot be spoken in 'hi': the model cannot read its numbers, ordinals or symbols aloud in "
+        "this language; spell out numbers and symbols in words.")
+
+
+@pytest.mark.parametrize(("language", "text"), [
+    # NFKC makes ？！ ASCII, and no space follows them
+    ("zh-cn", "你今天过得怎么样？我今天过得非常好，谢谢你的关心！" * 4),
+    ("ja", "今日はどうでしたか？とても良い一日でした、ありがとう！" * 4),
+    ("hi", "क्या आप आज ठीक हैं। मैं बहुत अच्छा हूँ और आपका धन्यवाद करता हूँ कि आपने पूछा। हाँ॥ " * 3),
+    ("ar", "كيف حالك اليوم؟ أنا بخير شكرا جزيلا لسؤالك عن حالي يا صديقي العزيز؛ نعم؟ " * 3),
+])
+def test_long_texts_are_cut_at_their_scripts_sentence_ends(language: str, text: str) -> None:
+    chunks = split_text(clean_text(text, max_chars=5000), language)
+    assert len(chunks) > 1 and all(len(chunk) <= CHAR_LIMITS[language] for chunk in chunks)
+    assert all(chunk[-1] in "?!;。।॥؟؛" for chunk in chunks), chunks  # never mid-sentence
+
+
+def test_marks_inside_latin_words_are_no_sentence_ends() -> None:
+    assert split_text("Try example.com/?q=1;v=2 or Really?!Yes.", "en") == [
+        "Try example.com/?q=1;v=2 or Really?!Yes."]
+
+
+def finetuned_voice(app, client) -> str:
+    """A cloned voice made to look fine-tuned: its GPT weights are a file the decoder reads in its turn."""
+    from voiceforge.db import db
+    from voiceforge.services import voices
+
+    voice_id = enrol(client)
+    (Path(app.config["DATA_DIR"]) / voice_id / "gpt.pth").write_bytes(b"never read: deleted first")
+    with app.app_context():
+        voices.set_finetuned(voices.get_voice(voice_id), f"{voice_id}/gpt.pth", f"{voice_id}/latents.pth")
+        db.session.commit()
+    return voice_id
+
+
+def test_a_fine_tuned_voice_deleted_while_its_request_waits_is_404(app, client, shared_engine: Engine,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    voice_id = finetuned_voice(app, client)
+    shared_engine.decoder()  # built now: building it takes the model lock too
+    queued = threading.Event()
+    real_speak = shared_engine.speak
+
+    def speak_and_tell(*args: object, **kwargs: object) -> list:
+        utterances = real_speak(*args, **kwargs)
+        queued.set()
+        return utterances
+
+    monkeypatch.setattr(shared_engine, "speak", speak_and_tell)
+    answers: list = []
+    waiting = threading.Thread(target=lambda: answers.append(speak(app.test_client(), voice_id)))
+    with shared_engine._model_lock:  # the decoder is busy: the request waits for its turn
+        waiting.start()
+        assert queued.wait(60)
+        assert client.delete(f"/api/voices/{voice_id}").status_code == 204
+    waiting.join(60)
+    assert answers[0].status_code == 404, answers[0].json
+    assert answers[0].json["detail"] == f"Voice {voice_id!r} not found."
+    assert speak(client, "default-female").status_code == 200
+
+
+def test_a_stream_whose_fine_tuned_voice_goes_before_its_turn_fails_before_any_audio(app, client) -> None:
+    """Speech.stream() waits for the first audio, so the view can still answer JSON (streaming.py)."""
+    from voiceforge.errors import NotFound
+    from voiceforge.runtime import get_runtime
+    from voiceforge.services import synthesis
+
+    voice_id = finetuned_voice(app, client)
+    with app.app_context():
+        runtime = get_runtime()
+        speech = synthesis.prepare(runtime, "Hello there.", voice_id)
+        assert client.delete(f"/api/voices/{voice_id}").status_code == 204
+        with pytest.raises(NotFound):
+            speech.stream()
+        speech.close()
+        # a voice whose weights file was lost, not deleted: 409 as for its other files
+        kept = finetuned_voice(app, client)
+        speech = synthesis.prepare(runtime, "Hello there.", kept)
+        (Path(app.config["DATA_DIR"]) / kept / "gpt.pth").unlink()
+        with pytest.raises(Conflict, match="lost its files"):
+            speech.stream()
+    assert speak(client, "default-female").status_code == 200
 
 
 def test_the_text_limit_holds_for_what_is_spoken_not_only_for_what_is_sent(make_app) -> None:
@@ -270,13 +365,22 @@ def test_a_voice_that_is_not_ready_is_409(app, client) -> None:
     assert response.status_code == 409 and "not ready" in response.json["detail"]
 
 
-@pytest.mark.parametrize("damage", [b"", b"not a torch file", "truncated"])
+@pytest.mark.parametrize("damage", [b"", b"not a torch file", "truncated", "wrong shape", "nan"])
 def test_a_voice_whose_latents_file_is_damaged_is_409_not_500(app, client, damage) -> None:
+    """Unreadable, or readable but unusable (another checkpoint's shapes, NaN): refused before decoding,
+    where it would have failed every other request in its batch too."""
     voice_id = enrol(client)
     latents = Path(app.config["DATA_DIR"]) / voice_id / "latents.pth"
-    latents.write_bytes(latents.read_bytes()[:100] if damage == "truncated" else damage)
+    if damage in ("wrong shape", "nan"):
+        good = Latents.load(latents)
+        cond = torch.zeros(1, 32, 7) if damage == "wrong shape" else torch.full_like(good.gpt_cond_latent,
+                                                                                    float("nan"))
+        latents.write_bytes(Latents(cond, good.speaker_embedding).to_bytes())
+    else:
+        latents.write_bytes(latents.read_bytes()[:100] if damage == "truncated" else damage)
     response = speak(client, voice_id)
     assert response.status_code == 409 and "damaged latents file" in response.json["detail"]
+    assert speak(client, "default-female").status_code == 200
 
 
 def test_without_a_model_speech_and_cloning_answer_503_with_instructions(make_app, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from voiceforge.audio.encode import FORMATS
@@ -21,15 +23,25 @@ class RequestSchema(Schema):
         unknown = EXCLUDE
 
 
+class Number(fields.Float):
+    """A JSON number, and only that: marshmallow's Float also reads "1.5", which the API documents as a
+    wrong type (400), as it does true (epochs is strict the same way)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, str):
+            raise self.make_error("invalid", input=value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class TtsRequestSchema(RequestSchema):
     text = fields.String(required=True, metadata={
         "description": "Text to speak: at least one letter or digit once invisible characters, controls "
                        "and emoji are dropped.", **SPEAKABLE_TEXT})
     voiceId = fields.String(required=True, validate=validate.Length(min=1, max=200), metadata={
         "description": "A cloned voice's id, or `default-…` for a built-in voice."})
-    speed = fields.Float(load_default=1.0, validate=validate.Range(min=0.5, max=2.0),
+    speed = Number(load_default=1.0, validate=validate.Range(min=0.5, max=2.0),
                          metadata={"description": "Speaking rate, 0.5–2.0."})
-    variability = fields.Float(load_default=0.5, validate=validate.Range(min=0.0, max=1.0), metadata={
+    variability = Number(load_default=0.5, validate=validate.Range(min=0.0, max=1.0), metadata={
         "description": "0 = deterministic, 0.5 = the model's default sampling, 1 = most varied."})
     language = fields.String(load_default=None, validate=validate.Length(min=2, max=10), metadata={
         "description": "XTTS language code (en, ru, zh-cn, …; `zh` means zh-cn); default: the voice's, "

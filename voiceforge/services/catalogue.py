@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from flask import has_app_context
+
 from voiceforge import metrics
 from voiceforge.errors import Conflict, NotFound
 from voiceforge.models import Voice, VoiceKind, VoiceStatus
@@ -97,7 +99,7 @@ class VoiceCatalogue:
 
     # -- speaking ---------------------------------------------------------------------------------
     def handle(self, voice_id: str) -> VoiceHandle:
-        """The handle of any voice id; 404 unknown, 409 not ready, 503 when no model is available."""
+        """The handle of any voice id; 404 unknown, 409 not ready or damaged, 503 without a model."""
         if voice_id.startswith(BUILTIN_PREFIX):
             speaker = self.speaker_for(voice_id, self.engine.speaker_names(load=True))
             latents = self.engine.speaker_latents(speaker) if speaker else None
@@ -122,8 +124,26 @@ class VoiceCatalogue:
             # server is fine. The operator's log says which file.
             log.error("voice %s: %s cannot be read (%s)", voice.id, voice.latents_path, first_line(error))
             raise Conflict(f"Voice {voice_id!r} has a damaged latents file; re-enrol it.") from None
+        try:
+            self.engine.check_latents(latents)
+        except ValueError as error:  # it loads, but would fail in the decoder (wrong shapes, NaN)
+            log.error("voice %s: %s cannot speak with this model (%s)", voice.id, voice.latents_path, error)
+            raise Conflict(f"Voice {voice_id!r} has a damaged latents file; re-enrol it.") from None
         weights = str(self.settings.data_dir / voice.weights_path) if voice.weights_path else None
         return VoiceHandle(voice.id, latents, voice.language, weights)
+
+    def vanished(self, handle: VoiceHandle) -> NotFound | Conflict:
+        """The error for a voice whose files went while a request spoke with it (a fine-tuned voice's
+        GPT weights are read by the decoder, after handle()): 404 if it was deleted, else 409.
+
+        Outside an application context (a stream already sending) the registry cannot be asked, and
+        the error only ends the stream: 404."""
+        if not has_app_context():
+            return NotFound(f"Voice {handle.voice_id[:80]!r} not found.")
+        voice = voices.find_voice(handle.voice_id)
+        if voice is None or not voices.still_exists(voice):
+            return NotFound(f"Voice {handle.voice_id[:80]!r} not found.")
+        return Conflict(f"Voice {handle.voice_id!r} has lost its files; re-enrol it.")
 
     def speaker_for(self, voice_id: str, speakers: list[str]) -> str | None:
         """The checkpoint speaker a built-in id speaks with (None when the checkpoint has none)."""

@@ -243,6 +243,28 @@ class Engine:
             speaker_embedding = model.get_speaker_embedding(audio, CONDITIONING_RATE)
         return Latents(gpt_cond_latent.detach().cpu(), speaker_embedding.detach().cpu())
 
+    def check_latents(self, latents: Latents) -> None:
+        """ValueError saying why a voice's latents cannot speak with this model (loads the model).
+
+        A file can load and still be unusable: made for another checkpoint (VOICEFORGE_MODEL_DIR
+        changed), overwritten with other tensors, or holding NaN. Refused here, it fails its own
+        request with a 409 instead of failing inside the decoder, next to other requests' rows.
+        """
+        import torch
+
+        args = self.model.args
+        latent, speaker = latents.gpt_cond_latent, latents.speaker_embedding
+        for name, tensor in (("gpt_cond_latent", latent), ("speaker_embedding", speaker)):
+            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                raise ValueError(f"{name} is not a floating-point tensor")
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name} holds NaN or infinite values")
+        # XTTS-v2's perceiver resampler makes 32 conditioning latents; its speaker encoder one d-vector.
+        for name, tensor, shape in (("gpt_cond_latent", latent, (1, 32, args.gpt_n_model_channels)),
+                                    ("speaker_embedding", speaker, (1, args.d_vector_dim, 1))):
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}; this model's is {shape}")
+
     # -- synthesis ---------------------------------------------------------------------------
     def check_text(self, text: str, language: str) -> None:
         """422 now, before any audio exists, for a chunk the model would refuse mid-synthesis.
@@ -380,9 +402,14 @@ class Engine:
 
 
 def unspeakable(language: str, error: Exception) -> Unprocessable:
-    """coqui's number expansion has gaps (digits in hi, ordinals in cs): the text's fault, not ours."""
-    return Unprocessable(f"This text cannot be spoken in {language!r}: {error or 'unsupported'}; "
-                         "spell out numbers and symbols.")
+    """coqui's number expansion has gaps (digits in hi, ordinals in cs): the text's fault, not ours.
+
+    coqui raises a bare NotImplementedError() for those gaps, so the reason is ours when it gives none.
+    """
+    reason = first_line(error) if str(error).strip() else (
+        "the model cannot read its numbers, ordinals or symbols aloud in this language")
+    return Unprocessable(f"This text cannot be spoken in {language!r}: {reason}; "
+                         "spell out numbers and symbols in words.")
 
 
 def _not_the_token_id_notice(record: logging.LogRecord) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 from collections.abc import Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -71,10 +73,13 @@ class Speech:
 
         The first window is 0.35 s: the first audio is ready after it and one vocoder pass, whatever
         the length of the text. With variability 0 the audio tokens are the ones chunks() speaks.
+        Decoding starts here and this returns once the first piece is ready, so a failure before any
+        audio (a voice deleted while its request waited: 404) is raised while an HTTP error can still
+        be answered. Close the iterator to stop early.
         """
-        yield from self._speak(streaming=True)
+        return _Started(self._speak(streaming=True))
 
-    def _speak(self, *, streaming: bool) -> Iterator[np.ndarray]:
+    def _speak(self, *, streaming: bool) -> Generator[np.ndarray, None, None]:
         # Recorded once the audio is all out: the time spent here, not in the consumer's hands.
         return metrics.measured_stream(self._decode(streaming=streaming))
 
@@ -116,6 +121,12 @@ class Speech:
                     tokens += len(utterance.tokens)
                     start_the_rest()
                     index += 1
+            except FileNotFoundError as error:
+                # The decoder reads a fine-tuned voice's GPT weights when its turn comes: a voice
+                # deleted meanwhile (or its files lost) is the client's 404 (or 409), not a 500.
+                if self.voice.weights is None or os.path.exists(self.voice.weights):
+                    raise
+                raise self.runtime.catalogue.vanished(self.voice) from error
             finally:
                 for utterance in in_flight:  # a consumer that stops early frees the decoder's rows
                     utterance.cancel()
@@ -128,6 +139,21 @@ class Speech:
     def audio(self) -> np.ndarray:
         """All chunks joined: the whole-response path."""
         return np.concatenate(list(self.chunks()))
+
+
+class _Started(Iterator[np.ndarray]):
+    """Audio pieces whose first one (or the error before it) has been awaited already."""
+
+    def __init__(self, pieces: Generator[np.ndarray, None, None]) -> None:
+        self._pieces = pieces
+        self._first = list(itertools.islice(pieces, 1))  # raises what decoding raised before any audio
+
+    def __next__(self) -> np.ndarray:
+        return self._first.pop() if self._first else next(self._pieces)
+
+    def close(self) -> None:
+        """Stop early: the decoder drops this request's sentences and its queue place is given back."""
+        self._pieces.close()
 
 
 def prepare(runtime: Runtime, text: str, voice_id: str, *, speed: float = 1.0, variability: float = 0.5,

@@ -8,9 +8,12 @@ import unicodedata
 from voiceforge.errors import Unprocessable
 from voiceforge.services.languages import CHAR_LIMITS
 
-# Sentence ends, Latin and CJK; the split keeps the punctuation with its sentence.
-SENTENCE_END = re.compile(r"(?<=[.!?…。！？；;])\s+|(?<=[。！？])")
-CLAUSE_END = re.compile(r"(?<=[,，、:：—–])\s*")
+# Sentence ends; the split keeps the punctuation with its sentence. Applied after NFKC, which has
+# made CJK's fullwidth ？！；，： ASCII. A sentence end followed by a space (Latin, Cyrillic, the danda
+# । ॥ of Devanagari, Arabic's ؟ ؛); CJK's 。 and, since CJK leaves no space after them, ? ! ; before
+# a letter of a script other than ASCII's ("好?我"; not "a?b" in a URL).
+SENTENCE_END = re.compile(r"(?<=[.!?…。！？；;।॥؟؛])\s+|(?<=[。！？；])|(?<=[!?;])(?=[^\W\d_\x00-\x7f])")
+CLAUSE_END = re.compile(r"(?<=[,，、،:：—–])\s*")
 # Unicode categories dropped before speaking: controls, invisible formatting (zero-width,
 # bidi marks), unassigned/private code points, and pictographs such as emoji.
 DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "So", "Sk"}
