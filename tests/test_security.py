@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -146,3 +147,13 @@ def test_access_log_has_one_line_per_request_and_never_the_text(
     assert "method=POST route=/api/tts status=200" in access[0] and "request_id=req-canary-1" in access[0]
     info_and_up = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     assert "CANARY" not in info_and_up
+
+
+def test_a_streamed_body_without_a_key_is_refused_before_it_is_read(make_app) -> None:
+    # A chunked body has no declared length: the body limit reads it (up to the limit) to measure it,
+    # which a caller without a key must not be able to make the server do.
+    client = make_app(API_KEYS=[KEY], MAX_BODY_BYTES=1000).test_client()
+    body = io.BytesIO(b'{"text": "' + b"a" * 5000 + b'", "voiceId": "default-female"}')
+    response = client.post("/api/tts", input_stream=body, environ_overrides={"wsgi.input_terminated": True},
+                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert response.status_code == 401 and body.tell() == 0  # not a byte of it read

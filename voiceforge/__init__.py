@@ -40,9 +40,9 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
     configure_logging(settings.log_level, settings.log_format)
     register_runtime(app, settings, engine)
     register_request_logging(app)
-    register_body_limit(app)
     register_db(app)
-    register_api(app)
+    register_api(app)  # its key check runs before the body limit reads a streamed body into memory
+    register_body_limit(app)
     register_console(app)
     register_metrics(app)
     register_error_handlers(app)
