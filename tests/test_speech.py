@@ -287,9 +287,13 @@ def finetuned_voice(app, client) -> str:
     return voice_id
 
 
+@pytest.mark.parametrize("route", ["/api/tts", "/api/tts/stream", "/v1/audio/speech"])
 def test_a_fine_tuned_voice_deleted_while_its_request_waits_is_404(app, client, shared_engine: Engine,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   route: str) -> None:
     voice_id = finetuned_voice(app, client)
+    body = ({"model": "tts-1", "input": "Hello there, this is a test.", "voice": voice_id}
+            if route.startswith("/v1") else {"text": "Hello there, this is a test.", "voiceId": voice_id})
     shared_engine.decoder()  # built now: building it takes the model lock too
     queued = threading.Event()
     real_speak = shared_engine.speak
@@ -301,14 +305,16 @@ def test_a_fine_tuned_voice_deleted_while_its_request_waits_is_404(app, client, 
 
     monkeypatch.setattr(shared_engine, "speak", speak_and_tell)
     answers: list = []
-    waiting = threading.Thread(target=lambda: answers.append(speak(app.test_client(), voice_id)))
+    waiting = threading.Thread(target=lambda: answers.append(app.test_client().post(route, json=body)))
     with shared_engine._model_lock:  # the decoder is busy: the request waits for its turn
         waiting.start()
         assert queued.wait(60)
         assert client.delete(f"/api/voices/{voice_id}").status_code == 204
     waiting.join(60)
-    assert answers[0].status_code == 404, answers[0].json
-    assert answers[0].json["detail"] == f"Voice {voice_id!r} not found."
+    # JSON before any audio byte, on the streamed routes too (OpenAI's error shape on /v1).
+    assert answers[0].status_code == 404, answers[0].data[:300]
+    detail = answers[0].json["error"]["message"] if route.startswith("/v1") else answers[0].json["detail"]
+    assert detail == f"Voice {voice_id!r} not found."
     assert speak(client, "default-female").status_code == 200
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
+from werkzeug.wsgi import ClosingIterator
 
 from voiceforge.errors import Conflict, NotFound, Unprocessable
 from voiceforge.openai.errors import ModelNotFound
@@ -46,8 +47,10 @@ def create_speech() -> Response:
     except BaseException:
         speech.close()  # give the queue place back: no audio will be made
         raise
-    response = Response(sse_events(encoded_stream(speech, params.response_format), tokens),
-                        mimetype="text/event-stream", headers=SSE_HEADERS)
+    audio = encoded_stream(speech, params.response_format)  # the first audio (or its error) awaited here
+    # Closed by the server even if it never began sending (the client left): synthesis stops.
+    events = ClosingIterator(sse_events(audio, tokens), [audio.close])
+    response = Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
     # Nothing may ask for the length first: that would synthesise the whole text before the first event.
     response.implicit_sequence_conversion = False
     return response

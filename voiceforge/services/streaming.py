@@ -6,7 +6,9 @@ import logging
 import time
 from collections.abc import Iterator
 
+import numpy as np
 from flask import Response
+from werkzeug.wsgi import ClosingIterator
 
 from voiceforge.audio.encode import FORMATS, StreamEncoder
 from voiceforge.services.synthesis import Speech
@@ -24,16 +26,22 @@ def audio_response(speech: Speech, fmt: str) -> Response:
     return response
 
 
-def encoded_stream(speech: Speech, fmt: str) -> Iterator[bytes]:
+def encoded_stream(speech: Speech, fmt: str) -> ClosingIterator:
     """Bytes of `fmt` as each chunk of audio is synthesised; closing it early stops synthesis.
 
-    The server closes this generator when a client disconnects: the chunk generator is closed
-    with it, so synthesis stops within one chunk and the queue place is given back. A failure
-    after the first byte cannot become a JSON error any more: it is logged and re-raised, so the
-    server aborts the response without its final chunk and the client can tell it is incomplete.
+    The first audio is awaited here, in the view, so a failure before it (a fine-tuned voice
+    deleted while its request waited) is still answered as a JSON error: no byte has been sent.
+    The server closes the iterator when a client disconnects, even before it began sending: the
+    chunks are closed with it, so synthesis stops within one chunk and the queue place is given
+    back. A failure after the first byte cannot become a JSON error any more: it is logged and
+    re-raised, so the server aborts the response without its final chunk and the client can tell.
     """
-    encoder = StreamEncoder(fmt, speech.rate)
     chunks = speech.stream()
+    return ClosingIterator(_encoded(speech, chunks, fmt), [chunks.close, speech.close])
+
+
+def _encoded(speech: Speech, chunks: Iterator[np.ndarray], fmt: str) -> Iterator[bytes]:
+    encoder = StreamEncoder(fmt, speech.rate)
     started = time.perf_counter()
     sent = 0
     try:
