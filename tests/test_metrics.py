@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import time
 import wave
 from pathlib import Path
@@ -201,3 +202,24 @@ def _children(pid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def test_a_process_that_exits_leaves_no_live_gauge_behind(tmp_path: Path) -> None:
+    # A `flask` command run beside the service with the same PROMETHEUS_MULTIPROC_DIR (model warmup).
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    script = ("from voiceforge import metrics\nmetrics.MODEL_LOADED.set(1)\n"
+              "metrics.REQUESTS.labels('GET', '/x', '200').inc()\n")
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=environment, cwd=Path(__file__).parents[1], check=True,
+                   timeout=120)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    exposition = generate_latest(registry).decode()
+    assert "voiceforge_model_loaded 1.0" not in exposition  # its model is gone with it
+    counted = 'voiceforge_http_requests_total{method="GET",route="/x",status="200"} 1.0'
+    assert counted in exposition  # what it counted still counts

@@ -9,6 +9,7 @@ like /api; without keys it is open, like the rest of the service.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -203,6 +204,12 @@ def mark_process_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+# Any process that writes to a shared directory forgets its own live gauges as it exits: a `flask`
+# command run beside the service (model warmup) would otherwise leave "model loaded" counting after it
+# ended. os.getpid() is read at exit, so a forked child (a gunicorn worker) forgets its own, not its parent's.
+atexit.register(lambda: mark_process_dead(os.getpid()))
 
 
 # -- exposition ---------------------------------------------------------------------------------
