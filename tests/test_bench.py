@@ -35,6 +35,8 @@ BENCHMARKS = {
                r"ours, 2 concurrent, time by phase +(?=.*vocoder \d+%)(?=.*GPT step \d+%)"
                r".*, outside them 1?\d%\n"
                r"(.*\n)*ours: greedy sequences identical to stock +2/2"),
+    "enrol": (["--size", "tiny", "--seconds", "4", "--repeats", "1"],
+              r"\n +4s +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +\d+%\n"),
     "finetune": (["--size", "tiny", "--clips", "4", "--epochs", "1"], r"seconds per step \(median\): [\d.]+"),
     "stream": (["--size", "tiny", "--max-tokens", "12", "--repeats", "1", "--formats", "wav"],
                r"\n +10 +wav +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x\n"),
