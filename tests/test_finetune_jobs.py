@@ -272,6 +272,27 @@ def test_a_built_in_voice_cannot_be_fine_tuned_or_removed_from_the_cli(ft_app: F
         assert result.exit_code == 1 and "is a built-in voice of the model" in result.output, result.output
 
 
+def test_a_voice_fine_tuned_before_trains_on_from_its_own_weights(ft_client: FlaskClient, ft_app: Flask,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    queued = enrol_with_fine_tuning(ft_client).json
+    plans: list = []
+
+    def started(plan: object) -> None:
+        plans.append(plan)
+        raise RuntimeError("captured")  # the plan is all this test needs
+
+    monkeypatch.setattr("voiceforge.finetune.train.start_training", started)
+    data_dir = Path(ft_app.config["DATA_DIR"])
+    with ft_app.app_context():
+        runtime, job = get_runtime(ft_app), store.get_job(queued["jobId"])
+        for weights in (None, f"{queued['modelId']}/gpt-earlier.pth"):  # zero-shot, then fine-tuned once
+            voice = voices.get_voice(queued["modelId"])
+            voice.weights_path = weights
+            with pytest.raises(RuntimeError, match="captured"):
+                finetune.train(runtime, job, Path("base"), Path("dataset"), Path("work"), lambda **_: None)
+    assert [plan.start_gpt for plan in plans] == [None, data_dir / queued["modelId"] / "gpt-earlier.pth"]
+
+
 def test_cancelling_a_job_whose_runner_died_ends_it_at_once(ft_client: FlaskClient, ft_app: Flask) -> None:
     """Nobody is left to notice the request: waiting for one would keep the voice locked for hours."""
     queued = enrol_with_fine_tuning(ft_client).json

@@ -329,6 +329,33 @@ def test_finetuned_weights_change_greedy_output_and_swap_back_exactly(
     weights.activate(model, None)
 
 
+def test_a_run_can_start_from_a_fine_tuned_voice_s_weights(base_dir: Path, dataset_dir: Path, exported: Any,
+                                                            model: Any, tmp_path: Path) -> None:
+    import torch
+
+    from voiceforge.finetune.export import export_gpt
+
+    # A learning rate too small to move anything: what the run ends with is what it started from.
+    plan = TrainingPlan(base_dir=base_dir, dataset_dir=dataset_dir, language="en", run_dir=tmp_path / "run",
+                        epochs=1, batch_size=1, grad_accum_steps=1, learning_rate=1e-12, save_every=1000,
+                        device="cpu", start_gpt=exported.path)
+    proc = start_training(plan)
+    try:
+        watch(proc, lambda events: any(e["event"] in ("finished", "failed") for e in events), timeout=150)
+        proc.join(10)
+    finally:
+        proc.kill()
+    assert proc.checkpoint is not None, (proc.error, log_tail(plan.run_dir))
+    ended = torch.load(export_gpt(proc.checkpoint, tmp_path / "again.pth").path, weights_only=True)
+    started_from = torch.load(exported.path, weights_only=True)
+    base = model.gpt.state_dict()
+
+    def distance(one: dict, other: dict) -> float:
+        return sum(float((one[key].float() - other[key].float()).abs().sum()) for key in started_from)
+
+    assert distance(ended, started_from) < distance(started_from, base) / 100  # the voice's, not the base's
+
+
 def test_latent_is_recomputed_with_the_finetuned_gpt(exported: Any, model: Any) -> None:
     import torch
 

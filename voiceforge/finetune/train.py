@@ -62,7 +62,8 @@ class TrainingPlan:
     WAV). run_dir receives the trainer's output; a later run with the same run_dir resumes from its
     newest checkpoint. batch_size / grad_accum_steps left as None are chosen from the training
     device's memory by choose_batch. save_every counts trainer steps (one per batch): a killed run
-    loses at most that many batches.
+    loses at most that many batches. start_gpt: GPT weights (export_gpt's file) that a fresh run
+    starts from instead of base_dir's, so a fine-tuned voice trained again builds on what it learnt.
     """
 
     base_dir: Path
@@ -76,10 +77,13 @@ class TrainingPlan:
     save_every: int = 100
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     seed: int = 1
+    start_gpt: Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("base_dir", "dataset_dir", "run_dir"):
             object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.start_gpt is not None:
+            object.__setattr__(self, "start_gpt", Path(self.start_gpt))
         for name in ("epochs", "save_every"):
             if getattr(self, name) < 1:
                 msg = f"{name} must be at least 1"
@@ -158,6 +162,8 @@ def run_training(plan: TrainingPlan, report: Callable[[dict[str, Any]], None],
 
     continue_dir = _resumable_run(run_dir)
     model = GPTTrainer(config)
+    if plan.start_gpt is not None and continue_dir is None:  # a resumed run restores its own weights
+        _load_start_gpt(model, plan.start_gpt, torch)
     train_samples = _usable_samples(train_samples, model.xtts.tokenizer, config, "training")
     if not train_samples:
         msg = f"no usable training clips in {plan.dataset_dir / TRAIN_METADATA} (see the log for why)"
@@ -199,6 +205,17 @@ def run_training(plan: TrainingPlan, report: Callable[[dict[str, Any]], None],
     return final
 
 
+def _load_start_gpt(model: Any, path: Path, torch: Any) -> None:
+    """Put a fine-tuned voice's GPT weights (fp16, keys without `xtts.gpt.`) into the model to train."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    result = model.xtts.gpt.load_state_dict(state, strict=False)
+    # Inference-only aliases may be missing; a weight the model lacks means another architecture.
+    if result.unexpected_keys:
+        msg = f"{path} does not fit this checkpoint's GPT: {', '.join(result.unexpected_keys[:5])}"
+        raise ValueError(msg)
+    log.info("starting from the fine-tuned GPT weights %s (%d tensors)", path, len(state))
+
+
 def check_inputs(plan: TrainingPlan) -> None:
     """FileNotFoundError unless the base checkpoint and the dataset have the files training needs."""
     for name in BASE_FILES:
@@ -210,6 +227,9 @@ def check_inputs(plan: TrainingPlan) -> None:
         if not (plan.dataset_dir / name).is_file():
             msg = f"{plan.dataset_dir} has no {name}"
             raise FileNotFoundError(msg)
+    if plan.start_gpt is not None and not plan.start_gpt.is_file():
+        msg = f"{plan.start_gpt} (the GPT weights to start from) does not exist"
+        raise FileNotFoundError(msg)
 
 
 def _select_device(device: str) -> None:

@@ -109,9 +109,12 @@ def train(runtime: Runtime, job: Job, base: Path, dataset_dir: Path, work: Path,
     """Train in a child process, reporting progress; the final trainer checkpoint."""
     from voiceforge.finetune.train import TrainingPlan, start_training
 
+    # A voice fine-tuned before goes on from its own weights, not from the base model's.
+    weights = voices.get_voice(job.voice_id).weights_path
     plan = TrainingPlan(base_dir=base, dataset_dir=dataset_dir, language=job.params["language"],
                         run_dir=work / "run", epochs=job.epochs, learning_rate=job.params["learningRate"],
-                        save_every=int(job.params.get("saveEvery", 100)), device=runtime.settings.device)
+                        save_every=int(job.params.get("saveEvery", 100)), device=runtime.settings.device,
+                        start_gpt=runtime.settings.data_dir / weights if weights else None)
     process = start_training(plan)
     started = time.monotonic()
     try:
