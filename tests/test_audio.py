@@ -246,6 +246,19 @@ def test_camera_and_broadcast_videos_are_decoded(container_format: str, codec: s
     assert prepare_reference(samples, RATE).size / RATE > 3.0
 
 
+def test_stereo_whose_channels_cancel_keeps_the_louder_channel() -> None:
+    speech = voice(4.0, rate=RATE)
+    antiphase = np.stack([speech, -0.9 * speech], axis=1)  # one side wired in reverse polarity
+    pcm = (np.clip(antiphase, -1, 1) * 32767).astype("<i2").tobytes()
+    samples = decode_audio(wav_header(channels=2, payload=pcm), max_seconds=30)
+    assert float(np.max(np.abs(samples))) > 0.5  # the left channel, not the near-silent average
+    assert prepare_reference(samples, RATE).size / RATE > 3.0
+    ordinary = np.stack([speech, 0.5 * speech], axis=1)  # a plain stereo recording is still averaged
+    pcm = (ordinary * 32767).astype("<i2").tobytes()
+    averaged = decode_audio(wav_header(channels=2, payload=pcm), max_seconds=30)
+    assert float(np.max(np.abs(averaged))) == pytest.approx(0.75 * float(np.max(np.abs(speech))), rel=0.01)
+
+
 def test_a_silent_first_track_gives_way_to_the_next_with_sound() -> None:
     speech = voice(4.0, rate=44100)
     data = media_file("matroska", "flac", [np.zeros_like(speech), speech])

@@ -235,7 +235,14 @@ def _downmix(frame: av.AudioFrame) -> np.ndarray:
     if name == "u8":
         values -= 128.0
     values /= _INT_SCALE.get(name, 1.0)
-    return values.mean(axis=0).astype(np.float32)
+    mono = values.mean(axis=0)
+    if channels > 1:
+        # Channels that cancel (a microphone wired in reverse polarity on one side) average to near
+        # silence: the loudest channel alone is the recording then.
+        power = np.mean(values**2, axis=1)
+        if power.max() > 0 and np.mean(mono**2) < 0.01 * power.max():
+            return values[int(power.argmax())].astype(np.float32)
+    return mono.astype(np.float32)
 
 
 def _samples(frame: av.AudioFrame) -> np.ndarray:
