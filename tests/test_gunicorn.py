@@ -181,11 +181,15 @@ def test_body_limit_holds_with_chunked_and_lying_lengths(server: Server) -> None
     declared = server.post("/api/tts", {"text": "a" * (BODY_LIMIT + 1000), "voiceId": "default-female"})
     assert declared.status_code == 413 and declared.json()["detail"]
 
-    chunks = [b"%x\r\n%s\r\n" % (len(part), part) for part in
-              (big[i:i + 65536] for i in range(0, len(big), 65536))] + [b"0\r\n\r\n"]
-    status, body = raw_request(server, "POST /api/tts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                               "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", chunks)
+    status, body = post_chunked(server, "/api/tts", big)
     assert status == 413 and b"detail" in body, body
+    # Exactly the limit is allowed chunked as with a Content-Length (then refused for its text, 422);
+    # one byte more is not.
+    for extra, expected in ((0, 422), (1, 413)):
+        exact = b'{"voiceId": "default-female", "text": "' + b"a" * BODY_LIMIT
+        exact = exact[:BODY_LIMIT - 2 + extra] + b'"}'
+        status, body = post_chunked(server, "/api/tts", exact)
+        assert (len(exact) - BODY_LIMIT, status) == (extra, expected), body[:300]
 
     small = b'{"text": "Hi", "voiceId": "default-female"}'
     status, body = raw_request(server, "POST /api/tts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
@@ -240,6 +244,14 @@ def test_threads_sized_from_the_queue_survive_a_reload(tmp_path: Path, checkpoin
         assert "threads: 28" in control_socket_config(control).splitlines()
     finally:
         stop_server(server)
+
+
+def post_chunked(server: Server, path: str, payload: bytes) -> tuple[int, bytes]:
+    """POST a JSON body with chunked transfer encoding (no Content-Length), in 64 KiB chunks."""
+    chunks = [b"%x\r\n%s\r\n" % (len(part), part) for part in
+              (payload[i:i + 65536] for i in range(0, len(payload), 65536))] + [b"0\r\n\r\n"]
+    return raw_request(server, f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                       "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", chunks)
 
 
 def _slow_reader(server: Server, path: str, body: dict) -> socket.socket:

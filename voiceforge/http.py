@@ -29,7 +29,9 @@ def register_body_limit(app: Flask) -> None:
     def _limit_streamed_body() -> None:
         limit = app.config.get("MAX_CONTENT_LENGTH")
         if limit and request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
-            if len(request.get_data(cache=True)) >= limit:
+            # Werkzeug stops reading at the limit: one byte more from the connection tells a body of
+            # exactly the limit (allowed, as with a Content-Length) from a longer one.
+            if len(request.get_data(cache=True)) >= limit and request.environ["wsgi.input"].read(1):
                 raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
 
     @app.after_request
