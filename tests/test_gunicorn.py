@@ -246,6 +246,20 @@ def test_threads_sized_from_the_queue_survive_a_reload(tmp_path: Path, checkpoin
         stop_server(server)
 
 
+def test_a_caller_without_a_key_is_answered_before_its_body_arrives(tmp_path: Path,
+                                                                    checkpoint_dir: Path) -> None:
+    server = start_server(tmp_path, checkpoint_dir, VOICEFORGE_API_KEYS="a-key-for-this-test")
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            # A body announced as 1 MiB of which 10 bytes ever come: the 401 must not wait for the rest.
+            sock.sendall(b"POST /api/tts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1048576\r\n\r\n0123456789")
+            assert sock.recv(12) == b"HTTP/1.1 401"  # a timeout here: the server waited for the body
+    finally:
+        stop_server(server)
+
+
 def post_chunked(server: Server, path: str, payload: bytes) -> tuple[int, bytes]:
     """POST a JSON body with chunked transfer encoding (no Content-Length), in 64 KiB chunks."""
     chunks = [b"%x\r\n%s\r\n" % (len(part), part) for part in

@@ -43,6 +43,10 @@ def register_body_limit(app: Flask) -> None:
         length = request.content_length
         if not length or (limit and length > limit):
             return response  # nothing to read, or too much: let the server close the connection
+        if response.status_code == 401:
+            # A caller without a key is answered at once, not after its body (which it may never send
+            # in full); gunicorn then discards what it can and closes the connection.
+            return response
         try:
             exhaust = getattr(request.stream, "exhaust", None)
             if exhaust:
