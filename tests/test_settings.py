@@ -93,3 +93,19 @@ def test_names_in_instance_config_that_nothing_reads_are_said(tmp_path: Path,
     assert "sets WORKERS, which only the environment sets (VOICEFORGE_WORKERS)" in warnings
     assert "sets DEFAUL_LANGUAGE, which is not a setting" in warnings
     assert "DEFAULT_LANGUAGE," not in warnings
+
+
+def test_a_relative_instance_path_is_the_working_directory_s(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VOICEFORGE_INSTANCE_PATH", "deploy/instance")
+    app = create_app()
+    assert Path(app.instance_path) == tmp_path / "deploy" / "instance" and Path(app.instance_path).is_dir()
+
+
+def test_an_instance_path_that_cannot_be_created_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEFORGE_INSTANCE_PATH", "/proc/voiceforge-cannot-be-here")
+    with pytest.raises(ConfigError) as refused:
+        create_app()
+    assert refused.value.message.startswith("VOICEFORGE_INSTANCE_PATH=/proc/voiceforge-cannot-be-here is not "
+                                            "valid: a directory this user can create")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -23,7 +24,7 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
     """
     from voiceforge.api import register_api
     from voiceforge.cli import register_cli
-    from voiceforge.config import load_config
+    from voiceforge.config import ConfigError, load_config
     from voiceforge.console import register_console
     from voiceforge.db import register_db
     from voiceforge.errors import register_error_handlers
@@ -33,8 +34,14 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
     from voiceforge.runtime import register_runtime
     from voiceforge.settings import Settings
 
-    app = Flask(__name__, instance_relative_config=True,
-                instance_path=instance_path or os.environ.get("VOICEFORGE_INSTANCE_PATH") or None)
+    instance = instance_path or os.environ.get("VOICEFORGE_INSTANCE_PATH") or None
+    # Flask wants an absolute path; a relative one means the working directory's, as anywhere else.
+    app = Flask(__name__, instance_relative_config=True, instance_path=instance and os.path.abspath(instance))
+    try:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError("INSTANCE_PATH", app.instance_path,
+                          f"a directory this user can create ({error.strerror or error}).") from error
     load_config(app, config)
     settings = Settings.from_config(app.config)
     configure_logging(settings.log_level, settings.log_format)
