@@ -247,3 +247,13 @@ def test_without_a_broker_fine_tuning_answers_503_and_the_job_can_be_retried(
     [job] = client.get(f"/api/jobs?voiceId={voice_id}").json["jobs"]
     assert job["state"] == "failed" and "could not be queued" in job["error"], job  # not stuck as queued
     assert client.post(f"/api/voices/{voice_id}/fine-tune", json={"samples": samples()}).status_code == 503
+
+
+def test_a_worker_with_a_bad_setting_refuses_in_one_line(tmp_path: Path) -> None:
+    settings = {"INSTANCE_PATH": str(tmp_path), "JOB_BACKEND": "celery", "MAX_TEXT_CHARS": "many",
+                "CELERY_BROKER_URL": "redis://127.0.0.1:9/0"}
+    environment = {**os.environ, **{f"VOICEFORGE_{key}": value for key, value in settings.items()}}
+    result = subprocess.run([str(CELERY), "-A", "voiceforge.jobs.celery_backend", "worker"], cwd=ROOT,
+                            env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "voiceforge: VOICEFORGE_MAX_TEXT_CHARS=many is not valid: an integer."

@@ -131,6 +131,9 @@ def __getattr__(name: str) -> Any:
     Built on first use only: the web app imports this module to send tasks, with an app of its own.
     """
     if name == "celery":
-        celery = globals()["celery"] = make_celery()
+        try:
+            celery = globals()["celery"] = make_celery()
+        except ConfigError as error:  # one line and exit status 1, as gunicorn and `flask` refuse it
+            raise SystemExit(f"voiceforge: {error.message}") from None
         return celery
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
