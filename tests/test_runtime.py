@@ -249,3 +249,18 @@ def test_the_openapi_document_carries_the_request_constraints(client) -> None:
     for name in ("TtsRequest", "TrainVoiceRequest"):
         enum = schemas[name]["properties"]["language"]["enum"]
         assert {"en", "zh-cn", "hi", "zh"} <= set(enum) and "xx" not in enum
+
+
+def test_a_failed_download_is_one_line_with_the_reason(runner, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from TTS.utils.manage import ModelManager
+
+    def offline(*_args: object, **_kwargs: object) -> None:
+        raise ConnectionError("[Errno 111] Connection refused\nwhile fetching config.json")
+
+    monkeypatch.setattr(ModelManager, "download_model", offline)
+    result = runner.invoke(args=["model", "download", "--agree-license"])
+    assert result.exit_code == 1
+    assert "Could not download" in result.output and "[Errno 111] Connection refused" in result.output
+    failures = [record for record in caplog.records if "failed" in record.getMessage()]
+    assert failures and all(record.exc_info is None for record in failures)  # no traceback in the log

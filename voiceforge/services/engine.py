@@ -489,7 +489,9 @@ def download_official(model_name: str, *, progress: bool = False) -> Path:
     try:
         model_path, _config_path, _item = ModelManager(progress_bar=progress).download_model(model_name)
     except Exception as error:
-        log.exception("downloading %s failed", model_name)
+        # One line: the reason is in the error's detail; the traceback helps only when debugging.
+        log.error("downloading %s failed: %s", model_name, first_line(error))
+        log.debug("the download's traceback", exc_info=True)
         raise ServiceUnavailable(f"Could not download {model_name} ({first_line(error)}). Check the network "
                                  "(the files come from huggingface.co), or set VOICEFORGE_MODEL_DIR to a "
                                  "checkpoint directory copied here.") from error
