@@ -6,6 +6,7 @@ import logging
 import pickle
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -64,7 +65,9 @@ class LatentCache:
         self._items: OrderedDict[tuple[str, int | None], Latents] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path, version: int | None = None) -> Latents:
+    def get(self, path: Path, version: int | None = None,
+            check: Callable[[Latents], None] | None = None) -> Latents:
+        """The latents of a file, read on a miss; `check` (raising ValueError) runs once, before caching."""
         key = (str(path), version)
         with self._lock:
             if key in self._items:
@@ -73,6 +76,8 @@ class LatentCache:
                 return self._items[key]
         metrics.record_cache("latents", hit=False)
         latents = Latents.load(path)
+        if check is not None:
+            check(latents)
         with self._lock:
             self._items[key] = latents
             while len(self._items) > self.size:
@@ -114,20 +119,18 @@ class VoiceCatalogue:
             raise Conflict(f"Voice {voice_id!r} is not ready (status: {voice.status.value}).",
                            extra={"status": voice.status.value})
         try:
-            latents = self.latent_cache.get(self.settings.data_dir / voice.latents_path, voice.version)
+            # check_latents: a file can load and still not fit this model (shapes, NaN); refused here, it
+            # fails its own request instead of failing in the decoder next to other requests' rows.
+            latents = self.latent_cache.get(self.settings.data_dir / voice.latents_path, voice.version,
+                                            check=self.engine.check_latents)
         except FileNotFoundError:
             if not voices.still_exists(voice):  # deleted since it was read: the files went after the row
                 raise NotFound(f"Voice {voice_id[:80]!r} not found.") from None
             raise Conflict(f"Voice {voice_id!r} has lost its files; re-enrol it.") from None
         except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
-            # What torch.load raises for a truncated or overwritten file: the voice cannot speak, the
-            # server is fine. The operator's log says which file.
-            log.error("voice %s: %s cannot be read (%s)", voice.id, voice.latents_path, first_line(error))
-            raise Conflict(f"Voice {voice_id!r} has a damaged latents file; re-enrol it.") from None
-        try:
-            self.engine.check_latents(latents)
-        except ValueError as error:  # it loads, but would fail in the decoder (wrong shapes, NaN)
-            log.error("voice %s: %s cannot speak with this model (%s)", voice.id, voice.latents_path, error)
+            # What torch.load raises for a truncated or overwritten file, and check_latents for one that
+            # does not fit: the voice cannot speak, the server is fine. The operator's log says which file.
+            log.error("voice %s: %s cannot be used (%s)", voice.id, voice.latents_path, first_line(error))
             raise Conflict(f"Voice {voice_id!r} has a damaged latents file; re-enrol it.") from None
         weights = str(self.settings.data_dir / voice.weights_path) if voice.weights_path else None
         return VoiceHandle(voice.id, latents, voice.language, weights)
