@@ -38,6 +38,8 @@ BENCHMARKS = {
     "enrol": (["--size", "tiny", "--seconds", "4", "--repeats", "1"],
               r"\n +4s +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +\d+%\n"),
     "finetune": (["--size", "tiny", "--clips", "4", "--epochs", "1"], r"seconds per step \(median\): [\d.]+"),
+    "step_variants": (["--size", "tiny", "--batches", "2", "--prefix", "20", "--dtypes", "float32"],
+                      r"float32 fused\+sdpa +batch 2: [\d.]+ ms \(logits drift [\d.e+-]+\)"),
     "stream": (["--size", "tiny", "--max-tokens", "12", "--repeats", "1", "--formats", "wav"],
                r"\n +10 +wav +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x\n"),
     "vocoder": (["--tokens", "8", "--repeats", "1"], r"bfloat16 +[\d.]+ ms per token"),

@@ -181,6 +181,83 @@ def test_a_sequence_whose_own_inputs_fail_ends_alone_and_its_batch_goes_on(
         assert utterance.tokens == tokens.tokens
 
 
+def test_sequences_admitted_together_are_prefilled_in_one_pass_each_in_its_own_row(
+        checkpoint_dir: Path, voices) -> None:
+    """As on a GPU: the sequences that join at a step are prefilled together. One whose latents fail
+    (wrong shape before the pass, NaN scores after it) ends alone, the rows after it close up, and
+    every other sequence speaks exactly as it does alone. (One text for all: prefixes of one length,
+    whose oneDNN matmuls and attention give the same bits in a pass of one or of four.)"""
+    engine = Engine(EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu",
+                                   queue_size=8))
+    scheduler = engine.decoder()
+    scheduler.decoder.prefill_together = True
+    passes: list[int] = []
+    prefill_rows = scheduler.decoder.prefill_rows
+    scheduler.decoder.prefill_rows = lambda row, prefixes: (passes.append(len(prefixes)),
+                                                            prefill_rows(row, prefixes))[1]
+    text = "Everyone says the same words."
+    alone, alone_audio = [], []
+    for latents in voices:
+        alone.append(engine.speak([text], "en", latents, GREEDY)[0])
+        alone_audio.append(alone[-1].audio())
+    assert passes == [1, 1, 1]
+    wrong_shape = Latents(torch.zeros(1, 32, 7), voices[0].speaker_embedding)
+    nan = Latents(torch.full_like(voices[0].gpt_cond_latent, float("nan")), voices[0].speaker_embedding)
+    first, bad_shape, bad_scores, second, third = submitted_together(
+        engine, [(voices[0], GREEDY), (wrong_shape, GREEDY), (nan, GREEDY), (voices[1], GREEDY),
+                 (voices[2], GREEDY)], text)
+    with pytest.raises(RuntimeError):
+        bad_shape.audio()
+    with pytest.raises(FloatingPointError):
+        bad_scores.audio()
+    for utterance, expected, audio in zip((first, second, third), alone, alone_audio, strict=True):
+        assert np.abs(utterance.audio() - audio).max() < 1e-6
+        assert utterance.tokens == expected.tokens
+    assert passes[3:] == [4]  # the wrong shape failed before the pass; the NaN one was in it
+    # The voices' audio differs (through the GPT's latents, as each row attends to its own voice):
+    # a sequence that read another's row would not have matched above.
+    assert min(np.abs(alone_audio[a] - alone_audio[b]).max() for a, b in ((0, 1), (1, 2), (0, 2))) > 1e-3
+    scheduler.close()
+
+
+def test_a_pass_of_prefixes_of_different_lengths_equals_each_alone(shared_engine: Engine) -> None:
+    """prefill_rows pads shorter prefixes: their outputs and cache rows are each one's own pass's."""
+    from voiceforge.decoding.gpt import GptDecoder
+
+    with torch.inference_mode():
+        decoder = GptDecoder(shared_engine.model, 6)
+        prefixes = [torch.randn(length, decoder.dim, generator=torch.Generator().manual_seed(length))
+                    for length in (40, 57, 45)]
+        together = decoder.prefill_rows(3, prefixes)
+        for index, prefix in enumerate(prefixes):
+            alone = decoder.prefill(index, prefix)
+            torch.testing.assert_close(together.logits[index], alone.logits[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(together.latents[index], alone.latents[0], atol=1e-4, rtol=1e-4)
+            length = prefix.shape[0]
+            torch.testing.assert_close(decoder.cache[:, :, 3 + index, :, :length],
+                                       decoder.cache[:, :, index, :, :length], atol=1e-4, rtol=1e-4)
+
+
+def test_the_gpu_step_arithmetic_computes_the_cpu_steps_formulas(shared_engine: Engine) -> None:
+    """On CUDA a step folds biases and residuals into its matmuls and attends in fused kernels; run
+    here on a CPU, those formulas give the exact step's logits up to rounding."""
+    from voiceforge.decoding.gpt import GptDecoder, _bmm_mask, _fused_attention
+
+    with torch.inference_mode():
+        decoder = GptDecoder(shared_engine.model, 4, cpu_matmul_kind="reference")
+        for row in range(4):
+            prefix = torch.randn(30 + row, decoder.dim, generator=torch.Generator().manual_seed(row))
+            decoder.prefill(row, prefix)
+        args = (torch.tensor([5, 9, 2, 7]), torch.tensor([1, 4, 2, 3]), torch.tensor([30, 31, 32, 33]), 34)
+        exact = decoder.step(*args).logits
+        # (The second step writes each row's new key and value again, at the same place, before reading.)
+        decoder.exact = False  # the GPU's _finish_step_block
+        decoder._mask, decoder._attend = _bmm_mask, _fused_attention
+        gpu_formulas = decoder.step(*args).logits
+    torch.testing.assert_close(gpu_formulas, exact, atol=1e-4, rtol=1e-4)
+    assert (gpu_formulas - exact).abs().max() > 0  # it did run other arithmetic
+
+
 def test_a_row_whose_scores_turn_nan_mid_sequence_ends_alone(shared_engine: Engine, voices) -> None:
     """NaN scores in one row (a damaged fine-tuned weight) neither break the batch's shared draw
     nor pass for tokens: that sequence ends with an error and the others go on."""

@@ -74,10 +74,10 @@ class GraphedStep:
         self.tokens[:n] = tokens
         self.audio_positions[:n] = audio_positions
         self.cache_positions[:n] = cache_positions
-        # Padding rows write into their own (free) rows at position 0 and read nothing that matters.
-        self.tokens[n:batch] = 0
-        self.audio_positions[n:batch] = 0
-        self.cache_positions[n:batch] = 0
+        if n < batch:  # padding rows write into their own free rows at position 0 and read nothing used
+            self.tokens[n:batch] = 0
+            self.audio_positions[n:batch] = 0
+            self.cache_positions[n:batch] = 0
         graph, output = self._graph(batch, length)
         graph.replay()
         return StepOutput(output.logits[:n], output.latents[:n])

@@ -71,10 +71,17 @@ class GptDecoder:
         # stock's); on CUDA, where a step is bound by its kernel count, attention is three fused
         # kernels and GELU one (the same tanh approximation, rounded differently: the benchmark
         # measures token agreement).
-        exact = self.device.type == "cpu"
+        self.exact = self.device.type == "cpu"
+        exact = self.exact
         self._mask, self._attend = (_sdpa_mask, _sdpa_attention) if exact else (_bmm_mask, _bmm_attention)
-        self._gelu = self.blocks[0].mlp.act if exact else functools.partial(F.gelu, approximate="tanh")
-        self.matmul = cpu_matmul(cpu_matmul_kind, self._weighted()) if exact else ReferenceMatmul()
+        if not self.exact and self.dtype != torch.float32:
+            # In half precision cuDNN's fused attention is one kernel and the fastest from 8 rows up
+            # (bench/step_variants.py); in float32 PyTorch's fallback for it is slower than the bmm.
+            self._attend = _fused_attention
+        self._gelu = self.blocks[0].mlp.act if self.exact else functools.partial(F.gelu, approximate="tanh")
+        # Joining sequences prefilled in one pass (prefill_rows) on a GPU; one at a time on a CPU.
+        self.prefill_together = not self.exact
+        self.matmul = cpu_matmul(cpu_matmul_kind, self._weighted()) if self.exact else ReferenceMatmul()
 
     def _weighted(self) -> list[nn.Module]:
         """Every module whose weight a step multiplies by: four per block, then the audio token head."""
@@ -105,16 +112,33 @@ class GptDecoder:
 
     def prefill(self, row: int, embeddings: torch.Tensor) -> StepOutput:
         """Run a prefix (T, dim) through every layer into cache row `row`; the output of its last position."""
-        length = embeddings.shape[0]
-        x = embeddings.view(1, length, self.dim)
+        return self.prefill_rows(row, [embeddings])
+
+    def prefill_rows(self, first_row: int, prefixes: list[torch.Tensor]) -> StepOutput:
+        """Run prefixes (T_i, dim) together into cache rows first_row, first_row + 1, ...; the output of
+        each one's last position, in order.
+
+        Shorter prefixes are padded at the end: causal attention keeps every real position from seeing
+        the padding, and what the padding leaves in a cache row lies past the row's length, where the
+        step writes before it reads. One pass for all prefixes launches a pass's kernels once (on a
+        GPU, where a prefix is a few hundred small kernels); the results equal each prefix's own pass
+        up to rounding (matmuls of more rows), so a CPU, which must match stock bit for bit, runs one
+        prefix at a time (`prefill_together`).
+        """
+        n, lengths = len(prefixes), [prefix.shape[0] for prefix in prefixes]
+        longest = max(lengths)
+        x = prefixes[0].view(1, longest, self.dim) if n == 1 else torch.stack(
+            [F.pad(prefix, (0, 0, 0, longest - prefix.shape[0])) for prefix in prefixes])
+        rows = slice(first_row, first_row + n)
         for layer, block in enumerate(self.blocks):
             h = block.ln_1(x)
-            q, k, v = self._qkv(block, h, 1, length)
-            self.cache[layer, 0, row, :, :length] = k[0]
-            self.cache[layer, 1, row, :, :length] = v[0]
+            q, k, v = self._qkv(block, h, n, longest)
+            self.cache[layer, 0, rows, :, :longest] = k
+            self.cache[layer, 1, rows, :, :longest] = v
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = self._finish_block(block, x, attended, 1, length)
-        return self._head(x[:, -1])
+            x = self._finish_block(block, x, attended, n, longest)
+        last = torch.tensor(lengths, device=x.device) - 1
+        return self._head(x[torch.arange(n, device=x.device), last])
 
     # -- one step -------------------------------------------------------------------------------
     def step(self, tokens: torch.Tensor, audio_positions: torch.Tensor, cache_positions: torch.Tensor,
@@ -164,10 +188,25 @@ class GptDecoder:
     def _finish_block(self, block: Any, x: torch.Tensor, attended: torch.Tensor, n: int,
                       length: int) -> torch.Tensor:
         merged = attended.transpose(1, 2).reshape(n * length, self.dim)
+        if not self.exact and length == 1:
+            return self._finish_step_block(block, x, merged, n)
         x = x + self.matmul(block.attn.c_proj, merged).view(n, length, self.dim)
         h = block.ln_2(x).view(n * length, self.dim)
         h = self._gelu(self.matmul(block.mlp.c_fc, h))
         return x + self.matmul(block.mlp.c_proj, h).view(n, length, self.dim)
+
+    def _finish_step_block(self, block: Any, x: torch.Tensor, merged: torch.Tensor, n: int) -> torch.Tensor:
+        """_finish_block for a GPU step, the biases and the residuals folded into the matmuls.
+
+        The residual plus the bias is the matmul's accumulator ((x + b).addmm_), and the MLP's first
+        matmul ends in cuBLASLt's bias+GELU epilogue: fewer kernels, a 1.15x faster float32 step at
+        8-32 rows on an H200 (bench/step_variants.py); the same formulas, rounded differently.
+        """
+        proj, fc, out = block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj
+        x = (x.view(n, self.dim) + proj.bias).addmm_(merged, proj.weight)
+        h = _addmm_gelu(fc.bias, block.ln_2(x), fc.weight)
+        x = (x + out.bias).addmm_(h, out.weight)
+        return x.view(n, 1, self.dim)
 
     def _head(self, last_hidden: torch.Tensor) -> StepOutput:
         latents = self.parts.final_norm(self.parts.ln_f(last_hidden))
@@ -190,6 +229,21 @@ def _bmm_mask(visible: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Te
     bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
     bias.masked_fill_(~visible, float("-inf"))
     return bias.repeat_interleave(heads, dim=0).unsqueeze(1)
+
+
+def _addmm_gelu(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """GELU (GPT-2's tanh form) of bias + x @ weight; on CUDA one cuBLASLt kernel, whose GELU epilogue
+    is the tanh form (this op's CPU kernel uses the erf form, so a CPU computes it in two steps)."""
+    if x.is_cuda:
+        return torch._addmm_activation(bias, x, weight, use_gelu=True)
+    return F.gelu(torch.addmm(bias, x, weight), approximate="tanh")
+
+
+def _fused_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """The same attention in one fused kernel (half precision on a GPU), with _bmm_mask's mask."""
+    n, heads = query.shape[:2]
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask.view(n, heads, 1, -1))
 
 
 def _bmm_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

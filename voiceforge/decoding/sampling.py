@@ -48,29 +48,33 @@ class SamplingTable:
 
         `sample=False` says every row is greedy (saves reading the flags back from a GPU).
         """
-        if rows is None:
-            rows = torch.arange(logits.shape[0], device=logits.device)
+        # Rows 0..n-1 (every step) are a slice of the tables, which costs no gather kernel.
+        rows = slice(0, logits.shape[0]) if rows is None else rows
         scores = self.penalised(logits, rows)
         tokens = scores.argmax(dim=-1)
         greedy = self.greedy[rows]
         if sample if sample is not None else not bool(greedy.all()):
             tokens = torch.where(greedy, tokens, self._draw(scores, rows, generator))
-        self.seen[rows, tokens] = True
+        seen = self.seen[rows]
+        if isinstance(rows, slice):
+            seen.scatter_(1, tokens.view(-1, 1), True)  # a view: marks the table itself
+        else:
+            self.seen[rows, tokens] = True
         return tokens
 
-    def penalised(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def penalised(self, logits: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
         """Scores after the repetition penalty: seen tokens' logits divided (or, if negative, multiplied)."""
         scores = logits.float()
         penalty = self.penalty[rows, None]
         penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
         return torch.where(self.seen[rows], penalised, scores)
 
-    def _draw(self, scores: torch.Tensor, rows: torch.Tensor,
+    def _draw(self, scores: torch.Tensor, rows: torch.Tensor | slice,
               generator: torch.Generator | None) -> torch.Tensor:
         filtered = self.filtered(scores, rows)
         return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).view(-1)
 
-    def filtered(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def filtered(self, scores: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
         """Penalised scores after temperature, top-k and top-p: what a sampled row draws from."""
         scores = scores / self.temperature[rows, None]
         # top-k: drop what is below the k-th largest score (ties with it stay, as in transformers).

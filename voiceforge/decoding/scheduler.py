@@ -1,10 +1,11 @@
 """Continuous batching: one thread owns the model and decodes every sentence in flight together.
 
 Requests (and the sentences of one request) are `Utterance`s. The scheduler admits waiting ones
-at step boundaries, prefills each into a free row of the GPT's key/value cache, then advances all
-live rows by one token per step, each with its own sampling settings; a row leaves when it emits the
-stop token, reaches the token cap, or its consumer cancels it. After each step the vocoder windows
-that are ready, from any row, are vocoded together. Voices with fine-tuned weights only share a
+at step boundaries, prefills each into a free row of the GPT's key/value cache (on a GPU all that
+join at one step in one pass), then advances all live rows by one token per step, each with its own
+sampling settings; a row leaves when it emits the stop token, reaches the token cap, or its
+consumer cancels it. After each step the vocoder windows that are ready, from any row, are vocoded
+together. Voices with fine-tuned weights only share a
 batch with sequences of the same weights: a batch drains before the weights change, and a waiting
 sequence of other weights stops newer ones from joining, so no voice waits for ever. A sequence
 whose own inputs fail (at its prefill, or NaN scores later) ends alone with the error; a failure of
@@ -177,9 +178,12 @@ class BatchScheduler:
                     if self._decoder_weights != (self._weights,):
                         self.decoder.refresh()
                         self._decoder_weights = (self._weights,)
+                    # Prefilled together on a GPU (one pass launches its kernels once for all), one at a
+                    # time on a CPU, whose arithmetic must stay bit for bit stock's.
+                    group = len(joining) if self.decoder.prefill_together else 1
                     while joining:
-                        self._admit(joining[0])  # a sequence's own failure here ends only that one
-                        joining.pop(0)
+                        self._admit(joining[:group])  # a sequence's own failure here ends only that one
+                        del joining[:group]
                     self._drop_cancelled()
                     if self._live:
                         self._step()
@@ -204,35 +208,61 @@ class BatchScheduler:
             joining.append(self._waiting.pop(0))
         return joining
 
-    def _admit(self, utterance: Utterance) -> None:
-        """Prefill an utterance into the next free row; if its own inputs fail, it alone ends."""
-        if utterance.cancelled:
-            utterance._out.put(_DONE)
-            return
-        try:
-            live = self._prefilled(utterance)
-        except Exception as error:  # its latents or tokens (shapes, NaN): the rows of others are untouched
-            log.exception("an utterance failed at admission; the batch goes on")
-            _end(utterance, error)
-            return
-        self._live.append(live)
-
-    def _prefilled(self, utterance: Utterance) -> _Live:
-        decoder, row = self.decoder, len(self._live)
+    def _admit(self, group: list[Utterance]) -> None:
+        """Prefill utterances into the next free rows, in one pass; one whose own inputs fail (the shape
+        of its latents, NaN scores) ends alone, and the rows of others are untouched.
+        """
+        decoder = self.decoder
         device = decoder.device
-        embeddings = decoder.prefix_embeddings(utterance.cond_latent.to(device),
-                                               utterance.text_tokens.to(device))
-        output = decoder.prefill(row, embeddings)
-        if not bool(torch.isfinite(output.logits).all()):
-            raise FloatingPointError(NON_FINITE)
-        self.table.assign(row, utterance.settings, [_PROMPT_PLACEHOLDER, decoder.start_token])
-        token = int(self.table.choose(output.logits, torch.tensor([row], device=device),
-                                      sample=not utterance.settings.greedy)[0])
-        vocoding = WindowedVocoding(self.model, utterance.speaker.to(device), utterance.speed,
-                                    first=utterance.first_window, window=utterance.window)
-        live = _Live(utterance, vocoding, embeddings.shape[0])
-        self._record(live, token, output.latents[0])
-        return live
+        ready: list[Utterance] = []
+        prefixes: list[torch.Tensor] = []
+        for utterance in group:
+            if utterance.cancelled:
+                utterance._out.put(_DONE)
+                continue
+            try:
+                prefixes.append(decoder.prefix_embeddings(utterance.cond_latent.to(device),
+                                                          utterance.text_tokens.to(device)))
+            except Exception as error:
+                log.exception("an utterance failed at admission; the batch goes on")
+                _end(utterance, error)
+                continue
+            ready.append(utterance)
+        if not ready:
+            return
+        first = len(self._live)
+        try:
+            output = decoder.prefill_rows(first, prefixes)
+        except Exception as error:  # nothing of the live rows was touched: only these end
+            log.exception("%d utterance(s) failed at admission; the batch goes on", len(ready))
+            for utterance in ready:
+                _end(utterance, error)
+            return
+        finite = torch.isfinite(output.logits).all(dim=-1).tolist()
+        admitted = []
+        for index, utterance in enumerate(ready):
+            if not finite[index]:
+                log.error("an utterance's scores were NaN or infinite at admission; the batch goes on")
+                _end(utterance, FloatingPointError(NON_FINITE))
+                continue
+            row = first + len(admitted)
+            if row != first + index:  # a failed one before it left a hole: keep the rows packed
+                decoder.move_row(first + index, row, prefixes[index].shape[0])
+            self.table.assign(row, utterance.settings, [_PROMPT_PLACEHOLDER, decoder.start_token])
+            admitted.append(index)
+        if not admitted:
+            return
+        picked = torch.tensor(admitted, device=device)
+        rows = torch.arange(first, first + len(admitted), device=device)
+        sample = any(not ready[index].settings.greedy for index in admitted)
+        tokens = self.table.choose(output.logits[picked], rows, sample=sample).tolist()
+        for index, token in zip(admitted, tokens, strict=True):
+            utterance = ready[index]
+            vocoding = WindowedVocoding(self.model, utterance.speaker.to(device), utterance.speed,
+                                        first=utterance.first_window, window=utterance.window)
+            live = _Live(utterance, vocoding, prefixes[index].shape[0])
+            self._record(live, token, output.latents[index])
+            self._live.append(live)
 
     def _record(self, live: _Live, token: int, latent: torch.Tensor) -> None:
         live.utterance.tokens.append(token)
@@ -253,21 +283,22 @@ class BatchScheduler:
         if not stepping:
             return
         # Finished rows (done this step, vocoded below) sit among live ones until _retire packs them.
-        n = len(self._live)
         device = self.decoder.device
         lengths = [live.cache_length for live in self._live]
-        tokens = torch.tensor([live.last_token for live in self._live], device=device)
-        audio_positions = torch.tensor([len(live.utterance.tokens) for live in self._live], device=device)
-        cache_positions = torch.tensor(lengths, device=device)
+        # Each row's last token, audio position and cache position, sent to the device in one copy.
+        tokens, audio_positions, cache_positions = torch.tensor(
+            [[live.last_token for live in self._live], [len(live.utterance.tokens) for live in self._live],
+             lengths], device=device)
         output = self._step_runner(tokens, audio_positions, cache_positions, max(lengths) + 1)
         # A row with NaN or infinite scores would make the batch's shared draw fail for every row:
         # it gets neutral scores for the draw and then ends alone.
         finite = torch.isfinite(output.logits).all(dim=-1)
         logits = torch.where(finite[:, None], output.logits, 0.0)
         sample = any(not live.utterance.settings.greedy for live in self._live)
-        chosen = self.table.choose(logits, torch.arange(n, device=device), sample=sample)
+        chosen = self.table.choose(logits, sample=sample)  # rows 0..n-1
         chosen, usable = torch.stack([chosen, finite.long()]).tolist()  # one read back from the device
-        latents = output.latents.float().clone()  # a graph's outputs are overwritten by its next replay
+        # A graph's outputs are overwritten by its next replay: a copy, cut into rows in one call.
+        latents = output.latents.float().clone().unbind(0)
         self.steps += 1
         self.max_batch = max(self.max_batch, len(stepping))
         for row, live in enumerate(self._live):
