@@ -9,7 +9,7 @@ function for every batch size with --dynamic, the default; one compile per batch
 The whole step is compiled, or with --regional only the two halves of a layer around its cache
 write (GptDecoder.layer_qkv and layer_rest, one compile shared by every layer). --graphs (CUDA only)
 replays both through CUDA graphs (cuda_graphs.GraphedStep), as the engine runs on a GPU; the first
-call of a shape then includes the capture. Not yet run on a GPU.
+call of a shape then includes the capture. On an H200: bench/results/compile-step-full-h200.txt.
 Inductor's first call of a shape is the compile, reported separately. Eager uses the reference
 matmul on a CPU too (compiled code cannot call oneDNN's prepacked weights). On a GPU the question is
 whether fusing the ~13 kernels a layer runs brings a step towards the 1 ms the H100 target asks
@@ -100,7 +100,8 @@ def main() -> None:
         shapes = "dynamic" if args.dynamic else "static"
         unit = ("a layer's two halves" if args.regional else "the whole step") + (
             ", both in CUDA graphs" if args.graphs else "")
-        print(f"{args.size} architecture ({len(decoder.blocks)} layers) on {where}, "
+        size = f"{args.checkpoint}'s" if args.checkpoint else f"{args.size} architecture"
+        print(f"{size} ({len(decoder.blocks)} layers) on {where}, "
               f"torch {torch.__version__}: {unit} compiled, {shapes} shapes, {args.prefix}-position prefix")
         print(f"{'rows':>5} {'compile s':>10} {'eager ms':>9} {'compiled ms':>12} {'x eager':>8} "
               f"{'max logit diff':>15} {'same argmax':>12}")

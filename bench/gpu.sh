@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU check of the decoding engine in one command, for a lent GPU machine (at most 10 minutes a
 # command there, 15 minutes of device time a session): the CUDA tests, then the benchmarks, each
-# capped so a slow one cannot eat the others' time (570 s for the first three). Figures and logs go
+# capped so a slow one cannot eat the others' time (540 s for the first three). Figures and logs go
 # to $OUT (the device tool sets it; default /tmp/voiceforge-gpu).
 #
 # The machine has Python and PyTorch but not our other packages: carry them as wheels in .whl/
 # (git-ignored; see the device tool's README for the pip download line) and run, from the repo root:
 #   bash bench/gpu.sh                   # CUDA when present
 #   DEVICE=cpu SIZE=tiny MAX_TOKENS=24 bash bench/gpu.sh   # a dry run of the same steps on a CPU
-# CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs further (tests/test_bench.py).
+# CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs further (tests/test_bench.py);
+# ONLY names the variants of bench/decode.py to run (its --only; default: all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/voiceforge-gpu}
@@ -19,6 +20,7 @@ CONCURRENCY=${CONCURRENCY:-1,8,32}
 AGREEMENT=${AGREEMENT:-16}
 REPEATS=${REPEATS:-2}
 VOCODER_TOKENS=${VOCODER_TOKENS:-96}
+ONLY=${ONLY:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ "$DEVICE" = cpu ]; then
@@ -42,10 +44,10 @@ step() {  # step SECONDS NAME COMMAND...: run, log to $OUT/NAME.txt, note the st
 # The CUDA tests (CUDA graphs: tokens equal stock's; bf16 GPT and vocoder speak). --noconftest: the
 # suite's conftest builds the app's fixtures, which these tests do not need.
 step 150 cuda-tests "$PY" -m pytest --noconftest -q -k cuda tests/test_decoding.py
-step 90 vocoder "$PY" bench/vocoder.py --device "$DEVICE" --tokens "$VOCODER_TOKENS"
 step 330 decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
   --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" --phases \
-  --json "$OUT/decode-$SIZE-$DEVICE.json"
+  ${ONLY:+--only "$ONLY"} --json "$OUT/decode-$SIZE-$DEVICE.json"
+step 60 vocoder "$PY" bench/vocoder.py --device "$DEVICE" --tokens "$VOCODER_TOKENS"
 # Last, as it may be cut by the command's 600 s: does compiling a layer's halves (kernel fusion) make
 # the step, replayed from CUDA graphs as the engine runs it, faster? Not yet used by the engine.
 graphs=--graphs
