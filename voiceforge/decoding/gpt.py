@@ -68,16 +68,17 @@ class GptDecoder:
         shape = (len(self.blocks), 2, rows, self.heads, self.max_len, self.head_dim)
         self.cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # keys, values per layer
         # On a CPU the step is the exact arithmetic of transformers' GPT-2 (so greedy tokens equal
-        # stock's); on CUDA, where a step is bound by its kernel count, attention is three fused
-        # kernels and GELU one (the same tanh approximation, rounded differently: the benchmark
-        # measures token agreement).
+        # stock's). On CUDA, where a step is bound by its kernel count, the same formulas take fewer
+        # kernels, rounded differently (the benchmark measures token agreement): attention in three
+        # (baddbmm, softmax, bmm), or in half precision one cuDNN kernel, the fastest there from 8 rows
+        # up (bench/step_variants.py; in float32 PyTorch's fallback for it is slower than the bmm);
+        # GELU (a prefill's; a step's is a matmul epilogue, _finish_step_block) in one.
         self.exact = self.device.type == "cpu"
-        exact = self.exact
-        self._mask, self._attend = (_sdpa_mask, _sdpa_attention) if exact else (_bmm_mask, _bmm_attention)
-        if not self.exact and self.dtype != torch.float32:
-            # In half precision cuDNN's fused attention is one kernel and the fastest from 8 rows up
-            # (bench/step_variants.py); in float32 PyTorch's fallback for it is slower than the bmm.
-            self._attend = _fused_attention
+        if self.exact:
+            self._mask, self._attend = _sdpa_mask, _sdpa_attention
+        else:
+            self._mask = _bmm_mask
+            self._attend = _bmm_attention if self.dtype == torch.float32 else _fused_attention
         self._gelu = self.blocks[0].mlp.act if self.exact else functools.partial(F.gelu, approximate="tanh")
         # Joining sequences prefilled in one pass (prefill_rows) on a GPU; one at a time on a CPU.
         self.prefill_together = not self.exact
