@@ -57,6 +57,19 @@ def test_compose_brings_up_web_worker_redis_and_postgres_with_data_and_model_vol
     assert {"data", "models"} <= set(spec["volumes"])
 
 
+def test_the_gpu_override_takes_a_gpus_batch_of_requests_at_once() -> None:
+    """On a GPU 32 rows step in about the time of 8: the web service decodes 32 sentences together and
+    admits as many requests (gunicorn's threads follow the queue's size by default)."""
+    cuda = yaml.safe_load((ROOT / "compose.cuda.yaml").read_text())["services"]
+    environment = cuda["web"]["environment"]
+    assert environment["VOICEFORGE_MAX_BATCH"] == "${VOICEFORGE_MAX_BATCH:-32}"
+    assert environment["VOICEFORGE_INFERENCE_QUEUE_SIZE"] == "${VOICEFORGE_INFERENCE_QUEUE_SIZE:-32}"
+    assert "VOICEFORGE_THREADS" not in environment  # it follows the queue: 40 threads
+    for name in ("web", "worker"):
+        (device,) = cuda[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
 def test_compose_gives_in_flight_requests_longer_than_the_graceful_timeout() -> None:
     conf = (ROOT / "gunicorn.conf.py").read_text()
     graceful = int(re.search(r'_count\("VOICEFORGE_GRACEFUL_TIMEOUT", (\d+)', conf).group(1))
