@@ -32,7 +32,8 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # Settings that shape the engine: an app that overrides one gets an engine of its own.
-ENGINE_SETTINGS = {"MODEL_DIR", "MODEL_NAME", "DEVICE", "INFERENCE_QUEUE_SIZE"}
+ENGINE_SETTINGS = {"MODEL_DIR", "MODEL_NAME", "DEVICE", "INFERENCE_QUEUE_SIZE", "FINETUNED_CACHE",
+                   "MAX_BATCH", "DECODER_DTYPE", "VOCODER_DTYPE", "CPU_MATMUL", "CUDA_GRAPHS"}
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,21 @@ def test_a_checkpoint_that_fails_to_load_makes_readiness_fail(
     assert ready.status_code == 503 and ready.json["model"]["problem"] == failed.json["detail"]
 
 
+def test_a_decoder_too_big_for_memory_is_a_503_that_says_what_to_lower(make_app) -> None:
+    """VOICEFORGE_MAX_BATCH sizes the decoder's key/value cache: one that cannot be allocated (here
+    ten million rows, 4.7 TB) is the operator's setting to lower, said in one line, not a 500."""
+    client = make_app(MAX_BATCH=10_000_000).test_client()
+    failed = client.post("/api/tts", json={"text": "Hi", "voiceId": "default-female"})
+    assert failed.status_code == 503, failed.json
+    detail = failed.json["detail"]
+    assert detail.startswith("The decoder's key/value cache for VOICEFORGE_MAX_BATCH=10000000 rows (")
+    assert " GB) does not fit in the cpu memory" in detail and detail.endswith("lower VOICEFORGE_MAX_BATCH.")
+    assert "\n" not in detail
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json["model"]["problem"] == detail
+    assert client.post("/api/tts", json={"text": "Hi", "voiceId": "default-female"}).status_code == 503
+
+
 def test_start_up_warns_once_with_the_fix_when_no_model_is_usable(
         make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="voiceforge")

@@ -23,6 +23,21 @@ from torch import nn
 from voiceforge.decoding.matmul import ReferenceMatmul, cpu_matmul
 
 
+def max_prefix(model: Any) -> int:
+    """The longest prefix: 32 conditioning latents (the perceiver's), text tokens plus their start and
+    stop tokens, then the start audio token; generation adds up to `gpt.max_gen_mel_tokens`."""
+    gpt = model.gpt
+    cond = 32 if gpt.use_perceiver_resampler else gpt.max_prompt_tokens
+    return cond + model.args.gpt_max_text_tokens + 2 + 1
+
+
+def cache_bytes(model: Any, rows: int, dtype: torch.dtype) -> int:
+    """Bytes of a GptDecoder's key/value cache of `rows` rows in `dtype` (what building one allocates)."""
+    gpt = model.gpt
+    positions = max_prefix(model) + gpt.max_gen_mel_tokens
+    return len(gpt.gpt.h) * 2 * rows * gpt.model_dim * positions * torch.empty(0, dtype=dtype).element_size()
+
+
 @dataclass(frozen=True)
 class StepOutput:
     """What one decoding step gives for each live row: next-token logits and the GPT latent."""
@@ -58,10 +73,7 @@ class GptDecoder:
         self.start_token = gpt.start_audio_token
         self.stop_token = gpt.stop_audio_token
         self.max_new_tokens = gpt.max_gen_mel_tokens
-        # The longest prefix: 32 conditioning latents (the perceiver's), text tokens plus their start
-        # and stop tokens, then the start audio token; generation adds up to max_new_tokens.
-        cond = 32 if gpt.use_perceiver_resampler else gpt.max_prompt_tokens
-        self.max_prefix = cond + model.args.gpt_max_text_tokens + 2 + 1
+        self.max_prefix = max_prefix(model)
         self.max_len = self.max_prefix + self.max_new_tokens
         self.rows = rows
         # Zeros, not empty: a masked-out key must still be a finite number, or 0 * NaN poisons a row.

@@ -114,6 +114,7 @@ class Engine:
         self._load_error: str | None = None  # why the last load failed; cleared by a good load
         self._gpt_weights: Any = None  # GptWeights: swaps fine-tuned voices' GPT in, under _model_lock
         self._decoder: BatchScheduler | None = None  # built on first synthesis, after the model
+        self._decoder_error: str | None = None  # why the last build of the decoder failed
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -166,9 +167,12 @@ class Engine:
     def problem(self) -> str | None:
         """Why the model cannot be provided, checked without loading or downloading it; None if it can.
 
-        Checks, in order: a failed load of the same checkpoint, CUDA asked for but absent, and the
-        checkpoint itself (files in VOICEFORGE_MODEL_DIR, or licence consent for the download).
+        Checks, in order: a decoder that did not fit in memory, a failed load of the same checkpoint,
+        CUDA asked for but absent, and the checkpoint itself (files in VOICEFORGE_MODEL_DIR, or licence
+        consent for the download).
         """
+        if self._decoder_error:  # the model loaded, but its decoder does not fit
+            return self._decoder_error
         if self.loaded:
             return None
         if self._load_error:
@@ -346,8 +350,30 @@ class Engine:
             model = self.model
             with self._load_lock:
                 if self._decoder is None:
-                    self._decoder = self._build_decoder(model)
+                    self._decoder = self._build_decoder_or_explain(model)
         return self._decoder
+
+    def _build_decoder_or_explain(self, model: Any) -> BatchScheduler:
+        """The decoder; if its key/value cache does not fit in memory, a 503 that says what to lower
+        (and /readyz reports it until a build succeeds: the next request tries again)."""
+        try:
+            decoder = self._build_decoder(model)
+        except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+            if not _out_of_memory(error):
+                raise
+            from voiceforge.decoding.gpt import cache_bytes
+
+            dtype = self._fast_dtype("DECODER_DTYPE", self.settings.decoder_dtype) or next(
+                model.gpt.parameters()).dtype
+            rows = self.settings.max_batch
+            self._decoder_error = (
+                f"The decoder's key/value cache for VOICEFORGE_MAX_BATCH={rows} rows "
+                f"({cache_bytes(model, rows, dtype) / 1e9:.1f} GB) does not fit in the {self._device} "
+                f"memory left beside the model ({first_line(error)}): lower VOICEFORGE_MAX_BATCH.")
+            log.error("%s", self._decoder_error)
+            raise ServiceUnavailable(self._decoder_error) from None
+        self._decoder_error = None
+        return decoder
 
     def _build_decoder(self, model: Any) -> BatchScheduler:
         import torch
@@ -474,6 +500,13 @@ def read_speakers(checkpoint: Path) -> dict[str, Latents]:
         return {}
     data = torch.load(path, map_location="cpu", weights_only=True)
     return {name: Latents(item["gpt_cond_latent"], item["speaker_embedding"]) for name, item in data.items()}
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """An allocation failure: CUDA's caching allocator (torch.OutOfMemoryError) or the CPU's."""
+    text = str(error)
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def first_line(error: BaseException) -> str:
