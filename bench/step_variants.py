@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
-from voiceforge.decoding.gpt import GptDecoder, _bmm_mask  # noqa: E402
+from voiceforge.decoding.gpt import GptDecoder, _bmm_attention, _bmm_mask, _fused_attention  # noqa: E402
 from voiceforge.services.engine import load_xtts  # noqa: E402
 
 
@@ -46,28 +45,10 @@ class VariantDecoder(GptDecoder):
         from voiceforge.decoding.matmul import ReferenceMatmul
 
         self.matmul = ReferenceMatmul()
-        self._mask, self._attend = _bmm_mask, self._variant_attention
-        self.features = features
-
-    def _variant_attention(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                           mask: torch.Tensor) -> torch.Tensor:
-        if "sdpa" not in self.features:
-            from voiceforge.decoding.gpt import _bmm_attention
-
-            return _bmm_attention(query, keys, values, mask)
-        n = query.shape[0]
-        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask.view(n, self.heads, 1, -1))
-
-    def _finish_block(self, block: Any, x: torch.Tensor, attended: torch.Tensor, n: int,
-                      length: int) -> torch.Tensor:
-        if "fused" in self.features and length == 1:
-            return self._finish_step_block(block, x, attended.transpose(1, 2).reshape(n, self.dim), n)
-        # The step as it was before the fused one: each bias, residual and GELU a kernel of its own.
-        merged = attended.transpose(1, 2).reshape(n * length, self.dim)
-        x = x + self.matmul(block.attn.c_proj, merged).view(n, length, self.dim)
-        h = block.ln_2(x).view(n * length, self.dim)
-        h = self._gelu(self.matmul(block.mlp.c_fc, h))
-        return x + self.matmul(block.mlp.c_proj, h).view(n, length, self.dim)
+        self._mask = _bmm_mask
+        self._attend = _fused_attention if "sdpa" in features else _bmm_attention
+        # The plain step ends each layer as the CPU's does; "fused" as the engine's GPU step.
+        self._finish_step = self._finish_step_block if "fused" in features else self._finish_block
 
 
 def replay_ms(run, device: str, repeats: int) -> float:

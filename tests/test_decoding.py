@@ -251,7 +251,7 @@ def test_the_gpu_step_arithmetic_computes_the_cpu_steps_formulas(shared_engine: 
         args = (torch.tensor([5, 9, 2, 7]), torch.tensor([1, 4, 2, 3]), torch.tensor([30, 31, 32, 33]), 34)
         exact = decoder.step(*args).logits
         # (The second step writes each row's new key and value again, at the same place, before reading.)
-        decoder.exact = False  # the GPU's _finish_step_block
+        decoder._finish_step = decoder._finish_step_block  # the GPU's
         decoder._mask, decoder._attend = _bmm_mask, _fused_attention
         gpu_formulas = decoder.step(*args).logits
     torch.testing.assert_close(gpu_formulas, exact, atol=1e-4, rtol=1e-4)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +32,16 @@ def max_prefix(model: Any) -> int:
     return cond + model.args.gpt_max_text_tokens + 2 + 1
 
 
-def cache_bytes(model: Any, rows: int, dtype: torch.dtype) -> int:
-    """Bytes of a GptDecoder's key/value cache of `rows` rows in `dtype` (what building one allocates)."""
+def cache_shape(model: Any, rows: int) -> tuple[int, ...]:
+    """A GptDecoder's key/value cache: (layers, keys/values, rows, heads, positions, head_dim)."""
     gpt = model.gpt
     positions = max_prefix(model) + gpt.max_gen_mel_tokens
-    return len(gpt.gpt.h) * 2 * rows * gpt.model_dim * positions * torch.empty(0, dtype=dtype).element_size()
+    return len(gpt.gpt.h), 2, rows, gpt.heads, positions, gpt.model_dim // gpt.heads
+
+
+def cache_bytes(model: Any, rows: int, dtype: torch.dtype) -> int:
+    """Bytes of a GptDecoder's key/value cache of `rows` rows in `dtype` (what building one allocates)."""
+    return math.prod(cache_shape(model, rows)) * torch.empty(0, dtype=dtype).element_size()
 
 
 @dataclass(frozen=True)
@@ -77,14 +83,15 @@ class GptDecoder:
         self.max_len = self.max_prefix + self.max_new_tokens
         self.rows = rows
         # Zeros, not empty: a masked-out key must still be a finite number, or 0 * NaN poisons a row.
-        shape = (len(self.blocks), 2, rows, self.heads, self.max_len, self.head_dim)
-        self.cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # keys, values per layer
+        # Keys and values per layer, row, head and position.
+        self.cache = torch.zeros(cache_shape(model, rows), dtype=self.dtype, device=self.device)
         # On a CPU the step is the exact arithmetic of transformers' GPT-2 (so greedy tokens equal
         # stock's). On CUDA, where a step is bound by its kernel count, the same formulas take fewer
         # kernels, rounded differently (the benchmark measures token agreement): attention in three
         # (baddbmm, softmax, bmm), or in half precision one cuDNN kernel, the fastest there from 8 rows
         # up (bench/step_variants.py; in float32 PyTorch's fallback for it is slower than the bmm);
         # GELU (a prefill's; a step's is a matmul epilogue, _finish_step_block) in one.
+        # How a step's layer ends (layer_rest): transformers' arithmetic, or on CUDA with fewer kernels.
         self.exact = self.device.type == "cpu"
         if self.exact:
             self._mask, self._attend = _sdpa_mask, _sdpa_attention
@@ -94,6 +101,7 @@ class GptDecoder:
         self._gelu = self.blocks[0].mlp.act if self.exact else functools.partial(F.gelu, approximate="tanh")
         # Joining sequences prefilled in one pass (prefill_rows) on a GPU; one at a time on a CPU.
         self.prefill_together = not self.exact
+        self._finish_step = self._finish_block if self.exact else self._finish_step_block
         self.matmul = cpu_matmul(cpu_matmul_kind, self._weighted()) if self.exact else ReferenceMatmul()
 
     def _weighted(self) -> list[nn.Module]:
@@ -185,7 +193,7 @@ class GptDecoder:
         """The rest of a step's layer: attention over the cached keys and values, projection, MLP."""
         n = x.shape[0]
         query = qkv[:, :self.dim].view(n, self.heads, 1, self.head_dim)
-        return self._finish_block(block, x, self._attend(query, keys, values, mask), n, 1)
+        return self._finish_step(block, x, self._attend(query, keys, values, mask), n, 1)
 
     def move_row(self, source: int, target: int, length: int) -> None:
         """Copy a sequence's cache from one row to another (to keep the live rows packed)."""
@@ -201,21 +209,21 @@ class GptDecoder:
     def _finish_block(self, block: Any, x: torch.Tensor, attended: torch.Tensor, n: int,
                       length: int) -> torch.Tensor:
         merged = attended.transpose(1, 2).reshape(n * length, self.dim)
-        if not self.exact and length == 1:
-            return self._finish_step_block(block, x, merged, n)
         x = x + self.matmul(block.attn.c_proj, merged).view(n, length, self.dim)
         h = block.ln_2(x).view(n * length, self.dim)
         h = self._gelu(self.matmul(block.mlp.c_fc, h))
         return x + self.matmul(block.mlp.c_proj, h).view(n, length, self.dim)
 
-    def _finish_step_block(self, block: Any, x: torch.Tensor, merged: torch.Tensor, n: int) -> torch.Tensor:
-        """_finish_block for a GPU step, the biases and the residuals folded into the matmuls.
+    def _finish_step_block(self, block: Any, x: torch.Tensor, attended: torch.Tensor, n: int,
+                           length: int = 1) -> torch.Tensor:
+        """_finish_block for a GPU step (length 1), the biases and the residuals folded into the matmuls.
 
         The residual plus the bias is the matmul's accumulator ((x + b).addmm_), and the MLP's first
         matmul ends in cuBLASLt's bias+GELU epilogue: fewer kernels, a 1.15x faster float32 step at
         8-32 rows on an H200 (bench/step_variants.py); the same formulas, rounded differently.
         """
         proj, fc, out = block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj
+        merged = attended.transpose(1, 2).reshape(n, self.dim)
         x = (x.view(n, self.dim) + proj.bias).addmm_(merged, proj.weight)
         h = _addmm_gelu(fc.bias, block.ln_2(x), fc.weight)
         x = (x + out.bias).addmm_(h, out.weight)
