@@ -97,6 +97,31 @@ def test_a_full_inference_queue_answers_503_with_retry_after(make_app) -> None:
     assert client.post("/api/tts", json=body).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/api/tts", "/api/tts/stream"])
+def test_running_out_of_memory_mid_decoding_is_a_503_to_retry_and_the_decoder_goes_on(
+        client, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """An allocation failing in a decoding step (a peak of long texts on a GPU) ends that batch's
+    sequences: their requests get 503 + Retry-After, with the setting that prevents it, not a 500."""
+    import torch
+
+    body = {"text": "Memory check.", "voiceId": "default-female", "variability": 0}
+    decoder = get_runtime(client.application).engine.decoder()
+
+    def out_of_memory(*_args: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total "
+                                     "capacity of 79.19 GiB of which 3.12 MiB is free.\nSee the docs.")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(decoder, "_step_runner", out_of_memory)
+        response = client.post(path, json=body)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "2"
+    detail = response.json["detail"]
+    assert detail.startswith("The speech engine ran out of memory while decoding (CUDA out of memory.")
+    assert "retry shortly" in detail and "VOICEFORGE_MAX_BATCH" in detail and "\n" not in detail
+    spoken = client.post(path, json=body)
+    assert spoken.status_code == 200 and len(spoken.data) > 1000
+
+
 @pytest.mark.slow
 def test_kill_minus_9_during_enrolment_then_restart_leaves_a_consistent_registry(
         tmp_path: Path, checkpoint_dir: Path) -> None:

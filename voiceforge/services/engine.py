@@ -359,7 +359,7 @@ class Engine:
         try:
             decoder = self._build_decoder(model)
         except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
-            if not _out_of_memory(error):
+            if not out_of_memory(error):
                 raise
             from voiceforge.decoding.gpt import cache_bytes
 
@@ -502,7 +502,7 @@ def read_speakers(checkpoint: Path) -> dict[str, Latents]:
     return {name: Latents(item["gpt_cond_latent"], item["speaker_embedding"]) for name, item in data.items()}
 
 
-def _out_of_memory(error: BaseException) -> bool:
+def out_of_memory(error: BaseException) -> bool:
     """An allocation failure: CUDA's caching allocator (torch.OutOfMemoryError) or the CPU's."""
     text = str(error)
     return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"

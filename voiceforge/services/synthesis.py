@@ -1,4 +1,4 @@
-"""Speech synthesis in two steps: prepare (every 4xx and 503 happens here), then audio chunk by chunk."""
+"""Speech synthesis in two steps: prepare (each 4xx and 503 known before decoding), then audio by chunk."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from voiceforge import logs, metrics
+from voiceforge.errors import Busy
 from voiceforge.runtime import Runtime
 from voiceforge.services.catalogue import VoiceHandle
-from voiceforge.services.engine import OUTPUT_RATE, Sampling
+from voiceforge.services.engine import OUTPUT_RATE, Sampling, first_line, out_of_memory
 
 if TYPE_CHECKING:
     from voiceforge.decoding.scheduler import Utterance
@@ -127,6 +128,14 @@ class Speech:
                 if self.voice.weights is None or os.path.exists(self.voice.weights):
                     raise
                 raise self.runtime.catalogue.vanished(self.voice) from error
+            except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+                if not out_of_memory(error):
+                    raise
+                # A peak of long texts can exhaust the GPU's memory (or the RAM) in a step: that
+                # batch's sequences end and the decoder goes on, so this is a retry, not a 500.
+                raise Busy(f"The speech engine ran out of memory while decoding ({first_line(error)}); "
+                           "retry shortly. If this recurs, the operator should lower VOICEFORGE_MAX_BATCH.",
+                           retry_after=2) from error
             finally:
                 for utterance in in_flight:  # a consumer that stops early frees the decoder's rows
                     utterance.cancel()
