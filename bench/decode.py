@@ -266,7 +266,7 @@ def main() -> None:
             for name, scheduler in variants.items():
                 with PhaseTimer(scheduler) as timer:
                     elapsed = ours_speak(scheduler, model, items)[0]
-                figures[f"{name} phases@{n}"] = {"wall_s": elapsed, **timer.seconds}
+                figures[f"{name} phases@{n}"] = {"wall_s": elapsed, "steps": timer.steps, **timer.seconds}
                 show(f"{name}, {n} concurrent, time by phase", timer.summary(elapsed))
 
     if args.ten_sentences:

@@ -36,9 +36,11 @@ class PhaseTimer:
         cuda = scheduler.decoder.device.type == "cuda"
         self._sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
         self.seconds: dict[str, float] = defaultdict(float)
+        self.steps = 0  # decoding steps run while in use
         self._children: list[float] = []  # time spent in nested phases, per open phase
 
     def __enter__(self) -> PhaseTimer:
+        self._steps_before = self.scheduler.steps
         for attribute, phase in PHASES.items():
             owner = self.scheduler.table if attribute == "choose" else self.scheduler
             setattr(owner, attribute, self._timed(phase, getattr(owner, attribute)))
@@ -49,6 +51,7 @@ class PhaseTimer:
         # turn that delivered the last audio (and is still timing its phase) has ended.
         with self.scheduler._model_lock:
             self._unwrap()
+            self.steps = self.scheduler.steps - self._steps_before
 
     def _unwrap(self) -> None:
         for attribute in PHASES:
@@ -76,8 +79,9 @@ class PhaseTimer:
         return timed
 
     def summary(self, wall: float) -> str:
-        """One line: each phase's share of `wall` (the run's seconds), largest first, and what is left."""
-        parts = [f"{phase} {100 * seconds / wall:.0f}%"
+        """One line: each phase's share of `wall` (the run's seconds) and its milliseconds per decoding
+        step, largest first, and what is left."""
+        parts = [f"{phase} {100 * seconds / wall:.0f}% ({1000 * seconds / max(self.steps, 1):.2f} ms a step)"
                  for phase, seconds in sorted(self.seconds.items(), key=lambda item: -item[1])]
         idle = max(0.0, wall - sum(self.seconds.values()))
         return ", ".join([*parts, f"outside them {100 * idle / wall:.0f}%"])

@@ -258,9 +258,12 @@ def test_the_gpu_step_arithmetic_computes_the_cpu_steps_formulas(shared_engine: 
     assert (gpu_formulas - exact).abs().max() > 0  # it did run other arithmetic
 
 
-def test_a_row_whose_scores_turn_nan_mid_sequence_ends_alone(shared_engine: Engine, voices) -> None:
-    """NaN scores in one row (a damaged fine-tuned weight) neither break the batch's shared draw
-    nor pass for tokens: that sequence ends with an error and the others go on."""
+@pytest.mark.parametrize(("sampling", "poison"), [("varied", float("nan")), ("greedy", float("nan")),
+                                                  ("greedy", float("-inf"))])
+def test_a_row_whose_scores_turn_nan_mid_sequence_ends_alone(shared_engine: Engine, voices, sampling: str,
+                                                            poison: float) -> None:
+    """NaN or infinite scores in one row (a damaged fine-tuned weight), sampled or greedy, neither break
+    the batch's shared draw nor pass for tokens: that sequence ends with an error and the others go on."""
     text = "Innocent bystanders keep talking."
     (alone,) = shared_engine.speak([text], "en", voices[0], GREEDY)
     alone_audio = alone.audio()
@@ -272,13 +275,14 @@ def test_a_row_whose_scores_turn_nan_mid_sequence_ends_alone(shared_engine: Engi
         output = real_step(*args)
         steps["n"] += 1
         if steps["n"] == 2:
-            output.logits[1] = float("nan")
+            output.logits[1, 5] = poison
         return output
 
     decoder._step_runner = poisoning_row_1_once
     try:
         first, doomed, third = submitted_together(
-            shared_engine, [(voices[0], GREEDY), (voices[1], VARIED), (voices[0], GREEDY)], text)
+            shared_engine, [(voices[0], GREEDY), (voices[1], {"varied": VARIED, "greedy": GREEDY}[sampling]),
+                            (voices[0], GREEDY)], text)
         with pytest.raises(FloatingPointError):
             doomed.audio()
         for utterance in (first, third):

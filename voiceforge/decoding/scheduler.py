@@ -118,6 +118,10 @@ class BatchScheduler:
         # The weights the decoder's copies were last refreshed from; None: unknown, refresh before a step.
         self._decoder_weights: tuple[str | None] | None = (None,) if decoder_has_base_weights else None
         self.table = SamplingTable(self.rows, model.gpt.num_audio_tokens, self.decoder.device)
+        # Every row's GPT latents so far (float32, what the vocoder reads), one per audio token: a
+        # step writes all rows' in one copy, and a window reads a row's as one slice.
+        self.latents = torch.zeros(self.rows, self.decoder.max_new_tokens + 1, self.decoder.dim,
+                                   device=self.decoder.device)
         self._model_lock = model_lock
         self._use_weights = use_weights
         self._waiting: list[Utterance] = []
@@ -256,17 +260,18 @@ class BatchScheduler:
         rows = torch.arange(first, first + len(admitted), device=device)
         sample = any(not ready[index].settings.greedy for index in admitted)
         tokens = self.table.choose(output.logits[picked], rows, sample=sample).tolist()
+        self.latents[rows, 0] = output.latents[picked].float()
         for index, token in zip(admitted, tokens, strict=True):
             utterance = ready[index]
             vocoding = WindowedVocoding(self.model, utterance.speaker.to(device), utterance.speed,
                                         first=utterance.first_window, window=utterance.window)
             live = _Live(utterance, vocoding, prefixes[index].shape[0])
-            self._record(live, token, output.latents[index])
+            self._record(live, token)
             self._live.append(live)
 
-    def _record(self, live: _Live, token: int, latent: torch.Tensor) -> None:
+    def _record(self, live: _Live, token: int) -> None:
+        """The sequence's next token (its latent is already in `self.latents`)."""
         live.utterance.tokens.append(token)
-        live.vocoding.add(latent.float())
         live.last_token = token
         live.finished = (token == self.decoder.stop_token
                          or len(live.utterance.tokens) >= self.decoder.max_new_tokens)
@@ -290,15 +295,18 @@ class BatchScheduler:
             [[live.last_token for live in self._live], [len(live.utterance.tokens) for live in self._live],
              lengths], device=device)
         output = self._step_runner(tokens, audio_positions, cache_positions, max(lengths) + 1)
-        # A row with NaN or infinite scores would make the batch's shared draw fail for every row:
-        # it gets neutral scores for the draw and then ends alone.
-        finite = torch.isfinite(output.logits).all(dim=-1)
-        logits = torch.where(finite[:, None], output.logits, 0.0)
+        # A row with NaN or infinite scores ends alone. (A sum is not finite when a term is not, or when
+        # it overflows, which needs scores near 1e35: one kernel, where isfinite().all() takes two.)
+        # It would make the batch's shared draw fail for every row, so when sampling it draws from
+        # neutral scores; a greedy arg-max just picks some token for it.
+        finite = torch.isfinite(output.logits.sum(dim=-1))
         sample = any(not live.utterance.settings.greedy for live in self._live)
+        logits = torch.where(finite[:, None], output.logits, 0.0) if sample else output.logits
         chosen = self.table.choose(logits, sample=sample)  # rows 0..n-1
+        # Each row's latent goes to its next place (a copy: a graph's outputs are overwritten by its
+        # next replay); a row stepped only to keep the batch packed writes past its own latents.
+        self.latents[torch.arange(len(self._live), device=device), audio_positions] = output.latents.float()
         chosen, usable = torch.stack([chosen, finite.long()]).tolist()  # one read back from the device
-        # A graph's outputs are overwritten by its next replay: a copy, cut into rows in one call.
-        latents = output.latents.float().clone().unbind(0)
         self.steps += 1
         self.max_batch = max(self.max_batch, len(stepping))
         for row, live in enumerate(self._live):
@@ -311,13 +319,14 @@ class BatchScheduler:
                 _end(live.utterance, FloatingPointError(NON_FINITE))
                 continue
             live.cache_length += 1
-            self._record(live, chosen[row], latents[row])
+            self._record(live, chosen[row])
 
     def _vocode(self) -> None:
         windows: list[Window] = []
-        for live in self._live:
-            if live.vocoding is not None and (window := live.vocoding.take(live.finished)) is not None:
-                windows.append(window)
+        for row, live in enumerate(self._live):
+            count = len(live.utterance.tokens)
+            if live.vocoding is not None and live.vocoding.ready(count, live.finished):
+                windows.append(live.vocoding.take(self.latents[row, :count], live.finished))
         if not windows:
             return
         for window, wav in vocode(self.vocoder, windows):  # each piece goes out as soon as it is ready
@@ -339,6 +348,8 @@ class BatchScheduler:
                 moved = self._live[last]
                 self.decoder.move_row(last, row, moved.cache_length)
                 self.table.move_row(last, row)
+                count = len(moved.utterance.tokens)
+                self.latents[row, :count] = self.latents[last, :count]
                 self._live[row] = moved
             self._live.pop()
 

@@ -51,7 +51,7 @@ class Window:
 
 
 class WindowedVocoding:
-    """One sequence's latents so far, cut into vocoder windows: `first` tokens, then twice as many each
+    """One sequence's vocoder windows over its latents so far: `first` tokens, then twice as many each
     time up to `window` (a small first window starts the audio early; bigger ones later cost less:
     each window re-vocodes its context frames).
     """
@@ -64,24 +64,20 @@ class WindowedVocoding:
         self.speed = speed
         self.window = window
         self.size = first  # tokens in the current window
-        self.pending = first  # tokens still to come before the next window
         self.context = math.ceil(CONTEXT_FRAMES * max(1.0, 1.0 / max(speed, 0.05)))
-        self.latents: list[torch.Tensor] = []
+        self.due = first  # latents in when the next window is due
         self.emitted = 0  # decoder frames whose audio has been sent (the held-back edge excluded)
         self.tail: np.ndarray | None = None  # audio just past `emitted`, to cross-fade with the next window
 
-    def add(self, latent: torch.Tensor) -> None:
-        """One more GPT latent (model_dim,)."""
-        self.latents.append(latent)
-        self.pending -= 1
+    def ready(self, count: int, finished: bool) -> bool:
+        """Whether the next window is due with `count` latents in (or the sequence has finished)."""
+        return count > 0 and (finished or count >= self.due)
 
-    def take(self, finished: bool) -> Window | None:
-        """The next window when enough latents are in (or the sequence has finished), else None."""
-        if not self.latents or (not finished and self.pending > 0):
-            return None
+    def take(self, latents: torch.Tensor, finished: bool) -> Window:
+        """The next window, once ready: `latents` (T, model_dim) are the sequence's GPT latents so far."""
         self.size = min(self.size * 2, self.window)
-        self.pending = self.size
-        frames = decoder_frames(self.model, torch.stack(self.latents)[None], self.speed)
+        self.due = latents.shape[0] + self.size
+        frames = decoder_frames(self.model, latents[None], self.speed)
         total = frames.shape[-1]
         end = total if finished else max(self.emitted, total - self.context)
         first = max(0, self.emitted - self.context)
