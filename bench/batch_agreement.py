@@ -53,7 +53,8 @@ def sentences(model, voices: list, count: int) -> list[Utterance]:
         spoken = text if index < len(items) else f"{text} {index}"
         tokens = torch.IntTensor(model.tokenizer.encode(spoken.strip().lower(), lang=language))
         voice = voices[index % len(voices)]
-        made.append(Utterance(tokens, voice.gpt_cond_latent, voice.speaker_embedding, GREEDY))
+        # Each a request's first sentence: together they may fill every row.
+        made.append(Utterance(tokens, voice.gpt_cond_latent, voice.speaker_embedding, GREEDY, opens=True))
     return made
 
 

@@ -7,6 +7,7 @@ CUDA is present (a GPU machine), and skip cleanly elsewhere.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from tests.support.checkpoint import build_checkpoint
 from voiceforge.decoding.matmul import PackedMatmul, ReferenceMatmul
 from voiceforge.decoding.sampling import SamplingTable
+from voiceforge.decoding.scheduler import Utterance
 from voiceforge.finetune.export import export_gpt
 from voiceforge.services.engine import Engine, EngineSettings, Latents, Sampling, read_speakers
 
@@ -136,22 +138,49 @@ def test_a_new_requests_first_sentence_goes_ahead_of_other_requests_later_ones(
                                    queue_size=8, max_batch=1))
     long = engine.speak([f"Sentence number {n} of a long text." for n in range(4)], "en", voices[0], GREEDY)
     (newcomer,) = engine.speak(["A newcomer's first words."], "en", voices[1], GREEDY, streaming=True)
+    finished = finishing_order({**{f"long {n}": item for n, item in enumerate(long)}, "newcomer": newcomer})
+    assert finished == ["long 0", "newcomer", "long 1", "long 2", "long 3"]
+    engine.decoder().close()
+
+
+@pytest.mark.parametrize("keep_a_row", [True, False])
+def test_a_long_text_leaves_a_row_free_for_a_new_listener(checkpoint_dir: Path, voices,
+                                                           keep_a_row: bool) -> None:
+    """Three rows and a long text: its later sentences leave the last row to a request's first
+    sentence, so a newcomer is spoken alongside instead of after them (not when turned off)."""
+    engine = Engine(EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu",
+                                   queue_size=8, max_batch=3))
+    decoder = engine.decoder()
+    decoder.keep_a_row = keep_a_row
+    steps = decoder.steps
+    long = engine.speak([f"Sentence number {n} of a long text." for n in range(5)], "en", voices[0], GREEDY)
+    while decoder.steps == steps:  # the long text is being decoded
+        time.sleep(0.001)
+    (newcomer,) = engine.speak(["A newcomer's first words."], "en", voices[1], GREEDY, streaming=True)
+    finished = finishing_order({**{f"long {n}": item for n, item in enumerate(long)}, "newcomer": newcomer})
+    assert newcomer.tokens == stock_tokens(engine, "A newcomer's first words.", "en", voices[1])
+    # The first two sentences were already running; the third waits for a row, or took the last one.
+    assert finished.index("newcomer") < finished.index("long 2") if keep_a_row else \
+        finished.index("newcomer") > finished.index("long 2")
+    engine.decoder().close()
+
+
+def finishing_order(utterances: dict[str, Utterance]) -> list[str]:
+    """The names of the utterances in the order their audio was all out."""
     finished: list[str] = []
     lock = threading.Lock()
 
-    def wait(name: str, utterance) -> None:
+    def wait(name: str, utterance: Utterance) -> None:
         utterance.audio()
         with lock:
             finished.append(name)
 
-    threads = [threading.Thread(target=wait, args=(f"long {n}", item)) for n, item in enumerate(long)]
-    threads.append(threading.Thread(target=wait, args=("newcomer", newcomer)))
+    threads = [threading.Thread(target=wait, args=item) for item in utterances.items()]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert finished == ["long 0", "newcomer", "long 1", "long 2", "long 3"]
-    engine.decoder().close()
+    return finished
 
 
 def submitted_together(engine: Engine, requests: list[tuple[Latents, Sampling]], text: str) -> list:

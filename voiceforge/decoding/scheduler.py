@@ -1,12 +1,13 @@
 """Continuous batching: one thread owns the model and decodes every sentence in flight together.
 
 Requests (and the sentences of one request) are `Utterance`s. The scheduler admits waiting ones
-at step boundaries, prefills each into a free row of the GPT's key/value cache (on a GPU all that
-join at one step in one pass), then advances all live rows by one token per step, each with its own
-sampling settings; a row leaves when it emits the stop token, reaches the token cap, or its
-consumer cancels it. After each step the vocoder windows that are ready, from any row, are vocoded
-together. Voices with fine-tuned weights only share a
-batch with sequences of the same weights: a batch drains before the weights change, and a waiting
+at step boundaries (a request's first sentence first, and only it into the last free row),
+prefills each into a free row of the GPT's key/value cache (on a GPU all that join at one step in
+one pass), then advances all live rows by one token per step, each with its own sampling settings;
+a row leaves when it emits the stop token, reaches the token cap, or its consumer cancels it. After
+each step the vocoder windows that are ready, from any row, are vocoded together. Voices with
+fine-tuned weights only share a batch with sequences of the same weights: a batch drains before the
+weights change, and a waiting
 sequence of other weights stops newer ones from joining, so no voice waits for ever. A sequence
 whose own inputs fail (at its prefill, or NaN scores later) ends alone with the error; a failure of
 the batch's shared work (its weights, a step, the vocoder) ends every sequence in the batch.
@@ -129,6 +130,9 @@ class BatchScheduler:
         self._weights: str | None = None  # the live batch's weights
         self._condition = threading.Condition()
         self._closed = False
+        # Whether the last free row waits for a request's first sentence (_take_joining); benchmarks
+        # turn it off to measure what it costs.
+        self.keep_a_row = True
         self.steps = 0  # decoding steps run, for benchmarks and tests
         self.max_batch = 0  # the most rows ever live in one step
         self._thread = threading.Thread(target=self._run, name="voiceforge-decoder", daemon=True)
@@ -203,12 +207,21 @@ class BatchScheduler:
         self._fail_all(RuntimeError("the decoder was closed"))
 
     def _take_joining(self) -> list[Utterance]:
-        """Waiting utterances that may join now: same weights as the batch, oldest first, rows allowing."""
+        """Waiting utterances that may join now: same weights as the batch, oldest first, rows allowing.
+
+        With three rows or more the last free row takes only a request's first sentence (`opens`,
+        queued ahead of the others): a long text's later sentences leave it free, so a new listener's
+        first audio starts at once instead of after one of theirs ends. (With two, keeping one would
+        halve a long text's speed.)
+        """
         if not self._live and self._waiting:
             self._weights = self._waiting[0].weights
         joining: list[Utterance] = []
         free = self.rows - len(self._live)
         while self._waiting and len(joining) < free and self._waiting[0].weights == self._weights:
+            last_free_row = free - len(joining) == 1 and self.rows > 2
+            if last_free_row and self.keep_a_row and not self._waiting[0].opens:
+                break
             joining.append(self._waiting.pop(0))
         return joining
 
