@@ -15,9 +15,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from tests.support.finetune import (
     build_training_checkpoint,
@@ -27,7 +28,7 @@ from tests.support.finetune import (
     wait_for,
 )
 from tests.support.server import ROOT, free_port
-from voiceforge.db import db
+from voiceforge.db import MIGRATIONS_DIR, db
 from voiceforge.models import Job, JobState, utcnow
 
 pytestmark = pytest.mark.slow  # a real redis-server and Celery worker processes, real training
@@ -234,6 +235,32 @@ def test_a_task_whose_job_runs_under_a_live_lease_waits_for_that_lease(
     assert done["state"] == "succeeded" and done["attempts"] == 2, (done, worker.text()[-4000:])
     # It looked again every lease period (3 s), more often than Celery's default limit of 3 retries.
     assert worker.text().count("retry: Retry in 3") >= 4, worker.text()[-4000:]
+
+
+def test_a_worker_on_a_database_not_yet_migrated_waits_for_the_migration(
+        celery_app: Flask, start_worker: Callable[[str], Worker]) -> None:
+    """A worker whose code is newer than the database's schema (started before `flask db upgrade`)
+    leaves the job queued, saying why, and runs it once the database is migrated."""
+    client = celery_app.test_client()
+    job_id = enrol_with_fine_tuning(client).json["jobId"]  # no worker yet: its task waits in Redis
+    with celery_app.app_context():
+        head = db.session.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        previous = ScriptDirectory(MIGRATIONS_DIR).get_revision(head).down_revision
+        set_revision = text("UPDATE alembic_version SET version_num = :revision")
+        db.session.execute(set_revision, {"revision": previous})
+        db.session.commit()
+    worker = start_worker("early")
+    deadline = time.monotonic() + 60
+    while "waits for the database" not in worker.text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f"job {job_id} waits for the database: The database schema is at migration {previous}" \
+        in worker.text(), worker.text()[-4000:]
+    assert client.get(f"/api/jobs/{job_id}").json["state"] == "queued"
+    with celery_app.app_context():
+        db.session.execute(set_revision, {"revision": head})  # as `flask db upgrade` leaves it
+        db.session.commit()
+    done = wait_for(client, job_id, FINISHED)
+    assert done["state"] == "succeeded", (done, worker.text()[-4000:])
 
 
 def test_without_a_broker_fine_tuning_answers_503_and_the_job_can_be_retried(

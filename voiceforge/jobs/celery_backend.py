@@ -11,7 +11,7 @@ from flask import Flask, current_app
 from kombu.exceptions import OperationalError
 
 from voiceforge.config import ConfigError
-from voiceforge.db import db
+from voiceforge.db import db, schema_problem
 from voiceforge.errors import ServiceUnavailable
 from voiceforge.jobs import store
 from voiceforge.jobs.runner import JobRunner
@@ -79,6 +79,11 @@ def finetune(task: Task, job_id: str) -> None:
     if _runner is None or _runner.app is not app or _runner.stopping.is_set():
         _runner = JobRunner(app)  # one per worker; a new one if a stop did not end the worker
     runner = _runner
+    if problem := schema_problem():
+        # A worker upgraded before `flask db upgrade` ran: the job waits in the queue for the migration
+        # (looking again every lease period) instead of failing on a missing column.
+        log.warning("job %s waits for the database: %s", job_id, problem)
+        raise task.retry(countdown=runner.lease_seconds)
     job = store.claim(job_id, runner.owner, runner.lease_seconds)
     if job is None:
         current = db.session.get(Job, job_id)
