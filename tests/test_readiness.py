@@ -178,6 +178,26 @@ def test_a_database_behind_the_migrations_is_unready_and_its_routes_say_to_upgra
     assert client.get("/api/voices", headers=key).status_code == 200
 
 
+def test_a_job_runner_on_a_database_behind_the_migrations_waits_for_them(
+        unmigrated_app, caplog: pytest.LogCaptureFixture) -> None:
+    """A runner started before `flask db upgrade` claims nothing and says why once, instead of
+    failing on a missing table or column at every poll; once migrated it claims again."""
+    from flask_migrate import upgrade
+
+    from voiceforge.jobs.runner import JobRunner
+
+    caplog.set_level(logging.WARNING, logger="voiceforge")
+    runner = JobRunner(unmigrated_app, owner="early")
+    assert runner.claim() is None and runner.claim() is None
+    [warning] = [record.getMessage() for record in caplog.records]
+    assert warning.startswith("job runner early waits for the database: ")
+    assert warning.endswith("run `flask --app voiceforge db upgrade` first.") or \
+        warning.endswith("run `flask --app voiceforge db upgrade`.")
+    with unmigrated_app.app_context():
+        upgrade()
+    assert runner.claim() is None  # nothing queued, and no error: it reads the jobs table now
+
+
 def test_a_database_migrated_by_newer_code_is_not_refused(make_app) -> None:
     """A rolling deploy: another instance's newer code has migrated past this code's head."""
     from sqlalchemy import text

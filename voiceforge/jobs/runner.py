@@ -22,7 +22,7 @@ from flask import Flask
 from sqlalchemy.orm.exc import StaleDataError
 
 from voiceforge import logs, metrics
-from voiceforge.db import db
+from voiceforge.db import db, schema_problem
 from voiceforge.errors import NotFound
 from voiceforge.jobs import store
 from voiceforge.models import Job, JobState
@@ -67,6 +67,7 @@ class JobRunner:
         self.poll_seconds = poll_seconds
         self.stopping = threading.Event()
         self._running: dict[str, threading.Thread] = {}
+        self._schema_problem: str | None = None  # the last one logged, so that it is logged once
 
     def run_forever(self) -> None:
         """Claim and run jobs until stop() is called; then let the running ones give their jobs back."""
@@ -88,6 +89,11 @@ class JobRunner:
     def claim(self) -> str | None:
         """Claim one job and start it in a thread; the job id, or None when there is nothing to do."""
         with self.app.app_context():
+            if problem := schema_problem():  # started before `flask db upgrade`: wait for the migration
+                if problem != self._schema_problem:
+                    log.warning("job runner %s waits for the database: %s", self.owner, problem)
+                self._schema_problem = problem
+                return None
             job = store.claim_next(self.owner, self.lease_seconds)
             if job is None:
                 return None
