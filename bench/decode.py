@@ -104,9 +104,10 @@ def ours_speak(scheduler: BatchScheduler, model, items: list[tuple[str, str, obj
     return time.perf_counter() - started, utterances
 
 
-def first_audio(scheduler: BatchScheduler, model, voice) -> float:
+def first_audio(scheduler: BatchScheduler, model, voice, text: str = TEXTS[0]) -> float:
+    """Seconds from submitting a streamed request's first sentence to its first audio piece."""
     started = time.perf_counter()
-    item = scheduler.submit(utterance(model, TEXTS[0], "en", voice, first_window=8, window=32))
+    item = scheduler.submit(utterance(model, text, "en", voice, first_window=8, window=32))
     pieces = item.pieces()
     next(pieces)
     elapsed = time.perf_counter() - started

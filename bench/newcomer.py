@@ -20,25 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.decode import TEXTS, utterance  # noqa: E402
+from bench.decode import TEXTS, first_audio, utterance  # noqa: E402
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from voiceforge.decoding.scheduler import BatchScheduler  # noqa: E402
 from voiceforge.services.engine import load_xtts, read_speakers  # noqa: E402
 
 NEWCOMER = "Hello there, I just arrived."
-
-
-def first_audio(scheduler: BatchScheduler, model, voice) -> float:
-    """Seconds from submitting a streamed first sentence to its first audio piece."""
-    # A request's first sentence: queued ahead of other requests' later ones.
-    item = utterance(model, NEWCOMER, "en", voice, first_window=8, window=32, opens=True)
-    started = time.perf_counter()
-    pieces = scheduler.submit(item).pieces()
-    next(pieces)
-    elapsed = time.perf_counter() - started
-    for _ in pieces:
-        pass
-    return elapsed
 
 
 def behind_a_long_text(scheduler: BatchScheduler, model, voices, sentences: int) -> tuple[float, float]:
@@ -50,7 +37,7 @@ def behind_a_long_text(scheduler: BatchScheduler, model, voices, sentences: int)
         scheduler.submit(item)
     while scheduler.steps == steps:  # the long text is being decoded
         time.sleep(0.0005)
-    waited = first_audio(scheduler, model, voices[1])
+    waited = first_audio(scheduler, model, voices[1], NEWCOMER)
     for item in long:
         item.audio()
     return waited, time.perf_counter() - started
@@ -71,8 +58,8 @@ def main() -> None:
         model, _device = load_xtts(directory, args.device)
         voices = list(read_speakers(directory).values())
     scheduler = BatchScheduler(model, threading.Lock(), lambda _weights: None, rows=args.rows)
-    first_audio(scheduler, model, voices[1])  # warm-up
-    alone = statistics.median(first_audio(scheduler, model, voices[1]) for _ in range(args.repeats))
+    first_audio(scheduler, model, voices[1], NEWCOMER)  # warm-up
+    alone = statistics.median(first_audio(scheduler, model, voices[1], NEWCOMER) for _ in range(args.repeats))
     figures: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     for _ in range(args.repeats):
         for keep in (False, True):  # alternately, so both see the same machine

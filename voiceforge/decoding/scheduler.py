@@ -7,10 +7,10 @@ one pass), then advances all live rows by one token per step, each with its own 
 a row leaves when it emits the stop token, reaches the token cap, or its consumer cancels it. After
 each step the vocoder windows that are ready, from any row, are vocoded together. Voices with
 fine-tuned weights only share a batch with sequences of the same weights: a batch drains before the
-weights change, and a waiting
-sequence of other weights stops newer ones from joining, so no voice waits for ever. A sequence
-whose own inputs fail (at its prefill, or NaN scores later) ends alone with the error; a failure of
-the batch's shared work (its weights, a step, the vocoder) ends every sequence in the batch.
+weights change, and a waiting sequence of other weights stops newer ones from joining, so no voice
+waits for ever. A sequence whose own inputs fail (at its prefill, or NaN scores later) ends alone
+with the error; a failure of the batch's shared work (its weights, a step, the vocoder) ends every
+sequence in the batch.
 """
 
 from __future__ import annotations
