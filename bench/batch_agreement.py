@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from voiceforge.decoding.gpt import GptDecoder  # noqa: E402
 from voiceforge.decoding.scheduler import BatchScheduler, Utterance  # noqa: E402
+from voiceforge.decoding.threads import on_passing_thread  # noqa: E402
 from voiceforge.services.engine import Sampling, load_xtts, read_speakers  # noqa: E402
 
 GREEDY = Sampling(greedy=True, temperature=1.0, top_p=1.0)
@@ -84,15 +85,16 @@ def main() -> None:
     directory = Path(scratch.name) / "xtts"
     build_checkpoint(directory, size=args.size, max_audio_tokens=args.max_tokens,
                      speakers=("Ana Florence", "Claribel Dervla", "Damien Black", "Zoe Z"))
-    model, _device = load_xtts(directory, "cpu")
+    # Off the main thread, which would keep OpenMP workers beside the decoder's (decoding/threads.py).
+    model, _device = on_passing_thread(load_xtts, directory, "cpu")
     voices = list(read_speakers(directory).values())
     print(f"{args.size} architecture, {args.sequences} greedy sequences of up to {args.max_tokens - 3} "
           f"tokens, batches of {args.rows} rows, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     for kind in ("onednn", "reference"):
-        with torch.inference_mode():
-            decoder = GptDecoder(model, args.rows, cpu_matmul_kind=kind)
-        scheduler = BatchScheduler(model, threading.Lock(), lambda _weights: None, decoder=decoder)
+        decoder = on_passing_thread(GptDecoder, model, args.rows, cpu_matmul_kind=kind)
+        scheduler = on_passing_thread(BatchScheduler, model, threading.Lock(), lambda _weights: None,
+                                      decoder=decoder)
         scheduler.vocoder = silence
         started = time.perf_counter()
         alone = decode(scheduler, sentences(model, voices, args.sequences), together=False)

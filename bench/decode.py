@@ -11,7 +11,8 @@ bf16; --only picks some of them), the aggregate real-time factor at 1, 4, 8 and 
 requests against stock serial decoding, a 10-sentence text at once against sentence by sentence,
 time to first audio, and greedy-token agreement with stock over --agreement sequences. --phases adds
 a run of the least and of the most concurrent requests, timed phase by phase (bench/phases.py: prefill, GPT
-step, sampling, vocoder, bookkeeping). --json writes the figures to a file.
+step, sampling, vocoder, bookkeeping). --json writes the figures to a file. Stock is timed first, then each
+variant of ours in turn, one decoder alive at a time (voiceforge/decoding/threads.py says why).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,6 +36,7 @@ from bench.phases import PhaseTimer  # noqa: E402
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from voiceforge.decoding.gpt import GptDecoder  # noqa: E402
 from voiceforge.decoding.scheduler import BatchScheduler, Utterance  # noqa: E402
+from voiceforge.decoding.threads import on_passing_thread  # noqa: E402
 from voiceforge.services.engine import Sampling, cpu_has_bfloat16, load_xtts, read_speakers  # noqa: E402
 
 SAMPLES_PER_TOKEN = 1024 / 22050  # seconds of audio per GPT token at speed 1
@@ -153,7 +156,7 @@ def agreement(model, scheduler: BatchScheduler, voices: list, count: int) -> tup
         for (text, lang, voice), item in zip(batch, utterances, strict=True):
             key = (text, lang, id(voice))
             if key not in _STOCK:
-                _STOCK[key] = stock_tokens(model, text, lang, voice)
+                _STOCK[key] = on_passing_thread(stock_tokens, model, text, lang, voice)
             stock = _STOCK[key]
             same_sequences += stock == item.tokens
             prefix = next((i for i, (a, b) in enumerate(zip(stock, item.tokens, strict=False)) if a != b),
@@ -190,7 +193,10 @@ def main() -> None:
     if not args.checkpoint:
         build_checkpoint(directory, size=args.size, max_audio_tokens=args.max_tokens,
                          speakers=("Ana Florence", "Claribel Dervla", "Damien Black", "Zoe Z"))
-    model, device = load_xtts(directory, args.device)
+    # Torch work of the main thread would keep OpenMP workers that slow every decoder's (and stock's)
+    # parallel operators once they outnumber the CPUs (voiceforge/decoding/threads.py): loading, stock
+    # and each decoder's build run on passing threads, and one decoder is alive at a time.
+    model, device = on_passing_thread(load_xtts, directory, args.device)
     voices = list(read_speakers(directory).values())
     voice = voices[0]
     concurrency = [int(n) for n in args.concurrency.split(",")]
@@ -205,47 +211,60 @@ def main() -> None:
         report.append(f"{label:<58} {value}")
         print(report[-1], flush=True)
 
+    def stock(text: str) -> float:
+        return on_passing_thread(stock_speak, model, text, "en", voice, device)
+
     # Stock, batch 1 (also the serial baseline for concurrency: one request at a time).
-    stock_speak(model, TEXTS[0], "en", voice, device)
-    stock_s = statistics.median(stock_speak(model, TEXTS[0], "en", voice, device)
-                                for _ in range(args.repeats))
+    stock(TEXTS[0])
+    stock_s = statistics.median(stock(TEXTS[0]) for _ in range(args.repeats))
     figures["stock_ms_per_token"] = 1000 * stock_s / cap
     show("stock inference, ms per token (batch 1, vocoder incl.)", f"{figures['stock_ms_per_token']:.2f}")
+    stock_rtf = stock_s / (cap * SAMPLES_PER_TOKEN)
+    show("stock serial: real-time factor (any number of requests)", f"{stock_rtf:.3f}")
+    if args.ten_sentences:
+        serial = sum(stock(text) for text in TEXTS)
+        figures["ten_sentences_stock_s"] = serial
+        show("10 sentences, stock sentence by sentence, s", f"{serial:.2f}")
 
-    variants = {"ours": BatchScheduler(model, lock, lambda _weights: None, rows=rows)}
-    if device.startswith("cuda"):
-        from voiceforge.decoding.cuda_graphs import GraphedStep
+    def plain(dtype=None, vocoder_dtype=None, matmul: str = "onednn") -> Callable[[], BatchScheduler]:
+        return lambda: BatchScheduler(model, lock, lambda _weights: None, vocoder_dtype=vocoder_dtype,
+                                      decoder=GptDecoder(model, rows, dtype=dtype, cpu_matmul_kind=matmul))
 
-        bf16 = torch.bfloat16
-        for name, dtype, vocoder_dtype in (("ours+graphs", None, None), ("ours+graphs bf16", bf16, None),
-                                           ("ours+graphs bf16 both", bf16, bf16)):
+    def graphed(name: str, dtype, vocoder_dtype) -> Callable[[], BatchScheduler]:
+        def build() -> BatchScheduler:
+            from voiceforge.decoding.cuda_graphs import GraphedStep
+
             decoder = GptDecoder(model, rows, dtype=dtype)
-            graphed = GraphedStep(decoder)
+            runner = GraphedStep(decoder)
             started = time.perf_counter()
-            graphed.capture()
+            runner.capture()
             figures[f"{name} capture_s"] = time.perf_counter() - started
             for batch in (1, 8, 32):  # the GPT step alone: one graph replay, no sampling or vocoder
-                step_ms = replay_ms(graphed, batch, 256)
+                step_ms = replay_ms(runner, batch, 256)
                 figures[f"{name} step_ms@{batch}"] = step_ms
                 show(f"{name}, GPT step alone (graph replay), batch {batch}, ms", f"{step_ms:.3f}")
-            variants[name] = BatchScheduler(model, lock, lambda _weights: None, decoder=decoder,
-                                            step_runner=graphed.step, vocoder_dtype=vocoder_dtype)
+            return BatchScheduler(model, lock, lambda _weights: None, decoder=decoder,
+                                  step_runner=runner.step, vocoder_dtype=vocoder_dtype)
+        return build
+
+    variants: dict[str, Callable[[], BatchScheduler]] = {"ours": plain()}
+    bf16 = torch.bfloat16
+    if device.startswith("cuda"):
+        for name, dtype, vocoder_dtype in (("ours+graphs", None, None), ("ours+graphs bf16", bf16, None),
+                                           ("ours+graphs bf16 both", bf16, bf16)):
+            variants[name] = graphed(name, dtype, vocoder_dtype)
     else:
         # "ours" multiplies by oneDNN-prepacked weights (the default); "ours addmm" is transformers'
         # own arithmetic (VOICEFORGE_CPU_MATMUL=reference), the one bit-identical to stock.
-        variants["ours addmm"] = BatchScheduler(model, lock, lambda _weights: None,
-                                                decoder=GptDecoder(model, rows, cpu_matmul_kind="reference"))
+        variants["ours addmm"] = plain(matmul="reference")
         if cpu_has_bfloat16():  # AVX512-BF16 or AMX: bf16 GEMMs and convolutions run natively
-            variants["ours bf16"] = BatchScheduler(model, lock, lambda _weights: None,
-                                                   decoder=GptDecoder(model, rows, dtype=torch.bfloat16))
-            variants["ours bf16 vocoder"] = BatchScheduler(model, lock, lambda _weights: None, rows=rows,
-                                                           vocoder_dtype=torch.bfloat16)
-            variants["ours bf16 both"] = BatchScheduler(model, lock, lambda _weights: None,
-                                                        decoder=GptDecoder(model, rows, dtype=torch.bfloat16),
-                                                        vocoder_dtype=torch.bfloat16)
-    for name in [name for name in variants if args.only and name not in args.only.split(",")]:
-        variants.pop(name).close()
-    for name, scheduler in variants.items():
+            variants["ours bf16"] = plain(dtype=bf16)
+            variants["ours bf16 vocoder"] = plain(vocoder_dtype=bf16)
+            variants["ours bf16 both"] = plain(dtype=bf16, vocoder_dtype=bf16)
+    if args.only:
+        variants = {name: build for name, build in variants.items() if name in args.only.split(",")}
+    for name, build in variants.items():
+        scheduler = on_passing_thread(build)
         ours_speak(scheduler, model, [(TEXTS[0], "en", voice)])
         ours_s = statistics.median(ours_speak(scheduler, model, [(TEXTS[0], "en", voice)])[0]
                                    for _ in range(args.repeats))
@@ -257,9 +276,6 @@ def main() -> None:
             first_audio(scheduler, model, voice) for _ in range(args.repeats))
         show(f"{name}, first audio (8-token window), ms", f"{figures[f'{name} first_audio_ms']:.1f}")
 
-    stock_rtf = stock_s / (cap * SAMPLES_PER_TOKEN)
-    show("stock serial: real-time factor (any number of requests)", f"{stock_rtf:.3f}")
-    for name, scheduler in variants.items():
         for n in concurrency:
             items = [(TEXTS[i % len(TEXTS)], "en", voices[i % len(voices)]) for i in range(n)]
             if device.startswith("cuda"):  # a first run of new shapes pays cuBLAS's and cuDNN's set-up
@@ -270,34 +286,28 @@ def main() -> None:
             show(f"{name}, {n} concurrent: aggregate RTF (x real time; x stock)",
                  f"{elapsed / audio:.4f} ({audio / elapsed:.1f}x; {stock_rtf * audio / elapsed:.2f}x)")
 
-    if args.phases:  # instrumented (on CUDA it synchronises at every phase), so not among the figures above
-        for n in sorted({min(concurrency), max(concurrency)}):
-            items = [(TEXTS[i % len(TEXTS)], "en", voices[i % len(voices)]) for i in range(n)]
-            for name, scheduler in variants.items():
+        if args.phases:  # instrumented (on CUDA it synchronises at every phase): not among the figures above
+            for n in sorted({min(concurrency), max(concurrency)}):
+                items = [(TEXTS[i % len(TEXTS)], "en", voices[i % len(voices)]) for i in range(n)]
                 with PhaseTimer(scheduler) as timer:
                     elapsed = ours_speak(scheduler, model, items)[0]
                 figures[f"{name} phases@{n}"] = {"wall_s": elapsed, "steps": timer.steps, **timer.seconds}
                 show(f"{name}, {n} concurrent, time by phase", timer.summary(elapsed))
 
-    if args.ten_sentences:
-        ten = [(text, "en", voice) for text in TEXTS]
-        serial = sum(stock_speak(model, text, "en", voice, device) for text, _lang, _voice in ten)
-        figures["ten_sentences_stock_s"] = serial
-        show("10 sentences, stock sentence by sentence, s", f"{serial:.2f}")
-        for name, scheduler in variants.items():
+        if args.ten_sentences:
+            ten = [(text, "en", voice) for text in TEXTS]
             together = min(ours_speak(scheduler, model, ten, one_request=True)[0]
                            for _ in range(max(1, args.repeats - 1)))
             figures[f"ten_sentences {name} s"] = together
             show(f"10 sentences, {name}, all at once, s (x faster)",
                  f"{together:.2f} ({serial / together:.2f}x)")
 
-    for name, scheduler in variants.items():
         if args.agreement:
             same, count, per_10k = agreement(model, scheduler, voices, args.agreement)
             figures[f"{name} agreement"] = [same, count, per_10k / 100]
             show(f"{name}: greedy sequences identical to stock",
                  f"{same}/{count} ({per_10k / 100:.2f}% of tokens)")
-        scheduler.close()
+        scheduler.close()  # its thread ends, and its OpenMP workers with it
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     title = f"{args.size} architecture on {figures.get('gpu', device)}, cap {cap} tokens:"

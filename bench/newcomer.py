@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from bench.decode import TEXTS, first_audio, utterance  # noqa: E402
 from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from voiceforge.decoding.scheduler import BatchScheduler  # noqa: E402
+from voiceforge.decoding.threads import on_passing_thread  # noqa: E402
 from voiceforge.services.engine import load_xtts, read_speakers  # noqa: E402
 
 NEWCOMER = "Hello there, I just arrived."
@@ -55,9 +56,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="voiceforge-bench-") as scratch:
         directory = build_checkpoint(Path(scratch) / "xtts", size=args.size, max_audio_tokens=args.max_tokens,
                                      speakers=("Ana Florence", "Claribel Dervla"))
-        model, _device = load_xtts(directory, args.device)
+        # Off the main thread, which would keep OpenMP workers beside the decoder's (decoding/threads.py).
+        model, _device = on_passing_thread(load_xtts, directory, args.device)
         voices = list(read_speakers(directory).values())
-    scheduler = BatchScheduler(model, threading.Lock(), lambda _weights: None, rows=args.rows)
+    scheduler = on_passing_thread(BatchScheduler, model, threading.Lock(), lambda _weights: None,
+                                  rows=args.rows)
     first_audio(scheduler, model, voices[1], NEWCOMER)  # warm-up
     alone = statistics.median(first_audio(scheduler, model, voices[1], NEWCOMER) for _ in range(args.repeats))
     figures: dict[bool, list[tuple[float, float]]] = {True: [], False: []}

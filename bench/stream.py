@@ -26,6 +26,7 @@ from tests.support.checkpoint import build_checkpoint  # noqa: E402
 from tests.support.server import start_server, stop_server  # noqa: E402
 from tests.support.timing import interleaved  # noqa: E402
 from voiceforge.audio.encode import FORMATS, StreamEncoder, encode  # noqa: E402
+from voiceforge.decoding.threads import on_passing_thread  # noqa: E402
 
 # 127 characters: each sentence is a chunk of its own.
 SENTENCE = ("This sentence is long enough that two of them can never be merged into one chunk of speech, "
@@ -82,10 +83,13 @@ def engine_times(checkpoint: Path, repeats: int) -> dict[str, float]:
     greedy = sampling_for(0)
     model = engine.model
 
-    def stock() -> None:
+    def inference() -> None:
         with torch.inference_mode():
             model.inference(SENTENCE, "en", latents.gpt_cond_latent, latents.speaker_embedding,
                             do_sample=False, repetition_penalty=greedy.repetition_penalty)
+
+    def stock() -> None:  # on a passing thread, as the engine's torch work (voiceforge/decoding/threads.py)
+        on_passing_thread(inference)
 
     def whole() -> None:
         engine.synthesize(SENTENCE, "en", latents, greedy)

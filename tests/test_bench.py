@@ -40,6 +40,9 @@ BENCHMARKS = {
     "finetune": (["--size", "tiny", "--clips", "4", "--epochs", "1"], r"seconds per step \(median\): [\d.]+"),
     "newcomer": (["--size", "tiny", "--max-tokens", "12", "--rows", "3", "--sentences", "6",
                   "--repeats", "1"], r"behind it, the last row kept +[\d.]+ +[\d.]+\n"),
+    # The decoder alone sleeps in the kernel under 10 times a step (a lingering team: hundreds).
+    "openmp": (["--size", "tiny", "--max-tokens", "12", "--concurrency", "1,2", "--repeats", "1"],
+               r"\n +2 +[\d.]+ +\d\.\d +[\d.]+ +[\d.]+ +[\d.]+x\n"),
     "step_variants": (["--size", "tiny", "--batches", "2", "--prefix", "20", "--dtypes", "float32"],
                       r"float32 fused\+sdpa +batch 2: [\d.]+ ms \(logits drift [\d.e+-]+\)"),
     "stream": (["--size", "tiny", "--max-tokens", "12", "--repeats", "1", "--formats", "wav"],

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.support.audio import data_uri, decode_output, encode_audio, voice
+from tests.support.audio import VOICE_RATE, data_uri, decode_output, encode_audio, voice
 from tests.support.server import (
     Server,
     control_socket_config,
@@ -26,6 +26,8 @@ from tests.support.server import (
     raw_request,
     start_server,
     stop_server,
+    voluntary_context_switches,
+    worker_pid,
 )
 
 pytestmark = pytest.mark.slow  # a real gunicorn per module
@@ -106,6 +108,27 @@ def test_enrol_then_speak_behind_gunicorn(server: Server) -> None:
     decoding = requests.get(server.url + "/readyz", timeout=5).json()["model"]["decoding"]
     assert decoding == {**decoding, "gptDtype": "float32", "vocoderDtype": "float32", "cudaGraphs": False}
     assert decoding["rows"] >= 1
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="torch runs one CPU thread: no OpenMP workers")
+def test_decoding_keeps_the_cpu_threads_awake_between_parallel_operators(server: Server) -> None:
+    """A model loaded, a decoder built and a voice enrolled by request threads (which live on) must
+    leave the decoder's OpenMP workers spinning between a step's parallel operators, not sleeping in
+    the kernel and woken for each of them: that cost a full-size step a quarter of its time on a
+    2-core CPU (decoding/threads.py). Here, on the tiny model, about 70 sleeps a request against
+    over 1,000 when a request thread kept a team of OpenMP workers."""
+    data, mime = encode_audio(voice(4.0), VOICE_RATE, "wav")
+    enrolled = server.post("/api/train-voice", {"modelName": "Awake", "audioDataUri": data_uri(data, mime)})
+    assert enrolled.status_code == 200, enrolled.text
+    body = {"text": "Keep the workers awake.", "voiceId": enrolled.json()["modelId"], "variability": 0}
+    assert server.post("/api/tts", body).status_code == 200  # the model and decoder exist after this
+    worker = worker_pid(server.process.pid)
+    sleeps = []
+    for _ in range(3):
+        before = voluntary_context_switches(worker)
+        assert server.post("/api/tts", body).status_code == 200
+        sleeps.append(voluntary_context_switches(worker) - before)
+    assert sorted(sleeps)[1] < 300, sleeps
 
 
 def test_concurrent_requests_give_the_same_audio_as_sequential_ones(server: Server) -> None:

@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from scripts import hostile
 from tests.support.registry import files_under
 from tests.support.reporting import show
-from tests.support.server import start_server, stop_server
+from tests.support.server import start_server, stop_server, worker_pid
 
 BATTERY = {case.name: case for case in hostile.cases()}
 MAX_SECONDS = 30.0  # per case; the slowest (two sentences of speech on the tiny model) takes ~2 s
@@ -112,14 +112,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path) -> It
     running = start_server(tmp, checkpoint_dir)
     yield running, tmp
     stop_server(running)
-
-
-def worker_pid(master_pid: int) -> int:
-    """gunicorn's web worker (the master's other child is the job runner, `flask … jobs worker`)."""
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    workers = [pid for pid in children if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert len(workers) == 1, children  # start_server runs one worker
-    return int(workers[0])
 
 
 @pytest.mark.slow

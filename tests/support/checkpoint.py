@@ -7,6 +7,8 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from voiceforge.decoding.threads import on_passing_thread
+
 # torch and TTS take seconds to import; importing them inside the functions keeps collecting a test
 # module that imports this one cheap, and only sessions that build a checkpoint pay for them.
 if TYPE_CHECKING:
@@ -204,14 +206,17 @@ def build_checkpoint(
     num_text_tokens = _write_vocab(dest / "vocab.json", size)
     config = _make_config(size, num_text_tokens, max_audio_tokens)
 
-    # Seed a private RNG scope so a build neither depends on nor disturbs the caller's RNG state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        # Built without a tokenizer, Xtts takes the text-token count from the config, and it does
-        # not call init_gpt_for_inference, so the state dict has no inference-only duplicate keys.
-        model = Xtts(config)
-        state = _release_state_dict(model)
-    del model
+    def random_state() -> dict:
+        # Seed a private RNG scope so a build neither depends on nor disturbs the caller's RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            # Built without a tokenizer, Xtts takes the text-token count from the config, and it does
+            # not call init_gpt_for_inference, so the state dict has no inference-only duplicate keys.
+            return _release_state_dict(Xtts(config))
+
+    # On a passing thread: a benchmark's main thread would otherwise keep OpenMP workers that slow
+    # the decoder's thread (voiceforge/decoding/threads.py).
+    state = on_passing_thread(random_state)
 
     # Xtts.load_checkpoint reads checkpoint["model"]. The release pickles the config object next to
     # it, which 0.28 only loads by rewriting model.pth in place; the dict form it rewrites to loads

@@ -45,6 +45,27 @@ def parent_pid(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
 
 
+def worker_pid(master_pid: int) -> int:
+    """gunicorn's web worker (the master's other child is the job runner, `flask … jobs worker`)."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    workers = [pid for pid in children if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 1, children  # start_server runs one worker
+    return int(workers[0])
+
+
+def voluntary_context_switches(pid: int) -> int:
+    """How often the threads of a process have gone to sleep in the kernel so far (all its threads)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # the thread ended while we looked
+        total += int(next(line.split()[1] for line in status.splitlines()
+                          if line.startswith("voluntary_ctxt_switches:")))
+    return total
+
+
 def runner_pids(master: int) -> list[int]:
     """The job runner processes (`flask … jobs worker`) that a gunicorn master started."""
     pids = []

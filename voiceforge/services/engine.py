@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from voiceforge.decoding.threads import on_passing_thread
 from voiceforge.errors import Busy, ServiceUnavailable, Unprocessable
 
 if TYPE_CHECKING:
@@ -151,7 +152,8 @@ class Engine:
             checkpoint = self.resolve_checkpoint()
             started = time.perf_counter()
             try:
-                model, device = load_xtts(checkpoint, self.settings.device)
+                # Not on this (request) thread, which lives on: see decoding/threads.py.
+                model, device = on_passing_thread(load_xtts, checkpoint, self.settings.device)
             except ServiceUnavailable:
                 raise
             except Exception as error:
@@ -241,11 +243,16 @@ class Engine:
 
         audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).unsqueeze(0)
         model = self.model
-        with self._model_lock, torch.inference_mode():
-            self.use_weights(model, weights)
-            gpt_cond_latent = model.get_gpt_cond_latents(audio, CONDITIONING_RATE)
-            speaker_embedding = model.get_speaker_embedding(audio, CONDITIONING_RATE)
-        return Latents(gpt_cond_latent.detach().cpu(), speaker_embedding.detach().cpu())
+
+        def conditioning() -> Latents:
+            with torch.inference_mode():
+                self.use_weights(model, weights)
+                gpt_cond_latent = model.get_gpt_cond_latents(audio, CONDITIONING_RATE)
+                speaker_embedding = model.get_speaker_embedding(audio, CONDITIONING_RATE)
+            return Latents(gpt_cond_latent.detach().cpu(), speaker_embedding.detach().cpu())
+
+        with self._model_lock:
+            return on_passing_thread(conditioning)  # not on this request thread: decoding/threads.py
 
     def check_latents(self, latents: Latents) -> None:
         """ValueError saying why a voice's latents cannot speak with this model (loads the model).
@@ -357,7 +364,8 @@ class Engine:
         """The decoder; if its key/value cache does not fit in memory, a 503 that says what to lower
         (and /readyz reports it until a build succeeds: the next request tries again)."""
         try:
-            decoder = self._build_decoder(model)
+            # Built by torch operators: not on this (request) thread, which lives on (decoding/threads.py).
+            decoder = on_passing_thread(self._build_decoder, model)
         except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
             if not out_of_memory(error):
                 raise
