@@ -21,6 +21,7 @@ from scripts import hostile
 from tests.support.registry import files_under
 from tests.support.reporting import show
 from tests.support.server import start_server, stop_server, worker_pid
+from voiceforge.services.engine import Engine
 
 BATTERY = {case.name: case for case in hostile.cases()}
 MAX_SECONDS = 30.0  # per case; the slowest (two sentences of speech on the tiny model) takes ~2 s
@@ -33,15 +34,17 @@ MAX_WORKER_PEAK_GROWTH_MB = 400
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _warm_engine(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path) -> None:
-    """Load the process's model once, so loading it is not charged to the first speaking case."""
+def _warm_engine(tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path,
+                 shared_engine: Engine) -> None:
+    """Load the shared test model and build its decoder, so the first speaking case pays for neither."""
     from flask_migrate import upgrade
 
     from voiceforge import create_app
 
     tmp = tmp_path_factory.mktemp("warm")
     app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp / 'warm.db'}",
-                      "DATA_DIR": str(tmp / "voices"), "MODEL_DIR": str(checkpoint_dir)})
+                      "DATA_DIR": str(tmp / "voices"), "MODEL_DIR": str(checkpoint_dir)},
+                     engine=shared_engine)
     with app.app_context():
         upgrade()
     response = app.test_client().post("/api/tts", json={"text": "Warm up.", "voiceId": "default-female"})
