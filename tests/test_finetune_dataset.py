@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import wave
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,6 +85,41 @@ def test_vad_finds_each_phrase_and_nothing_in_silence() -> None:
     assert speech_segments(np.zeros(0, np.float32), RATE) == []
     # Importing silero_vad sets one torch thread for the whole process; the VAD puts it back.
     assert torch.get_num_threads() == threads
+
+
+def test_the_vad_runs_on_one_thread_without_taking_threads_from_others() -> None:
+    """A thread that starts while speech is measured (a decoder built for a request beside an
+    enrolment) keeps torch's full thread count for its life; the VAD's own thread has one."""
+    import torch
+
+    from voiceforge.audio import vad
+
+    full = on_new_thread(torch.get_num_threads)
+    if full < 2:
+        pytest.skip("torch runs one CPU thread here")
+    seen = {}
+
+    def probe(*_args: object, **_kwargs: object) -> list:  # stands in for silero's get_speech_timestamps
+        seen["vad"] = torch.get_num_threads()
+        seen["started meanwhile"] = on_new_thread(torch.get_num_threads)
+        return []
+
+    def measure() -> None:
+        vad._models.vad = (None, probe)  # this thread's model, as vad._load caches it
+        speech_segments(phrases(0.3, 1.0, 0.3), RATE)
+        seen["after"] = torch.get_num_threads()
+
+    on_new_thread(measure)
+    assert seen == {"vad": 1, "started meanwhile": full, "after": full}
+
+
+def on_new_thread(work: Callable[[], Any]) -> Any:
+    """work() on a thread of its own (its torch thread count set up afresh); its result."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(work()))
+    thread.start()
+    thread.join()
+    return result[0]
 
 
 def test_vad_serves_concurrent_callers() -> None:

@@ -106,15 +106,13 @@ def _load() -> tuple[Any, Any]:
 
 @contextmanager
 def _one_torch_thread(torch: Any) -> Iterator[None]:
-    """Run the VAD on one intra-op thread: its 32 ms windows are too small to share out, and more
-    threads made it slower (2.5x with 4 threads here). With torch's OpenMP backend the setting
-    belongs to the calling thread (and threads it starts meanwhile), so synthesis running on
-    other threads keeps its own; it is restored afterwards."""
-    threads = torch.get_num_threads()
-    if threads != 1:
-        torch.set_num_threads(1)
-    try:
+    """Run the VAD on one intra-op thread, this thread's alone: its 32 ms windows are too small to
+    share out, and a team of OpenMP workers kept by this (request) thread would slow the decoder's
+    every step (decoding/threads.py). threadpoolctl sets OpenMP's count for the calling thread only;
+    torch.set_num_threads(1) would also give one thread for life to every thread that starts
+    meanwhile, the decoder's included."""
+    from threadpoolctl import threadpool_limits
+
+    torch.get_num_threads()  # torch's once-a-thread set-up first: it would otherwise undo the limit
+    with threadpool_limits(limits=1, user_api="openmp"):
         yield
-    finally:
-        if threads != 1:
-            torch.set_num_threads(threads)
