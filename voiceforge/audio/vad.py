@@ -106,13 +106,24 @@ def _load() -> tuple[Any, Any]:
 
 @contextmanager
 def _one_torch_thread(torch: Any) -> Iterator[None]:
-    """Run the VAD on one intra-op thread, this thread's alone: its 32 ms windows are too small to
-    share out, and a team of OpenMP workers kept by this (request) thread would slow the decoder's
-    every step (decoding/threads.py). threadpoolctl sets OpenMP's count for the calling thread only;
-    torch.set_num_threads(1) would also give one thread for life to every thread that starts
-    meanwhile, the decoder's included."""
-    from threadpoolctl import threadpool_limits
+    """Run the VAD on one intra-op thread: its 32 ms windows are too small to share out, and a team of
+    OpenMP workers kept by this (request) thread would slow the decoder's every step (decoding/threads.py).
 
-    torch.get_num_threads()  # torch's once-a-thread set-up first: it would otherwise undo the limit
-    with threadpool_limits(limits=1, user_api="openmp"):
+    torch.set_num_threads sets this thread's OpenMP and MKL counts, which the VAD needs (an OpenMP-only
+    limit such as threadpoolctl's still let Silero's TorchScript model open a two-thread region), and
+    also the count every thread takes at its first torch operator, which must not stay at one: a thread
+    starting meanwhile (the decoder's) would keep one thread for life. So the default goes back at once,
+    set from a passing thread, whose own counts end with it.
+    """
+    from voiceforge.decoding.threads import on_passing_thread
+
+    threads = torch.get_num_threads()
+    if threads == 1:
         yield
+        return
+    torch.set_num_threads(1)
+    on_passing_thread(torch.set_num_threads, threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
