@@ -293,7 +293,7 @@ def test_rename_and_delete_a_voice(page: ConsolePage, keyed: Server) -> None:
     assert api(keyed, "GET", f"/api/voices/{voice_id}").json()["name"] == "New name"
     assert "New name" in page.script("return document.getElementById('speak-voice').selectedOptions[0].text")
 
-    page.voice_card(voice_id).find_element("xpath", ".//button[text()='Delete']").click()
+    page.click_on_card(voice_id, "Delete")
     page.driver.switch_to.alert.accept()
     page.wait(lambda: not page.all(f'#voice-list li[data-voice-id="{voice_id}"]'), 30, "the card to go")
     page.wait(lambda: page.text("voices-status") == "Deleted New name.", 10, "the announcement")
@@ -418,13 +418,13 @@ def test_a_voice_deleted_elsewhere_leaves_the_list(page: ConsolePage, keyed: Ser
         assert page.create_voice(name) == f"{name} is ready: choose it under Speak."
         ids.append(page.by_id("speak-voice").get_attribute("value"))
     assert api(keyed, "DELETE", f"/api/voices/{ids[0]}").status_code == 204
-    page.voice_card(ids[0]).find_element("xpath", ".//button[text()='Rename']").click()
+    page.click_on_card(ids[0], "Rename")
     page.by_id(f"rename-{ids[0]}").send_keys(" again\n")
     page.wait(lambda: not page.all(f'#voice-list li[data-voice-id="{ids[0]}"]'), 30, "the card to go")
     assert page.text("voices-status") == "Renamed elsewhere is gone: it was deleted elsewhere."
 
     assert api(keyed, "DELETE", f"/api/voices/{ids[1]}").status_code == 204
-    page.voice_card(ids[1]).find_element("xpath", ".//button[text()='Delete']").click()
+    page.click_on_card(ids[1], "Delete")
     page.driver.switch_to.alert.accept()
     page.wait(lambda: not page.all(f'#voice-list li[data-voice-id="{ids[1]}"]'), 30, "the card to go")
     assert page.text("voices-status") == "Deleted elsewhere is gone: it was deleted elsewhere."
@@ -474,7 +474,7 @@ def test_long_unbroken_words_fit_a_phone(page: ConsolePage, files: dict, tmp_pat
     page.choose_files([long_file])
     assert page.create_voice(name) == f"{name} is ready: choose it under Speak."  # in #create-status
     voice_id = page.by_id("speak-voice").get_attribute("value")
-    page.voice_card(voice_id).find_element("xpath", ".//button[text()='Rename']").click()
+    page.click_on_card(voice_id, "Rename")
     page.choose_files([long_file])  # a take labelled with the file's name
     try:
         page.driver.set_window_size(360, 800)

@@ -27,7 +27,7 @@ from tests.support.server import runner_pids, start_server
 
 pytestmark = pytest.mark.slow
 
-SENTENCES = " ".join(f"This is sentence number {i} of a long request." for i in range(12))
+SENTENCES = " ".join(f"This is sentence number {i} of a long request." for i in range(48))
 
 
 def test_a_request_in_flight_when_sigterm_arrives_completes(tmp_path: Path, checkpoint_dir: Path) -> None:

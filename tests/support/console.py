@@ -136,6 +136,15 @@ class ConsolePage:
         return self.wait(lambda: self.all(f'#voice-list li[data-voice-id="{voice_id}"]'), 30,
                          f"the card of {voice_id}")[0]
 
+    def click_on_card(self, voice_id: str, button: str) -> None:
+        """Click a button of a voice's card, finding the card again if the list re-rendered meanwhile."""
+
+        def click() -> bool:
+            self.voice_card(voice_id).find_element("xpath", f".//button[text()='{button}']").click()
+            return True
+
+        self.wait(click, 30, f"{button} on the card of {voice_id}")
+
     def job_card(self, timeout: float = 60) -> Any:
         """The newest job's card."""
         return self.wait(lambda: self.all("#job-list li"), timeout, "a job card")[0]
