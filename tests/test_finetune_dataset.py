@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import wave
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ import pytest
 from tests.support.audio import encode_audio, phrases, voice
 from tests.support.whisper import build_tiny_whisper, random_model_options
 from voiceforge.audio.vad import speech_segments
+from voiceforge.decoding.threads import on_passing_thread
 from voiceforge.errors import ServiceUnavailable, Unprocessable, UnsupportedMedia
 from voiceforge.finetune.asr import Transcriber, asr_configured, whisper_language
 from voiceforge.finetune.dataset import (
@@ -94,14 +92,14 @@ def test_the_vad_runs_on_one_thread_without_taking_threads_from_others() -> None
 
     from voiceforge.audio import vad
 
-    full = on_new_thread(torch.get_num_threads)
+    full = on_passing_thread(torch.get_num_threads)
     if full < 2:
         pytest.skip("torch runs one CPU thread here")
     seen = {}
 
     def probe(*_args: object, **_kwargs: object) -> list:  # stands in for silero's get_speech_timestamps
         seen["vad"] = torch.get_num_threads()
-        seen["started meanwhile"] = on_new_thread(torch.get_num_threads)
+        seen["started meanwhile"] = on_passing_thread(torch.get_num_threads)
         return []
 
     def measure() -> None:
@@ -109,17 +107,8 @@ def test_the_vad_runs_on_one_thread_without_taking_threads_from_others() -> None
         speech_segments(phrases(0.3, 1.0, 0.3), RATE)
         seen["after"] = torch.get_num_threads()
 
-    on_new_thread(measure)
+    on_passing_thread(measure)
     assert seen == {"vad": 1, "started meanwhile": full, "after": full}
-
-
-def on_new_thread(work: Callable[[], Any]) -> Any:
-    """work() on a thread of its own (its torch thread count set up afresh); its result."""
-    result = []
-    thread = threading.Thread(target=lambda: result.append(work()))
-    thread.start()
-    thread.join()
-    return result[0]
 
 
 def test_vad_serves_concurrent_callers() -> None:
