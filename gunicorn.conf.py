@@ -82,6 +82,7 @@ def on_starting(server) -> None:
     from sqlalchemy.exc import OperationalError
 
     from voiceforge import create_app
+    from voiceforge.auth import remember_keys_for_workers
     from voiceforge.config import ConfigError
     from voiceforge.db import NotMigrated, database_error
     from voiceforge.runtime import get_runtime, warn_if_no_model
@@ -89,6 +90,7 @@ def on_starting(server) -> None:
 
     try:
         app = create_app()
+        remember_keys_for_workers(app.config)  # for the workers to fall back on (voiceforge/auth.py)
         reconcile_at_startup(app)
     except ConfigError as error:
         sys.exit(f"voiceforge: {error.message}")
@@ -97,6 +99,7 @@ def on_starting(server) -> None:
     except OperationalError as error:  # unreachable, or refusing us
         sys.exit(f"voiceforge: {database_error(error)}")
     warn_if_no_model(get_runtime(app))
+    server.voiceforge_config = app.config
     server.voiceforge_settings = settings = get_runtime(app).settings
     _size_threads(server, settings.inference_queue_size)
 
@@ -112,8 +115,16 @@ def _size_threads(server, queue_size: int) -> None:
 
 
 def on_reload(server) -> None:
-    """A reload (SIGHUP, `gunicornc … reload`) has read this file again: size the threads again."""
+    """A reload (SIGHUP, `gunicornc … reload`) has read this file again: size the threads again, and read
+    the API keys again for the new workers to fall back on (they read the key file themselves)."""
     _size_threads(server, server.voiceforge_settings.inference_queue_size)
+    from voiceforge.auth import remember_keys_for_workers
+    from voiceforge.config import ConfigError
+
+    try:
+        remember_keys_for_workers(server.voiceforge_config)
+    except ConfigError as error:  # the workers log it too, and keep the keys read before
+        server.log.error("voiceforge: %s; the keys read before stay in use", error.message.rstrip("."))
 
 
 def when_ready(server) -> None:

@@ -269,6 +269,48 @@ def test_threads_sized_from_the_queue_survive_a_reload(tmp_path: Path, checkpoin
         stop_server(server)
 
 
+def test_a_reload_rotates_api_keys_and_an_unusable_key_file_keeps_the_last(tmp_path: Path,
+                                                                           checkpoint_dir: Path) -> None:
+    """Each new worker reads the key file: a SIGHUP puts new keys in force. A file caught empty or half
+    written by then must not stop gunicorn (the worker would fail to boot): the last keys stay."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text("key-one\n")
+    server = start_server(tmp_path, checkpoint_dir, VOICEFORGE_API_KEYS_FILE=str(keys))
+
+    def status(key: str) -> int:
+        return requests.get(server.url + "/api/voices", headers={"X-API-Key": key}, timeout=30).status_code
+
+    try:
+        assert (status("key-one"), status("key-two")) == (200, 401)
+        keys.write_text("# being rewritten\n")  # holds no key
+        reload_workers(server)
+        assert (status("key-one"), status("key-two")) == (200, 401)
+        log = server.log.read_text()
+        assert "holds none" in log and "serves with the keys gunicorn's master read last" in log
+        assert "key-one" not in log
+        keys.write_text("key-two\n")
+        reload_workers(server)
+        assert (status("key-one"), status("key-two")) == (401, 200)
+    finally:
+        stop_server(server)
+
+
+def reload_workers(server: Server) -> None:
+    """SIGHUP gunicorn and wait until its one worker is a new one (and gunicorn still runs)."""
+    old = worker_pid(server.process.pid)
+    os.kill(server.process.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, f"gunicorn stopped: {server.log.read_text()}"
+        try:
+            if worker_pid(server.process.pid) != old:
+                return
+        except AssertionError:
+            pass  # the old worker and the new one, for a moment
+        time.sleep(0.2)
+    raise AssertionError(f"no new worker after a SIGHUP: {server.log.read_text()}")
+
+
 def test_a_caller_without_a_key_is_answered_before_its_body_arrives(tmp_path: Path,
                                                                     checkpoint_dir: Path) -> None:
     server = start_server(tmp_path, checkpoint_dir, VOICEFORGE_API_KEYS="a-key-for-this-test")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,46 @@ from voiceforge.errors import Unauthorized
 
 HOW_TO_SEND = "A valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
 
+log = logging.getLogger(__name__)
+
+# The keys gunicorn's master last read whole (at start, then at each reload that could read them),
+# which the workers it forks inherit. A worker that cannot read usable keys as it boots (the key file
+# half rewritten or emptied by mistake at a SIGHUP, or when a crashed worker is replaced) serves with
+# these and logs why: failing to boot would stop gunicorn, and every request with it. Outside gunicorn
+# (flask run, the CLI) there are none, and unusable keys refuse to start as before.
+_keys_from_master: list[bytes] | None = None
+_fell_back = False  # this process has logged its fallback once
+
+
+def remember_keys_for_workers(config: Any) -> None:
+    """In gunicorn's master: read the keys now, for the workers it forks to fall back on (ConfigError if
+    they are unusable, and the keys read before stay)."""
+    global _keys_from_master
+    _keys_from_master = _read_keys(config)
+
 
 def load_api_keys(config: Any) -> list[bytes]:
     """Keys from VOICEFORGE_API_KEYS and, one per line (# comments allowed), VOICEFORGE_API_KEYS_FILE.
 
     An empty list means keys are off, so a setting that is there but yields no key (an empty secret
     mount, a file of comments only) is a ConfigError: it must never open the service. Every caller reads
-    the file itself (each gunicorn worker when it boots), so each one fails closed. Keys are never shown.
+    the file itself (each gunicorn worker when it boots, which is how a SIGHUP rotates keys), so each one
+    fails closed; a gunicorn worker falls back to its master's last keys instead. Keys are never shown.
     """
+    global _fell_back
+    try:
+        return _read_keys(config)
+    except ConfigError as error:
+        if _keys_from_master is None:
+            raise
+        if not _fell_back:
+            log.error("%s; this worker serves with the keys gunicorn's master read last (at start or at the "
+                      "last reload that could read them)", error.message.rstrip("."))
+            _fell_back = True
+        return list(_keys_from_master)
+
+
+def _read_keys(config: Any) -> list[bytes]:
     listed = config.get("API_KEYS") or []
     if not isinstance(listed, list | tuple) or not all(isinstance(key, str) for key in listed):
         # A string here would be taken letter by letter: any one letter would be a key.
