@@ -159,6 +159,34 @@ def test_a_stream_starts_its_first_sentence_alone_and_the_rest_once_its_audio_is
     assert sum(piece.size for piece in pieces) > 4 * 0.9 * RATE  # four sentences of about 1 s each
 
 
+def test_a_stream_closed_mid_sentence_stops_decoding_that_sentence(
+        make_app, long_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that leaves while a sentence plays (the server closes the stream) must free that
+    sentence's row at once, not leave it decoding to the token cap for nobody."""
+    app = make_app(MODEL_DIR=str(long_checkpoint))
+    runtime = get_runtime(app)
+    engine = runtime.engine
+    spoken: list = []
+    speak = engine.speak
+
+    def recording_speak(*args: object, **kwargs: object) -> list:
+        spoken.extend(utterances := speak(*args, **kwargs))
+        return utterances
+
+    monkeypatch.setattr(engine, "speak", recording_speak)
+    with app.app_context():
+        stream = synthesis.prepare(runtime, "One sentence that nobody hears to its end.", "default-female",
+                                   variability=0).stream()  # returns once its first window is out
+        stream.close()
+    (sentence,) = spoken
+    assert sentence.cancelled
+    scheduler = engine.decoder()
+    deadline = time.monotonic() + 60
+    while scheduler._live and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(sentence.tokens) < scheduler.decoder.max_new_tokens / 2  # 117 if left to run
+
+
 def test_streamed_sampling_with_variability_still_varies(make_app) -> None:
     client = make_app().test_client()
     body = {"text": "Hello there.", "voiceId": "default-female", "variability": 1.0, "format": "pcm"}

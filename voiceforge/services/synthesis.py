@@ -112,13 +112,16 @@ class Speech:
                 start(chunks[:1] if streaming else chunks, continuing=False)
                 index = 0
                 while in_flight:
-                    utterance = in_flight.pop(0)
+                    # It leaves in_flight only once all its audio is out: a consumer that stops while it
+                    # plays cancels it too (below), or it would decode on to the token cap, unheard.
+                    utterance = in_flight[0]
                     if index and pause.size:
                         yield pause
                     for piece in utterance.pieces():
                         start_the_rest()
                         samples += piece.size
                         yield piece
+                    in_flight.pop(0)
                     tokens += len(utterance.tokens)
                     start_the_rest()
                     index += 1
@@ -138,7 +141,7 @@ class Speech:
                            retry_after=2) from error
             finally:
                 for utterance in in_flight:  # a consumer that stops early frees the decoder's rows
-                    utterance.cancel()
+                    utterance.cancel()  # (one that has ended already ignores it)
         return samples / OUTPUT_RATE, tokens
 
     def close(self) -> None:
