@@ -321,6 +321,50 @@ def test_a_row_whose_scores_turn_nan_mid_sequence_ends_alone(shared_engine: Engi
         decoder._step_runner = real_step
 
 
+@pytest.mark.parametrize("when", ["at admission", "mid-sequence"])
+def test_the_row_of_a_sequence_ended_by_nan_speaks_its_next_sequence_as_alone(checkpoint_dir: Path, voices,
+                                                                              when: str) -> None:
+    """A sequence that ends on NaN scores may leave NaN keys and values in its cache row. A shorter
+    sequence put in that row beside a longer one reads past its own length there (masked, but a weight
+    of 0 times NaN is NaN): it must still speak as it does alone, not fail for the rest of the process."""
+    engine = Engine(EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu",
+                                   queue_size=8))
+    scheduler = engine.decoder()
+    long_text, short_text = TEXTS["en"][3], TEXTS["en"][0]
+    (short_alone,) = engine.speak([short_text], "en", voices[1], GREEDY)
+    short_alone_audio = short_alone.audio()
+    real_step = scheduler._step_runner
+    steps = {"n": 0}
+
+    def poisoning_row_1_once(tokens: torch.Tensor, audio_positions: torch.Tensor,
+                             cache_positions: torch.Tensor, kv_len: int):
+        output = real_step(tokens, audio_positions, cache_positions, kv_len)
+        steps["n"] += 1
+        if steps["n"] == 2:  # as a damaged weight would: the row's new key and value, and its scores
+            scheduler.decoder.cache[:, :, 1, :, int(cache_positions[1])] = float("nan")
+            output.logits[1] = float("nan")
+        return output
+
+    if when == "at admission":
+        doomed_latents = Latents(torch.full_like(voices[0].gpt_cond_latent, float("nan")),
+                                 voices[0].speaker_embedding)
+    else:
+        doomed_latents = voices[1]
+        scheduler._step_runner = poisoning_row_1_once
+    first, doomed = submitted_together(engine, [(voices[0], GREEDY), (doomed_latents, GREEDY)], long_text)
+    with pytest.raises(FloatingPointError):
+        doomed.audio()
+    first.audio()
+    scheduler._step_runner = real_step
+    with scheduler._condition:  # one batch: the long sequence in row 0, the short one in row 1
+        (long,) = engine.speak([long_text], "en", voices[0], GREEDY)
+        (short,) = engine.speak([short_text], "en", voices[1], GREEDY)
+    long.audio()
+    assert np.abs(short.audio() - short_alone_audio).max() < 1e-6
+    assert short.tokens == short_alone.tokens
+    scheduler.close()
+
+
 def fine_tuned_weights(engine: Engine, directory: Path) -> str:
     """A voice's fine-tuned GPT file as export_gpt writes it: the base weights plus noise."""
     generator = torch.Generator().manual_seed(3)

@@ -195,6 +195,11 @@ class GptDecoder:
         query = qkv[:, :self.dim].view(n, self.heads, 1, self.head_dim)
         return self._finish_step(block, x, self._attend(query, keys, values, mask), n, 1)
 
+    def clear_row(self, row: int) -> None:
+        """Zero a row whose sequence ended on NaN or infinite scores. Its keys and values may be NaN, and
+        a later row's step reads past its own length (masked, but a weight of 0 times NaN is NaN)."""
+        self.cache[:, :, row].zero_()
+
     def move_row(self, source: int, target: int, length: int) -> None:
         """Copy a sequence's cache from one row to another (to keep the live rows packed)."""
         self.cache[:, :, target, :, :length] = self.cache[:, :, source, :, :length]

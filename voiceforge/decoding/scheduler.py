@@ -261,6 +261,7 @@ class BatchScheduler:
             if not finite[index]:
                 log.error("an utterance's scores were NaN or infinite at admission; the batch goes on")
                 _end(utterance, FloatingPointError(NON_FINITE))
+                decoder.clear_row(first + index)  # its prefill's keys and values would poison the row
                 continue
             row = first + len(admitted)
             if row != first + index:  # a failed one before it left a hole: keep the rows packed
@@ -330,6 +331,7 @@ class BatchScheduler:
                 live.finished = True
                 live.vocoding = None  # type: ignore[assignment] - nothing more to vocode
                 _end(live.utterance, FloatingPointError(NON_FINITE))
+                self.decoder.clear_row(row)
                 continue
             live.cache_length += 1
             self._record(live, chosen[row])
