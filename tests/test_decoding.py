@@ -408,6 +408,64 @@ def test_the_decoder_repacks_its_weights_only_when_a_voice_brings_other_ones(
     engine.decoder().close()
 
 
+def test_a_sentence_of_other_weights_is_not_kept_waiting_by_new_first_sentences(
+        checkpoint_dir: Path, voices, tmp_path: Path) -> None:
+    """A fine-tuned voice's later sentence waits for the base voices' batch to drain. Base-voice
+    listeners who keep arriving (whose first sentences go ahead of waiting later ones) must not keep
+    the batch from ever draining: it is spoken while they go on."""
+    engine = Engine(EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu",
+                                   queue_size=8))
+    weights = fine_tuned_weights(engine, tmp_path)
+    engine.speak(["Warm up."], "en", voices[0], GREEDY, weights=weights)[0].audio()
+    scheduler = engine.decoder()
+    stop = threading.Event()
+
+    def base_listener(n: int) -> None:
+        while not stop.is_set():
+            engine.speak([f"Listener {n} keeps asking."], "en", voices[1], GREEDY)[0].audio()
+
+    first = threading.Thread(target=base_listener, args=(1,))
+    second = threading.Thread(target=base_listener, args=(2,))
+    first.start()
+    while scheduler.steps < 5:  # the listeners a few steps apart: the batch never empties by chance
+        time.sleep(0.01)
+    second.start()
+    try:
+        (tuned,) = engine.speak(["A tuned voice's later sentence."], "en", voices[0], GREEDY, weights=weights,
+                                continuing=True)
+        spoken = threading.Thread(target=tuned.audio, daemon=True)
+        spoken.start()
+        spoken.join(timeout=60)
+        assert not spoken.is_alive(), "the fine-tuned sentence waited as long as base listeners kept coming"
+    finally:
+        stop.set()
+        first.join()
+        second.join()
+    scheduler.close()
+
+
+def test_a_sentence_cancelled_while_waiting_costs_no_weight_swap(checkpoint_dir: Path, voices,
+                                                                  tmp_path: Path) -> None:
+    """A client that left before its fine-tuned sentence was admitted: the sentence leaves the queue
+    at once, instead of holding back newer ones and then swapping the weights in and out for nothing."""
+    engine = Engine(EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu",
+                                   queue_size=8))
+    weights = fine_tuned_weights(engine, tmp_path)
+    scheduler = engine.decoder()
+    matmul = scheduler.decoder.matmul
+    repacks: list[int] = []
+    matmul.refresh = lambda repack=matmul.refresh: (repacks.append(1), repack())
+    with scheduler._condition:  # queued together
+        (speaking,) = engine.speak(["A base voice speaks."], "en", voices[1], GREEDY)
+        (abandoned,) = engine.speak(["Nobody waits for this."], "en", voices[0], GREEDY, weights=weights)
+        abandoned.cancel()
+        (newcomer,) = engine.speak(["A newcomer."], "en", voices[2], GREEDY)
+    order = finishing_order({"speaking": speaking, "abandoned": abandoned, "newcomer": newcomer})
+    assert order[0] == "abandoned" and not abandoned.tokens
+    assert repacks == []
+    scheduler.close()
+
+
 def test_sampling_follows_transformers_logits_processing() -> None:
     from transformers.generation.logits_process import (
         RepetitionPenaltyLogitsProcessor,

@@ -150,14 +150,18 @@ class BatchScheduler:
 
         First come, first served, except that a request's first sentence goes ahead of the waiting
         later sentences of requests already speaking: a new listener's first audio never waits for
-        another's long text. (The queue holds a bounded number of requests, so nothing starves.)
+        another's long text. It never goes ahead of a sentence with other weights, though: that one
+        waits for the live batch to drain, and newcomers joining the batch would keep it from draining.
+        (The queue holds a bounded number of requests, so nothing starves.)
         """
         with self._condition:
             if self._closed:
                 raise RuntimeError("the decoder is closed")
             place = len(self._waiting)
             if utterance.opens:
-                place = next((i for i, waiting in enumerate(self._waiting) if not waiting.opens), place)
+                behind = max((i + 1 for i, waiting in enumerate(self._waiting)
+                              if waiting.weights != utterance.weights), default=0)
+                place = next((i for i in range(behind, place) if not self._waiting[i].opens), place)
             self._waiting.insert(place, utterance)
             self._condition.notify()
         return utterance
@@ -214,6 +218,11 @@ class BatchScheduler:
         first audio starts at once instead of after one of theirs ends. (With two, keeping one would
         halve a long text's speed.)
         """
+        # Sequences cancelled while waiting (their clients left) go now: one of other weights would
+        # otherwise hold newer ones back until the batch drained, then cost two weight swaps for nothing.
+        for cancelled in [waiting for waiting in self._waiting if waiting.cancelled]:
+            self._waiting.remove(cancelled)
+            cancelled._out.put(_DONE)
         if not self._live and self._waiting:
             self._weights = self._waiting[0].weights
         joining: list[Utterance] = []
