@@ -393,6 +393,28 @@ def test_fine_tuned_weights_decode_only_with_their_own(shared_engine: Engine, vo
     assert base_again.tokens == base_alone.tokens
 
 
+def test_a_sentence_decoding_with_weights_whose_file_is_removed_finishes_with_them(
+        shared_engine: Engine, voices, tmp_path: Path) -> None:
+    """A retrain removes the voice's previous weight file once the new one is in place: a sentence
+    already decoding with the old weights (in memory) finishes with them instead of failing mid-way."""
+    weights = fine_tuned_weights(shared_engine, tmp_path)
+    text = "The tuned voice keeps speaking for a while."
+    (alone,) = shared_engine.speak([text], "en", voices[0], GREEDY, weights=weights, streaming=True)
+    alone_audio = alone.audio()
+    (speaking,) = shared_engine.speak([text], "en", voices[0], GREEDY, weights=weights, streaming=True)
+    pieces = speaking.pieces()
+    first = next(pieces)
+    Path(weights).unlink()
+    audio = np.concatenate([first, *pieces])
+    assert speaking.tokens == alone.tokens
+    assert np.abs(audio - alone_audio).max() < 1e-6
+    (later,) = shared_engine.speak(["A later request."], "en", voices[0], GREEDY)  # the base weights again
+    later.audio()
+    (gone,) = shared_engine.speak([text], "en", voices[0], GREEDY, weights=weights)
+    with pytest.raises(FileNotFoundError):
+        gone.audio()
+
+
 def test_the_decoder_repacks_its_weights_only_when_a_voice_brings_other_ones(
         checkpoint_dir: Path, voices, tmp_path: Path) -> None:
     """Repacking XTTS-v2's weights for oneDNN takes 0.7-5 s on a CPU: never for the base voices' requests."""

@@ -96,7 +96,14 @@ class GptWeights:
             target: tuple[str, tuple[int, int, int]] | None = None
         else:
             path = str(Path(weights).resolve())
-            target = (path, _identity(path))
+            try:
+                target = (path, _identity(path))
+            except FileNotFoundError:
+                # Removed (a retrained voice's old file, a deleted voice) while sentences decode with it:
+                # those finish with the weights in memory; any other use of the file fails as before.
+                if self._active is not None and self._active[0] == path:
+                    return False
+                raise
             if target == self._active:
                 return False
 
