@@ -52,6 +52,31 @@ def speak(client, voice_id: str, text: str = "Hello there, this is a test.", **e
     return client.post("/api/tts", json={"text": text, "voiceId": voice_id, "variability": 0, **extra})
 
 
+@pytest.mark.parametrize("weights", [b"not a torch file", "another model"])
+def test_a_voice_whose_fine_tuned_weights_this_model_cannot_use_is_409(app, client, weights) -> None:
+    """Fine-tuned for another checkpoint (the model directory changed since), or a damaged file: the
+    voice cannot speak, and says to fine-tune it again; the server and other voices are fine."""
+    import torch
+
+    from voiceforge.services import voices
+
+    voice_id = enrol(client)
+    data_dir = Path(app.config["DATA_DIR"])
+    path = data_dir / voice_id / "gpt-other.pth"
+    if weights == "another model":
+        torch.save({"mel_pos_embedding.emb.weight": torch.zeros(8, 4)}, path)
+    else:
+        path.write_bytes(weights)
+    with app.app_context():
+        voice = voices.get_voice(voice_id)
+        voices.set_finetuned(voice, f"{voice_id}/gpt-other.pth", voice.latents_path)
+    for route in ("/api/tts", "/api/tts/stream"):
+        refused = client.post(route, json={"text": "Hello.", "voiceId": voice_id})
+        assert refused.status_code == 409, refused.json
+        assert "fine-tune it again" in refused.json["detail"]
+    assert speak(client, "default-female").status_code == 200
+
+
 def db_voices(app) -> list[Voice]:
     from voiceforge.services import voices
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 import weakref
 from collections import OrderedDict
@@ -18,7 +19,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GptWeights", "gpt_layout"]
+__all__ = ["GptWeights", "UnusableWeights", "gpt_layout"]
+
+
+class UnusableWeights(ValueError):
+    """A fine-tuned GPT weight file this model cannot speak with: damaged, or made for another checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +166,15 @@ class GptWeights:
             return cached[1]
         import torch
 
-        with torch.inference_mode(False):
-            state = torch.load(path, mmap=True, weights_only=True, map_location=device)
+        try:
+            with torch.inference_mode(False):
+                state = torch.load(path, mmap=True, weights_only=True, map_location=device)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as error:
+            # What torch.load raises for a truncated, overwritten or foreign file.
+            from voiceforge.services.engine import first_line
+
+            msg = f"{path} cannot be read as GPT weights ({first_line(error)})"
+            raise UnusableWeights(msg) from error
         self._check_file(path, state)
         if self.resident:
             self._loaded[path] = (identity, state)
@@ -177,7 +189,7 @@ class GptWeights:
         assert self._layout is not None
         if not isinstance(state, dict):
             msg = f"{path} is not a GPT state dict"
-            raise ValueError(msg)
+            raise UnusableWeights(msg)
         expected = self._layout.shapes
         missing = sorted(expected.keys() - state.keys())
         unexpected = sorted(state.keys() - expected.keys())
@@ -186,7 +198,7 @@ class GptWeights:
         if missing or unexpected or wrong:
             msg = (f"{path} does not fit this model's GPT: missing {missing[:5]}, unexpected "
                    f"{unexpected[:5]}, wrong shape {wrong[:5]}")
-            raise ValueError(msg)
+            raise UnusableWeights(msg)
 
     def _check_result(self, result: Any) -> None:
         assert self._layout is not None

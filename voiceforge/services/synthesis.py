@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from voiceforge import logs, metrics
-from voiceforge.errors import Busy
+from voiceforge.errors import Busy, Conflict
+from voiceforge.finetune.weights import UnusableWeights
 from voiceforge.runtime import Runtime
 from voiceforge.services.catalogue import VoiceHandle
 from voiceforge.services.engine import OUTPUT_RATE, Sampling, first_line, out_of_memory
@@ -131,6 +132,10 @@ class Speech:
                 if self.voice.weights is None or os.path.exists(self.voice.weights):
                     raise
                 raise self.runtime.catalogue.vanished(self.voice) from error
+            except UnusableWeights as error:  # checked as the decoder reads them, like a vanished file
+                log.error("voice %s cannot speak: %s", self.voice.voice_id, error)
+                raise Conflict(f"Voice {self.voice.voice_id!r} has fine-tuned weights this model cannot use "
+                               "(made for another checkpoint, or damaged); fine-tune it again.") from error
             except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
                 if not out_of_memory(error):
                     raise
