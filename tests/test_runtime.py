@@ -164,6 +164,31 @@ def test_the_voice_list_shows_which_speaker_each_alias_speaks_with(client) -> No
     assert listed["default-claribel-dervla"]["speaker"] == "Claribel Dervla"
 
 
+def test_configured_aliases_add_to_the_default_ones_and_override_those_they_name(
+        make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One alias added must not drop default-male, which OpenAI's male voices (echo, onyx…) speak as."""
+    monkeypatch.setenv("VOICEFORGE_VOICE_ALIASES", "default-narrator=Claribel Dervla")
+    client = make_app().test_client()
+    voices = client.get("/api/voices").json["voices"]
+    listed = {v["id"]: v["speaker"] for v in voices if v["kind"] == "builtin"}
+    assert listed["default-narrator"] == "Claribel Dervla"
+    assert listed.get("default-male") == "Damien Black" and listed.get("default-female") == "Ana Florence"
+    assert client.get("/api/voices/default-male").json["speaker"] == "Damien Black"
+
+    def spoken(voice_id: str) -> str:
+        body = {"text": "Hello there.", "voiceId": voice_id, "variability": 0}
+        response = client.post("/api/tts", json=body)
+        assert response.status_code == 200, response.json
+        return response.json["audioDataUri"]
+
+    assert spoken("default-male") == spoken("default-damien-black")  # not the default speaker's voice
+    assert spoken("default-narrator") == spoken("default-claribel-dervla")
+
+    monkeypatch.setenv("VOICEFORGE_VOICE_ALIASES", "default-male=Claribel Dervla")  # a default one, changed
+    aliases = get_runtime(make_app()).settings.voice_aliases
+    assert aliases == {"default-female": "Ana Florence", "default-male": "Claribel Dervla"}
+
+
 # -- languages reach the model --------------------------------------------------------------------
 def test_the_requested_language_reaches_the_model(client, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.support.audio import data_uri, encode_audio, voice

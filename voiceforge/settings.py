@@ -230,7 +230,9 @@ def _aliases(config: Mapping[str, Any]) -> dict[str, str]:
             raise ConfigError("VOICE_ALIASES", f"{alias}={speaker}",
                               f"each alias must start with {BUILTIN_PREFIX!r} and name a speaker "
                               "(default-narrator=Ana Florence).")
-    return dict(value)
+    # As with OPENAI_VOICES, a table adds aliases or overrides those it names; the others keep their
+    # defaults, or adding one alias would send default-male (and OpenAI's male voices) to the default speaker.
+    return {**DEFAULTS["VOICE_ALIASES"], **value}
 
 
 def _openai_voices(config: Mapping[str, Any]) -> dict[str, str]:
