@@ -86,7 +86,7 @@ class Speech:
         return metrics.measured_stream(self._decode(streaming=streaming))
 
     def _decode(self, *, streaming: bool) -> Generator[np.ndarray, None, tuple[float, int]]:
-        """The audio pieces, with pauses between sentences; returns (seconds of speech, audio tokens)."""
+        """The audio pieces, a pause between chunks (not sentences); returns (seconds of speech, tokens)."""
         engine = self.runtime.engine
         pause = np.zeros(int(OUTPUT_RATE * self.runtime.settings.sentence_pause_ms / 1000), dtype=np.float32)
         # A whole response hands every chunk to the decoder at once (decoded together). A stream starts
