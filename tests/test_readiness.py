@@ -152,6 +152,28 @@ def unmigrated_app(request: pytest.FixtureRequest, tmp_path: Path, checkpoint_di
     return app
 
 
+def test_a_data_directory_gone_under_registered_voices_is_unready_and_not_a_reason_to_re_enrol(
+        make_app, tmp_path: Path) -> None:
+    """An unmounted volume (or a wrong VOICEFORGE_DATA_DIR) is the operator's to fix: readiness fails,
+    and a cloned voice answers 503 saying so, not 409 telling its user to enrol it again."""
+    from tests.test_speech import enrol
+
+    data_dir = tmp_path / "volume"
+    client = make_app(DATA_DIR=str(data_dir)).test_client()
+    assert client.get("/readyz").json["storage"] == "ok"  # a fresh install: no directory, no voices
+    voice_id = enrol(client)
+    assert client.get("/readyz").status_code == 200
+    data_dir.rename(tmp_path / "unmounted")
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json["storage"] == "missing"
+    spoken = client.post("/api/tts", json={"text": "Hello.", "voiceId": voice_id})
+    assert spoken.status_code == 503 and "data directory" in spoken.json["detail"]
+    assert "re-enrol" not in spoken.json["detail"]
+    (tmp_path / "unmounted").rename(data_dir)
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/api/tts", json={"text": "Hello.", "voiceId": voice_id}).status_code == 200
+
+
 def test_a_database_behind_the_migrations_is_unready_and_its_routes_say_to_upgrade(unmigrated_app) -> None:
     from flask_migrate import upgrade
 

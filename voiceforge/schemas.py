@@ -221,5 +221,8 @@ class JobsStateSchema(Schema):
 class ReadySchema(Schema):
     status = fields.String(required=True, metadata={"description": "`ready` or `unavailable`."})
     database = fields.String(required=True)
+    storage = fields.String(required=True, metadata={
+        "description": "`ok`; `missing` when voices are registered but the data directory is not there; "
+                       "`unknown` while the database is not `ok`."})
     model = fields.Nested(ModelStateSchema, required=True)
     jobs = fields.Nested(JobsStateSchema, required=True)

@@ -11,6 +11,7 @@ from voiceforge.api import ApiBlueprint
 from voiceforge.db import NOT_MIGRATED, db, schema_problem
 from voiceforge.runtime import Runtime, get_runtime
 from voiceforge.schemas import HealthSchema, ReadySchema
+from voiceforge.services import voices
 
 blp = ApiBlueprint("health", __name__, description="Health probes.")
 
@@ -27,17 +28,30 @@ def healthz() -> dict:
 @blp.doc(security=[])
 @blp.response(200, ReadySchema)
 @blp.alt_response(503, schema=ReadySchema,
-                  description="The database is unreachable or not migrated, or no model can be provided "
-                              "(see model.problem).")
+                  description="The database is unreachable or not migrated, the voices' data directory "
+                              "is missing, or no model can be provided (see model.problem).")
 def readyz() -> tuple[dict, int]:
-    """Ready when the database answers and the model is loaded or loadable; never loads or downloads it."""
+    """Ready when the database answers, the voices' files are there and the model is loaded or loadable;
+    never loads or downloads it."""
     database = database_state()
     runtime = get_runtime()
     model = runtime.engine.describe()
-    ready = database == "ok" and model["loadable"]
-    body = {"status": "ready" if ready else "unavailable", "database": database, "model": model,
-            "jobs": jobs_state(runtime)}
+    storage = storage_state(runtime) if database == "ok" else "unknown"
+    ready = database == "ok" and storage == "ok" and model["loadable"]
+    body = {"status": "ready" if ready else "unavailable", "database": database, "storage": storage,
+            "model": model, "jobs": jobs_state(runtime)}
     return body, 200 if ready else 503
+
+
+def storage_state(runtime: Runtime) -> str:
+    """`ok`, or `missing`: voices are registered, but the data directory is not there (an unmounted volume,
+    a wrong VOICEFORGE_DATA_DIR). A fresh install has none until its first enrolment makes it."""
+    data_dir = runtime.settings.data_dir
+    if data_dir.is_dir() or not voices.any_voice_with_files():
+        return "ok"
+    current_app.logger.error("readiness: the data directory %s does not exist, and voices are registered: is "
+                             "its volume mounted, and VOICEFORGE_DATA_DIR right?", data_dir)
+    return "missing"
 
 
 def database_state() -> str:

@@ -14,10 +14,11 @@ from pathlib import Path
 from flask import has_app_context
 
 from voiceforge import metrics
-from voiceforge.errors import Conflict, NotFound
+from voiceforge.errors import Conflict, NotFound, ServiceUnavailable
 from voiceforge.models import Voice, VoiceKind, VoiceStatus
 from voiceforge.services import voices
 from voiceforge.services.engine import Engine, Latents, first_line
+from voiceforge.services.storage import missing_data_dir
 from voiceforge.services.voices import BUILTIN_PREFIX, slugify
 from voiceforge.settings import Settings
 
@@ -126,6 +127,8 @@ class VoiceCatalogue:
         except FileNotFoundError:
             if not voices.still_exists(voice):  # deleted since it was read: the files went after the row
                 raise NotFound(f"Voice {voice_id[:80]!r} not found.") from None
+            if not self.settings.data_dir.is_dir():
+                raise missing_data_dir(self.settings.data_dir) from None
             raise Conflict(f"Voice {voice_id!r} has lost its files; re-enrol it.") from None
         except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
             # What torch.load raises for a truncated or overwritten file, and check_latents for one that
@@ -135,7 +138,7 @@ class VoiceCatalogue:
         weights = str(self.settings.data_dir / voice.weights_path) if voice.weights_path else None
         return VoiceHandle(voice.id, latents, voice.language, weights)
 
-    def vanished(self, handle: VoiceHandle) -> NotFound | Conflict:
+    def vanished(self, handle: VoiceHandle) -> NotFound | Conflict | ServiceUnavailable:
         """The error for a voice whose files went while a request spoke with it (a fine-tuned voice's
         GPT weights are read by the decoder, after handle()): 404 if it was deleted, else 409.
 
@@ -146,6 +149,8 @@ class VoiceCatalogue:
         voice = voices.find_voice(handle.voice_id)
         if voice is None or not voices.still_exists(voice):
             return NotFound(f"Voice {handle.voice_id[:80]!r} not found.")
+        if not self.settings.data_dir.is_dir():
+            return missing_data_dir(self.settings.data_dir)
         return Conflict(f"Voice {handle.voice_id!r} has lost its files; re-enrol it.")
 
     def speaker_for(self, voice_id: str, speakers: list[str]) -> str | None:

@@ -69,6 +69,16 @@ def is_service_entry(name: str) -> bool:
     return is_valid_id(name.removeprefix(TEMP_PREFIX))
 
 
+def missing_data_dir(data_dir: Path) -> ServiceUnavailable:
+    """503 for a voice whose files cannot be found because the whole data directory is not there: an
+    unmounted volume, or a wrong VOICEFORGE_DATA_DIR, which re-enrolling the voice would not mend."""
+    log.error("the data directory %s does not exist: is its volume mounted, and VOICEFORGE_DATA_DIR right?",
+              data_dir)
+    return ServiceUnavailable(f"The voice files are unavailable: the data directory {data_dir} does not "
+                              "exist (an unmounted volume, or a wrong VOICEFORGE_DATA_DIR); the operator "
+                              "must fix it.")
+
+
 def check_writable(data_dir: Path) -> None:
     """503 before a delete changes anything, when the data directory cannot be changed (read-only mount)."""
     if not os.access(data_dir, os.W_OK | os.X_OK):

@@ -97,6 +97,12 @@ def find_voice(voice_id: str) -> Voice | None:
     return db.session.get(Voice, voice_id)
 
 
+def any_voice_with_files() -> bool:
+    """Whether some voice is ready with files in the data directory (a cloned or fine-tuned one)."""
+    ready = select(Voice.id).where(Voice.kind != VoiceKind.builtin, Voice.status == VoiceStatus.ready)
+    return db.session.scalar(ready.limit(1)) is not None
+
+
 def still_exists(voice: Voice) -> bool:
     """Whether a voice read earlier in this request is still in the database (not deleted since)."""
     return db.session.scalar(select(Voice.id).where(Voice.id == voice.id)) is not None
