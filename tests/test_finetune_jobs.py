@@ -204,6 +204,27 @@ def test_a_full_disk_while_exporting_fails_the_job_and_the_voice_still_speaks(
     speak(ft_client, queued["modelId"])
 
 
+def test_a_job_without_usable_clips_fails_saying_why_and_keeps_its_log(
+        ft_client: FlaskClient, ft_app: Flask, runner: JobRunner) -> None:
+    # Every text is in a script the English tokenizer does not know, so the trainer skips every clip.
+    unknown = [{**sample, "text": f"\u4e00\u4e01\u4e03 {index}"} for index, sample in enumerate(samples())]
+    queued = enrol_with_fine_tuning(ft_client, transcript="\u4e00\u4e01\u4e03", samples=unknown, epochs=1)
+    assert queued.status_code == 202, queued.json
+    job = wait_for(ft_client, queued.json["jobId"], {"succeeded", "failed", "cancelled"})
+    assert job["state"] == "failed", job
+    # The reasons are in the job's error (what `flask jobs show` and the API give), counted per kind.
+    error = job["error"]
+    assert "no usable training clips" in error and "see the log" not in error, error
+    assert ": 6 with unknown characters (e.g. wavs/" in error, error
+    assert "the tokenizer does not know" in error, error
+    assert len(error) < 1000, error
+    kept = Path(ft_app.config["DATA_DIR"]) / ".jobs" / job["id"] / "train.log"
+    assert f"(the trainer's log: {kept})" in error
+    assert "skipping training clip" in kept.read_text()  # each clip's reason, for the operator to read
+    shown = ft_app.test_cli_runner().invoke(args=["jobs", "show", job["id"]])
+    assert "unknown characters" in shown.output, shown.output
+
+
 def test_the_jobs_cli_queues_lists_shows_cancels_and_retries(ft_app: Flask, ft_client: FlaskClient,
                                                              tmp_path: Path) -> None:
     import csv

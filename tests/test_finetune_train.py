@@ -422,7 +422,7 @@ def test_load_clip_reads_wav_without_torchaudio_load(tmp_path: Path) -> None:
 def test_unusable_clips_are_reported_not_trained_on(base_dir: Path, tmp_path: Path) -> None:
     from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 
-    from voiceforge.finetune.train import _usable_samples
+    from voiceforge.finetune.train import _skipped_summary, _usable_samples
 
     clips = {"ok": 2.0, "short": 0.2, "long": 4.0, "odd": 2.0}
     for name, seconds in clips.items():
@@ -432,8 +432,16 @@ def test_unusable_clips_are_reported_not_trained_on(base_dir: Path, tmp_path: Pa
                for name in clips]
     samples.append({"audio_file": str(tmp_path / "missing.wav"), "text": "fine.", "language": "en"})
     config = SimpleNamespace(model_args=SimpleNamespace(max_wav_length=3 * RATE, max_text_length=200))
-    usable = _usable_samples(samples, VoiceBpeTokenizer(str(base_dir / "vocab.json")), config, "training")
+    usable, skipped = _usable_samples(samples, VoiceBpeTokenizer(str(base_dir / "vocab.json")), config,
+                                      "training")
     assert [Path(s["audio_file"]).stem for s in usable] == ["ok"]
+    reasons = [(kind, path.stem) for kind, path, _detail in skipped]
+    assert reasons == [("too short", "short"), ("too long", "long"), ("with unknown characters", "odd"),
+                       ("unreadable", "missing")]
+    summary = _skipped_summary(skipped * 50, tmp_path)  # one part per reason, however many clips
+    assert summary.startswith("50 too short (e.g. short.wav: 0.20 s is shorter than 0.5 s); "
+                              "50 too long (e.g. long.wav: 4.00 s is longer than 3.00 s); "), summary
+    assert "50 unreadable (e.g. missing.wav: " in summary and len(summary) < 700, summary
 
 
 def test_missing_inputs_fail_before_a_process_starts(base_dir: Path, tmp_path: Path) -> None:

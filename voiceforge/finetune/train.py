@@ -40,6 +40,7 @@ PARTIAL_PREFIX = ".partial-"  # a checkpoint being written; renamed into place o
 RECIPE_MAX_WAV = 255995  # coqui's recipe: about 11.6 s at 22.05 kHz
 RECIPE_MAX_TEXT = 200
 MIN_CLIP_S = 0.5  # coqui's dataset silently drops shorter clips
+SUMMARY_EXAMPLE_CHARS = 160  # the longest example per reason in a "no usable clips" error
 STOP_SIGNAL = signal.SIGUSR1  # from the parent: save a checkpoint at the end of this step, then exit
 _GIB = 1 << 30
 
@@ -164,11 +165,14 @@ def run_training(plan: TrainingPlan, report: Callable[[dict[str, Any]], None],
     model = GPTTrainer(config)
     if plan.start_gpt is not None and continue_dir is None:  # a resumed run restores its own weights
         _load_start_gpt(model, plan.start_gpt, torch)
-    train_samples = _usable_samples(train_samples, model.xtts.tokenizer, config, "training")
+    train_samples, skipped = _usable_samples(train_samples, model.xtts.tokenizer, config, "training")
     if not train_samples:
-        msg = f"no usable training clips in {plan.dataset_dir / TRAIN_METADATA} (see the log for why)"
+        # The reasons go into the error itself: the job's error is what the operator sees, and this
+        # process's log is in a work directory that a failed job does not keep.
+        msg = (f"no usable training clips in {plan.dataset_dir / TRAIN_METADATA}: "
+               f"{_skipped_summary(skipped, plan.dataset_dir)}")
         raise ValueError(msg)
-    eval_samples = _usable_samples(eval_samples, model.xtts.tokenizer, config, "evaluation")
+    eval_samples, _ = _usable_samples(eval_samples, model.xtts.tokenizer, config, "evaluation")
     config.run_eval = bool(eval_samples)
 
     progress = _Progress(report, stop)
@@ -438,36 +442,59 @@ def _load_samples(plan: TrainingPlan, config: Any) -> tuple[list[dict[str, Any]]
 
 
 def _usable_samples(samples: list[dict[str, Any]], tokenizer: Any, config: Any,
-                    split: str) -> list[dict[str, Any]]:
-    """The samples coqui's dataset can use; it would otherwise drop bad ones silently, and loop forever
-    (it retries another random sample) when none is usable."""
+                    split: str) -> tuple[list[dict[str, Any]], list[tuple[str, Path, str]]]:
+    """The samples coqui's dataset can use, and (kind, clip, detail) for each it cannot; coqui would drop
+    bad ones silently, and loop forever (it retries another random sample) when none is usable."""
     args = config.model_args
-    usable = []
+    usable, skipped = [], []
     for sample in samples:
         path = Path(sample["audio_file"])
-        problem = None
-        try:
-            seconds = _clip_seconds(path)
-            tokens = tokenizer.encode(str(sample["text"]), sample["language"])
-        except Exception as error:  # noqa: BLE001 - any unreadable clip or text is reported, not fatal
-            problem = f"{type(error).__name__}: {error}"
-        else:
-            if not str(sample["text"]).strip():
-                problem = "empty text"
-            elif seconds < MIN_CLIP_S:
-                problem = f"{seconds:.2f} s is shorter than {MIN_CLIP_S} s"
-            elif seconds * SAMPLE_RATE > args.max_wav_length:
-                problem = f"{seconds:.2f} s is longer than {args.max_wav_length / SAMPLE_RATE:.2f} s"
-            elif 1 in tokens or 0 in tokens:
-                problem = "text has characters the tokenizer does not know"
-            elif len(tokens) > args.max_text_length:
-                problem = f"text is {len(tokens)} tokens, over {args.max_text_length}"
+        problem = _clip_problem(path, str(sample["text"]), sample["language"], tokenizer, args)
         if problem:
-            log.warning("skipping %s clip %s: %s", split, path, problem)
+            log.warning("skipping %s clip %s: %s", split, path, problem[1])
+            skipped.append((problem[0], path, problem[1]))
         else:
             usable.append(sample)
     log.info("%d of %d %s clips usable", len(usable), len(samples), split)
-    return usable
+    return usable, skipped
+
+
+def _clip_problem(path: Path, text: str, language: str, tokenizer: Any, args: Any) -> tuple[str, str] | None:
+    """Why coqui's dataset cannot use a clip, as (kind, detail); None when it can."""
+    try:
+        seconds = _clip_seconds(path)
+        tokens = tokenizer.encode(text, language)
+    except Exception as error:  # noqa: BLE001 - any unreadable clip or text is reported, not fatal
+        return "unreadable", f"{type(error).__name__}: {error}"
+    if not text.strip():
+        return "with empty text", "empty text"
+    if seconds < MIN_CLIP_S:
+        return "too short", f"{seconds:.2f} s is shorter than {MIN_CLIP_S} s"
+    if seconds * SAMPLE_RATE > args.max_wav_length:
+        return "too long", f"{seconds:.2f} s is longer than {args.max_wav_length / SAMPLE_RATE:.2f} s"
+    if 1 in tokens or 0 in tokens:
+        return "with unknown characters", "text has characters the tokenizer does not know"
+    if len(tokens) > args.max_text_length:
+        return "with too many tokens", f"text is {len(tokens)} tokens, over {args.max_text_length}"
+    return None
+
+
+def _skipped_summary(skipped: list[tuple[str, Path, str]], root: Path) -> str:
+    """How many clips were skipped for each reason, with one example each, in bounded length."""
+    kinds: dict[str, list[tuple[Path, str]]] = {}
+    for kind, path, detail in skipped:
+        kinds.setdefault(kind, []).append((path, detail))
+    if not kinds:
+        return "the dataset lists none"
+    parts = []
+    for kind, clips in kinds.items():  # at most one part per kind of problem, so the length is bounded
+        path, detail = clips[0]
+        name = path.relative_to(root) if path.is_relative_to(root) else path.name
+        example = f"{name}: {detail}"
+        if len(example) > SUMMARY_EXAMPLE_CHARS:  # an exception's message can be long
+            example = example[:SUMMARY_EXAMPLE_CHARS - 1] + "…"
+        parts.append(f"{len(clips)} {kind} (e.g. {example})")
+    return "; ".join(parts)
 
 
 def _experiment_dirs(run_dir: Path) -> list[Path]:

@@ -2,13 +2,14 @@
 
 Each step can be resumed: the dataset is built once into the job's directory, the trainer resumes
 from its newest checkpoint there, and the voice switches to its fine-tuned weights in one database
-commit, after its new files are complete. Cancelling removes the job's files; a failure keeps only
-the uploaded recordings, so `flask jobs retry` can start again.
+commit, after its new files are complete. Cancelling removes the job's files; a failure keeps the
+uploaded recordings, so `flask jobs retry` can start again, and the trainer's log, which says why.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from voiceforge.services.storage import TEMP_PREFIX, remove_path, storage_error,
 log = logging.getLogger(__name__)
 
 TRAINING_FILES = ("dvae.pth", "mel_stats.pth")  # beside the release files, needed to fine-tune
+TRAIN_LOG = "train.log"  # the trainer's output, in run/ while it trains, beside inputs/ once it failed
 # Shares of the progress bar: the dataset, training, then export and the new latent.
 DATASET_SHARE, TRAINING_SHARE = 0.05, 0.90
 
@@ -47,7 +49,7 @@ def run_finetune(runtime: Runtime, job: Job, beat: Callable[..., None]) -> None:
         raise  # keep everything: this runner or the one that took the job over resumes from the checkpoint
     except Exception:
         for name in ("run", "dataset", "export"):
-            remove_path(work / name)  # the big files go; the recordings stay for a retry
+            remove_path(work / name)  # the big files go; the recordings stay for a retry, the log to read
         raise
     remove_path(work)
     try:
@@ -143,8 +145,18 @@ def train(runtime: Runtime, job: Job, base: Path, dataset_dir: Path, work: Path,
         raise
     if process.exitcode != 0 or process.checkpoint is None:
         reason = process.error or f"the trainer exited with {process.exitcode}"
-        raise RuntimeError(f"Training failed: {reason}")
+        raise RuntimeError(f"Training failed: {reason}{keep_log(work)}")
     return process.checkpoint
+
+
+def keep_log(work: Path) -> str:
+    """Move a failed run's log out of run/, which the failure removes; a note saying where it is now."""
+    kept = work / TRAIN_LOG
+    try:
+        os.replace(work / "run" / TRAIN_LOG, kept)
+    except OSError:  # none written (the trainer failed before it began), or it cannot be moved
+        return ""
+    return f" (the trainer's log: {kept})"
 
 
 def progress_fields(event: dict[str, Any], started: float) -> dict[str, Any]:
