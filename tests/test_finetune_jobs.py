@@ -280,6 +280,54 @@ def test_the_jobs_cli_queues_lists_shows_cancels_and_retries(ft_app: Flask, ft_c
     assert "not found" in cli.invoke(args=["jobs", "show", "nope"]).output
 
 
+def test_transcripts_name_recordings_that_share_a_base_name_by_their_paths(
+        ft_app: Flask, ft_client: FlaskClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from click.testing import Result
+
+    from tests.support.audio import VOICE_RATE, encode_audio, phrases
+
+    enrolled = ft_client.post("/api/train-voice", json={"modelName": "Twins", "audioDataUri": recording()})
+    voice_id = enrolled.json["modelId"]
+    takes = [Path("a/take.wav"), Path("b/take.wav"), Path("c/other.wav")]
+    for index, take in enumerate(takes):
+        (tmp_path / take).parent.mkdir()
+        speech = phrases(0.3, 4.0, 0.3, seed=40 + index)
+        (tmp_path / take).write_bytes(encode_audio(speech, VOICE_RATE, "wav")[0])
+    texts = ["the first take in folder a", "the second take in folder b", "another take in folder c"]
+    monkeypatch.chdir(tmp_path)  # the files as a shell in their folder would give them
+    cli = ft_app.test_cli_runner()
+
+    def finetune(csv_path: Path, rows: list[str]) -> Result:
+        csv_path.parent.mkdir(exist_ok=True)
+        csv_path.write_text("".join(f"{name},{text}\n" for name, text in zip(rows, texts, strict=True)))
+        return cli.invoke(args=["voices", "finetune", voice_id, *map(str, takes),
+                                "--transcripts", str(csv_path)])
+
+    def queued_texts(result: Result) -> list[str]:
+        assert result.exit_code == 0, result.output
+        job_id = result.output.split()[2].rstrip(".")
+        manifest = Path(ft_app.config["DATA_DIR"]) / ".jobs" / job_id / "inputs" / "manifest.json"
+        stored = [entry["text"] for entry in json.loads(manifest.read_text())]
+        assert "cancelled" in cli.invoke(args=["jobs", "cancel", job_id]).output
+        return stored
+
+    # By base name only, the two takes are indistinguishable: refused, naming both, nothing queued.
+    refused = finetune(tmp_path / "t.csv", ["take.wav", "take.wav", "other.wav"])
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.strip().splitlines() == [
+        f"Error: {tmp_path / 't.csv'}, line 1: 'take.wav' could be any of a/take.wav, b/take.wav; "
+        "name each by its path relative to the CSV's folder."]
+    assert ft_client.get("/api/jobs").json == {"jobs": []}
+    # By path relative to the CSV's folder; an unambiguous base name still does.
+    assert queued_texts(finetune(tmp_path / "t.csv", ["b/take.wav", "./a/take.wav", "other.wav"])) == [
+        texts[1], texts[0], texts[2]]
+    # By path as given on the command line, from a CSV in another folder.
+    elsewhere = finetune(tmp_path / "lists" / "t.csv", ["a/take.wav", "b/take.wav", "c/other.wav"])
+    assert queued_texts(elsewhere) == texts
+
+
 def test_a_built_in_voice_cannot_be_fine_tuned_or_removed_from_the_cli(ft_app: Flask, tmp_path: Path) -> None:
     from tests.support.audio import VOICE_RATE, encode_audio, phrases
 

@@ -144,7 +144,8 @@ def _stop_when_orphaned(runner: JobRunner, parent_pid: int) -> None:
 @click.argument("files", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--transcripts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV of file name,text (what each recording says).")
+              help="CSV of file,text (what each recording says); the file by its path relative to the CSV's "
+                   "folder or as given here, or by its base name when no other file given has it.")
 @click.option("--epochs", type=click.IntRange(1, 50), default=None)
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | None,
@@ -161,7 +162,7 @@ def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | 
     runtime = get_runtime()
     voice = finetuning.finetunable_voice(voice_id)
     recordings = [Recording(read_regular_file(path, runtime.settings.max_audio_bytes),
-                            finetuning.clean_transcript(texts.get(path.name))) for path in files]
+                            finetuning.clean_transcript(texts.get(path.resolve()))) for path in files]
     job = finetuning.fine_tune_voice(runtime, voice, recordings, epochs)
     seconds = job.dataset_seconds or 0.0
     click.echo(f"Queued job {job.id} ({seconds:.0f} s of speech).")
@@ -183,12 +184,11 @@ def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | 
     click.echo(f"{job.state.value}: {job.message or ''}")
 
 
-def _read_transcripts(path: Path, files: tuple[Path, ...]) -> dict[str, str]:
-    """`file name,text` rows (a header row or Excel's byte-order mark is fine) for the files given."""
+def _read_transcripts(path: Path, files: tuple[Path, ...]) -> dict[Path, str]:
+    """`file,text` rows (a header row or Excel's byte-order mark is fine), by each given file's real path."""
     import csv
 
-    names = {file.name for file in files}
-    texts: dict[str, str] = {}
+    texts: dict[Path, str] = {}
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle, strict=True)
@@ -198,15 +198,31 @@ def _read_transcripts(path: Path, files: tuple[Path, ...]) -> dict[str, str]:
                 where = f"{path}, line {reader.line_num}"
                 if len(row) < 2:
                     raise click.ClickException(f"{where}: expected `file name,text`.")
-                name = Path(row[0].strip()).name
-                if name not in names:
+                name = row[0].strip()
+                file = _transcribed_file(name, path.parent, files, where)
+                if file is None:
                     if not texts and name.lower() in ("file", "filename", "file name", "path"):
                         continue  # a header row
                     raise click.ClickException(f"{where}: {name!r} is not among the files given.")
-                texts[name] = row[1]
+                texts[file] = row[1]
     except UnicodeDecodeError:
         raise click.ClickException(f"{path} is not UTF-8 text.") from None
     except csv.Error as error:
         raise click.ClickException(f"{path} is not valid CSV: {error}.") from None
     return texts
 
+
+def _transcribed_file(name: str, folder: Path, files: tuple[Path, ...], where: str) -> Path | None:
+    """The given file (resolved) that a CSV row names: by its path relative to the CSV's folder, else as
+    given on the command line, else by its base name if no other file given has it; None if none."""
+    given = {file.resolve(): file for file in files}  # the same file given twice is one recording
+    for candidate in (folder / name, Path(name)):  # an absolute path is itself either way
+        if candidate.resolve() in given:
+            return candidate.resolve()
+    # Two recordings in different folders may share a base name: one text for both would be wrong.
+    same_name = [resolved for resolved in given if resolved.name == Path(name).name]
+    if len(same_name) > 1:
+        clash = ", ".join(str(given[resolved]) for resolved in same_name)
+        raise click.ClickException(f"{where}: {name!r} could be any of {clash}; name each by its path "
+                                   "relative to the CSV's folder.")
+    return same_name[0] if same_name else None
