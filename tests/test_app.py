@@ -133,9 +133,19 @@ def test_cors_origins_come_from_configuration(make_app) -> None:
         "/api/voices", headers={"Origin": NEXT_ORIGIN}).headers
 
 
+def test_one_status_has_one_error_code_whoever_refused_the_request(client) -> None:
+    """The schemas (through werkzeug) and the services refuse with the same stable codes."""
+    schema_422 = client.post("/api/tts", json={"text": "Hi.", "voiceId": "default-female", "speed": 3})
+    service_422 = client.post("/api/tts", json={"text": "Hi.", "voiceId": "default-female", "language": "xx"})
+    assert (schema_422.status_code, service_422.status_code) == (422, 422)
+    assert schema_422.json["code"] == service_422.json["code"] == "unprocessable"
+    not_json = client.post("/api/tts", data="<a/>", content_type="application/xml")
+    assert not_json.status_code == 415 and not_json.json["code"] == "unsupported_media"
+
+
 def test_body_over_the_limit_is_413_json(make_app) -> None:
     client = make_app(MAX_BODY_BYTES=1000).test_client()
     response = client.post("/api/tts", data=json.dumps({"text": "x" * 5000, "voiceId": "default-x"}),
                            content_type="application/json")
     assert response.status_code == 413
-    assert response.json["detail"]
+    assert response.json["detail"] and response.json["code"] == "payload_too_large"

@@ -141,6 +141,14 @@ HTTP_DETAILS = {
 }
 
 
+# One code per status, whoever raised it: werkzeug's names (request_entity_too_large, unprocessable_entity…)
+# for what it or the schemas refuse, ours for what the services refuse. Statuses without a class of ours
+# (405 method_not_allowed) keep werkzeug's name.
+_CODES = {cls.status: cls.code for cls in (BadRequest, Unauthorized, NotFound, Conflict, PayloadTooLarge,
+                                            UnsupportedMedia, Unprocessable, ServiceUnavailable,
+                                            InsufficientStorage)}
+
+
 def http_error_response(error: HTTPException) -> Response:
     """JSON for werkzeug/flask-smorest HTTP errors, keeping field messages from schema validation."""
     status = error.code or 500
@@ -153,8 +161,8 @@ def http_error_response(error: HTTPException) -> Response:
         detail = summarise_messages(messages) or detail
     headers = dict(error.get_response().headers) if status == 405 else {}
     allow = {"Allow": headers["Allow"]} if "Allow" in headers else None
-    return respond(status, detail, error.name.lower().replace(" ", "_"), extra=extra,
-                          headers=allow)
+    code = _CODES.get(status, error.name.lower().replace(" ", "_"))
+    return respond(status, detail, code, extra=extra, headers=allow)
 
 
 def summarise_messages(messages: Any, prefix: str = "") -> str:
