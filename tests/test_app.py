@@ -143,6 +143,12 @@ def test_one_status_has_one_error_code_whoever_refused_the_request(client) -> No
     assert not_json.status_code == 415 and not_json.json["code"] == "unsupported_media"
 
 
+def test_a_cors_origin_written_with_a_trailing_slash_still_matches(make_app) -> None:
+    client = make_app(CORS_ORIGINS="https://studio.example.com/").test_client()  # as the address bar shows it
+    response = client.get("/api/voices", headers={"Origin": "https://studio.example.com"})
+    assert response.headers.get("Access-Control-Allow-Origin") == "https://studio.example.com"
+
+
 def test_body_over_the_limit_is_413_json(make_app) -> None:
     client = make_app(MAX_BODY_BYTES=1000).test_client()
     response = client.post("/api/tts", data=json.dumps({"text": "x" * 5000, "voiceId": "default-x"}),

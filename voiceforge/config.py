@@ -196,3 +196,8 @@ def derive(app: Flask) -> None:
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
     if isinstance(config["CORS_ORIGINS"], str):
         config["CORS_ORIGINS"] = [o.strip() for o in config["CORS_ORIGINS"].split(",") if o.strip()]
+    # A browser's Origin header never ends in a slash: `https://studio.example.com/`, as copied from
+    # the address bar, would otherwise never match, and the web app's requests fail without a word.
+    if isinstance(config["CORS_ORIGINS"], list | tuple):
+        config["CORS_ORIGINS"] = [o.rstrip("/") if isinstance(o, str) and o != "*" else o
+                                  for o in config["CORS_ORIGINS"]]
