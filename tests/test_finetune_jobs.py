@@ -225,20 +225,52 @@ def test_a_job_without_usable_clips_fails_saying_why_and_keeps_its_log(
     assert "unknown characters" in shown.output, shown.output
 
 
+def write_takes(directory: Path) -> list[Path]:
+    """Four 4-second takes of the voice, as WAV files for `voices finetune`."""
+    from tests.support.audio import VOICE_RATE, encode_audio, phrases
+
+    files = []
+    for index in range(4):
+        path = directory / f"take{index}.wav"
+        path.write_bytes(encode_audio(phrases(0.3, 4.0, 0.3, seed=30 + index), VOICE_RATE, "wav")[0])
+        files.append(path)
+    return files
+
+
+def test_waiting_on_a_job_that_nothing_claims_says_a_runner_is_needed(
+        ft_app: Flask, ft_client: FlaskClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`voices finetune --wait` without a job runner would wait for ever without a word."""
+    monkeypatch.setattr("voiceforge.jobs.cli.QUEUED_HINT_S", 0.5, raising=False)
+    enrolled = ft_client.post("/api/train-voice", json={"modelName": "Idle", "audioDataUri": recording()})
+    files = write_takes(tmp_path)
+    transcripts = tmp_path / "takes.csv"
+    transcripts.write_text("".join(f"{path.name},take number {i}\n" for i, path in enumerate(files)))
+
+    def cancel_once_queued() -> None:  # the operator gives up: the command must end then
+        deadline = time.monotonic() + 30
+        while not (jobs := ft_client.get("/api/jobs").json["jobs"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+        ft_client.post(f"/api/jobs/{jobs[0]['id']}/cancel")
+
+    canceller = threading.Thread(target=cancel_once_queued)
+    canceller.start()
+    voice_id = enrolled.json["modelId"]
+    waited = ft_app.test_cli_runner().invoke(
+        args=["voices", "finetune", voice_id, *map(str, files), "--transcripts", str(transcripts), "--wait"])
+    canceller.join()
+    assert "is a job runner running?" in waited.output and "jobs worker" in waited.output, waited.output
+    assert waited.exit_code == 1 and "cancelled" in waited.output
+
+
 def test_the_jobs_cli_queues_lists_shows_cancels_and_retries(ft_app: Flask, ft_client: FlaskClient,
                                                              tmp_path: Path) -> None:
     import csv
     import json
 
-    from tests.support.audio import VOICE_RATE, encode_audio, phrases
-
     enrolled = ft_client.post("/api/train-voice", json={"modelName": "Cli", "audioDataUri": recording()})
     voice_id = enrolled.json["modelId"]
-    files = []
-    for index in range(4):
-        path = tmp_path / f"take{index}.wav"
-        path.write_bytes(encode_audio(phrases(0.3, 4.0, 0.3, seed=30 + index), VOICE_RATE, "wav")[0])
-        files.append(path)
+    files = write_takes(tmp_path)
     transcripts = tmp_path / "takes.csv"
     with transcripts.open("w", newline="", encoding="utf-8-sig") as handle:  # as Excel saves it
         csv.writer(handle).writerows([("file", "text"), *((path.name, f"take number {i} of the voice")

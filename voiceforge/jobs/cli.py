@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARENT_POLL_SECONDS = 1.0  # how soon a supervised runner notices that its parent died
+QUEUED_HINT_S = 30.0  # `voices finetune --wait` asks whether a runner is running after this long queued
 
 jobs_cli = CommandGroup("jobs", help="Fine-tuning jobs: list, inspect, cancel, retry, and run a worker.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -154,6 +155,7 @@ def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | 
     from voiceforge.db import db
     from voiceforge.finetune.dataset import Recording
     from voiceforge.jobs import store
+    from voiceforge.models import JobState
     from voiceforge.runtime import get_runtime
     from voiceforge.services import finetuning
     from voiceforge.services.storage import read_regular_file
@@ -168,6 +170,7 @@ def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | 
     click.echo(f"Queued job {job.id} ({seconds:.0f} s of speech).")
     if not wait:
         return
+    hint_at, hinted = time.monotonic() + QUEUED_HINT_S, False
     with click.progressbar(length=1000, label="fine-tuning", show_eta=True) as bar:
         shown = 0
         while True:
@@ -178,6 +181,12 @@ def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | 
             shown = done
             if job.state.finished:
                 break
+            if job.state == JobState.queued and not hinted and time.monotonic() > hint_at:
+                hinted = True  # without a runner this would wait for ever, without a word
+                click.echo(f"\nStill queued after {QUEUED_HINT_S:.0f} s: is a job runner running? gunicorn "
+                           "(`make run`) starts one unless VOICEFORGE_JOB_RUNNER=false; otherwise run "
+                           "`flask --app voiceforge jobs worker` (with the Celery backend, a Celery worker).",
+                           err=True)
             time.sleep(1.0)
     if job.state.value != "succeeded":
         raise click.ClickException(f"{job.state.value}: {job.error or job.message or ''}")
