@@ -37,6 +37,22 @@ def test_a_number_that_is_not_finite_in_instance_config_is_refused(tmp_path: Pat
     assert refusal(tmp_path).startswith("VOICEFORGE_MAX_TEXT_CHARS=inf is not valid: a finite number")
 
 
+@pytest.mark.parametrize(("written", "message"), [
+    # Quoted: the message names what to write instead, not only the variable and its value.
+    ('MAX_BODY_BYTES = "1000"',
+     "VOICEFORGE_MAX_BODY_BYTES='1000' is not valid: a number of at least 1, not text: in instance/config.py "
+     "write MAX_BODY_BYTES = 1000 without quotes."),
+    # A fraction where a count is meant would be cut silently (10 characters).
+    ("MAX_TEXT_CHARS = 10.5", "VOICEFORGE_MAX_TEXT_CHARS=10.5 is not valid: a whole number of at least 1."),
+    # More epochs than any request may ask for.
+    ("FINETUNE_EPOCHS = 1000", "VOICEFORGE_FINETUNE_EPOCHS=1000 is not valid: a finite number from 1 to 50."),
+])
+def test_a_number_in_instance_config_that_is_text_a_fraction_or_too_big_is_refused(
+        tmp_path: Path, written: str, message: str) -> None:
+    (tmp_path / "config.py").write_text(written + "\n")
+    assert refusal(tmp_path) == message
+
+
 def test_max_reference_seconds_below_min_speech_seconds_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No recording could hold the speech enrolment asks for."""

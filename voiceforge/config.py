@@ -23,6 +23,8 @@ OFFICIAL_MODEL = "tts_models/multilingual/multi-dataset/xtts_v2"
 # Every setting an operator may change. Names are the Flask config keys; the environment variable
 # is the same name with the VOICEFORGE_ prefix. The type of the default decides how the
 # environment string is parsed.
+MAX_EPOCHS = 50  # the most fine-tuning epochs a job may train (a request's, the CLI's or the default)
+
 DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": None,  # None = sqlite file in the instance folder
     "DATA_DIR": None,  # None = <instance>/voices

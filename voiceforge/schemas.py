@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from voiceforge.audio.encode import FORMATS
+from voiceforge.config import MAX_EPOCHS
 from voiceforge.services.languages import ALIASES, SUPPORTED_LANGUAGES
 
 # What the document promises about values the services check themselves (with their own clearer
@@ -75,8 +76,9 @@ class FineTuneFieldsMixin:
                           validate=validate.Length(max=FINETUNE_MAX_SAMPLES), metadata={
                               "description": f"Extra recordings (at most {FINETUNE_MAX_SAMPLES})."})
     # strict: 2.5 epochs is refused, not cut to 2.
-    epochs = fields.Integer(load_default=None, strict=True, validate=validate.Range(min=1, max=50), metadata={
-        "description": "Training epochs, 1-50 (default: the server's, 10)."})
+    epochs = fields.Integer(
+        load_default=None, strict=True, validate=validate.Range(min=1, max=MAX_EPOCHS),
+        metadata={"description": f"Training epochs, 1-{MAX_EPOCHS} (default: the server's, 10)."})
 
 
 class TrainVoiceRequestSchema(FineTuneFieldsMixin, RequestSchema):

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from voiceforge.auth import load_api_keys
-from voiceforge.config import DEFAULTS, ConfigError, boolean
+from voiceforge.config import DEFAULTS, MAX_EPOCHS, ConfigError, boolean
 from voiceforge.logs import LOG_FORMATS
 from voiceforge.services.languages import ALIASES, SUPPORTED_LANGUAGES
 from voiceforge.services.storage import is_valid_id
@@ -94,7 +94,7 @@ class Settings:
             log_format=_choice(config, "LOG_FORMAT", LOG_FORMATS),
             finetune_min_speech_seconds=_number(config, "FINETUNE_MIN_SPEECH_SECONDS", float, minimum=1.0),
             finetune_max_sample_seconds=_number(config, "FINETUNE_MAX_SAMPLE_SECONDS", float, minimum=10.0),
-            finetune_epochs=_number(config, "FINETUNE_EPOCHS", int, minimum=1),
+            finetune_epochs=_number(config, "FINETUNE_EPOCHS", int, minimum=1, maximum=MAX_EPOCHS),
             finetune_learning_rate=_number(config, "FINETUNE_LEARNING_RATE", float, minimum=1e-9),
             finetune_save_steps=_number(config, "FINETUNE_SAVE_STEPS", int, minimum=1),
             finetuned_cache=_number(config, "FINETUNED_CACHE", int, minimum=1),
@@ -167,12 +167,19 @@ def _language(config: Mapping[str, Any]) -> str:
     return code
 
 
-def _number(config: Mapping[str, Any], key: str, kind: type, *, minimum: float) -> Any:
+def _number(config: Mapping[str, Any], key: str, kind: type, *, minimum: float,
+            maximum: float | None = None) -> Any:
     value = config.get(key)
+    wanted = f"of at least {kind(minimum)}" if maximum is None else f"from {kind(minimum)} to {kind(maximum)}"
+    if isinstance(value, str):  # the environment's are numbers by now: this is instance/config.py's
+        raise ConfigError(key, repr(value), f"a number {wanted}, not text: in instance/config.py write "
+                                            f"{key} = {value.strip()} without quotes.")
     # nan passes every comparison and inf every minimum; neither is a limit anything can use.
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum \
-            or (isinstance(value, float) and not math.isfinite(value)):
-        raise ConfigError(key, value, f"a finite number of at least {kind(minimum)}.")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(key, value, f"a finite number {wanted}.")
+    if kind is int and value != int(value):  # 10.5 characters or epochs would silently become 10
+        raise ConfigError(key, value, f"a whole number {wanted}.")
     return kind(value)
 
 

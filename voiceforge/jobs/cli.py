@@ -16,6 +16,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from voiceforge.commands import CommandGroup
+from voiceforge.config import MAX_EPOCHS
 from voiceforge.schemas import JobSchema
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ def _stop_when_orphaned(runner: JobRunner, parent_pid: int) -> None:
 @click.option("--transcripts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of file,text (what each recording says); the file by its path relative to the CSV's "
                    "folder or as given here, or by its base name when no other file given has it.")
-@click.option("--epochs", type=click.IntRange(1, 50), default=None)
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), default=None)
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it ends.")
 def voices_finetune(voice_id: str, files: tuple[Path, ...], transcripts: Path | None,
                     epochs: int | None, wait: bool) -> None:
