@@ -276,6 +276,13 @@ def test_without_a_broker_fine_tuning_answers_503_and_the_job_can_be_retried(
     assert client.post(f"/api/voices/{voice_id}/fine-tune", json={"samples": samples()}).status_code == 503
 
 
+def test_the_database_backends_runner_refuses_to_run_beside_celery(make_app: Callable[..., Flask]) -> None:
+    """`flask jobs worker` would claim the jobs meant for the Celery workers and train on this machine."""
+    app = make_app(CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0", **SETTINGS)
+    refused = app.test_cli_runner().invoke(args=["jobs", "worker"])
+    assert refused.exit_code == 1 and "Celery workers run the jobs" in refused.output, refused.output
+
+
 def test_a_worker_with_a_bad_setting_refuses_in_one_line(tmp_path: Path) -> None:
     settings = {"INSTANCE_PATH": str(tmp_path), "JOB_BACKEND": "celery", "MAX_TEXT_CHARS": "many",
                 "CELERY_BROKER_URL": "redis://127.0.0.1:9/0"}

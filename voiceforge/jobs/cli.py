@@ -111,6 +111,11 @@ def jobs_worker(parent_pid: int | None) -> None:
 
     # Its own process (gunicorn's master starts it with the same stderr): log like the service does.
     settings = get_runtime().settings
+    if settings.job_backend != "db":  # it would claim jobs meant for the Celery workers, training here
+        raise click.ClickException(
+            f"VOICEFORGE_JOB_BACKEND={settings.job_backend}: Celery workers run the jobs (`celery -A "
+            "voiceforge.jobs.celery_backend worker -Q voiceforge`, see README); `flask jobs worker` is the "
+            "database backend's runner.")
     configure_logging(settings.log_level, settings.log_format, install_handler=True)
     runner = JobRunner(current_app._get_current_object())  # type: ignore[attr-defined]
 
