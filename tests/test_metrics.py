@@ -193,6 +193,20 @@ def test_behind_gunicorn_every_worker_and_the_job_runner_count(tmp_path: Path, c
     assert not (directory / "counter_1.db").exists()
 
 
+def test_a_command_makes_a_metrics_directory_that_is_named_but_missing(tmp_path: Path) -> None:
+    """A `flask` command sharing gunicorn's environment file, before gunicorn has made the directory."""
+    import subprocess
+    import sys
+
+    directory = tmp_path / "prometheus" / "not-made-yet"
+    environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory),
+                   "VOICEFORGE_INSTANCE_PATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "voiceforge", "db", "upgrade"],
+                          env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert directory.is_dir()
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

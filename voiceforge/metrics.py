@@ -19,6 +19,7 @@ from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
+import click
 from flask import Blueprint, Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,6 +36,23 @@ log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED_ROUTE = "<unmatched>"
+
+
+def _make_multiproc_dir() -> None:
+    """prometheus-client opens a file there for each value as the metrics below are defined: a directory
+    named but not made yet (gunicorn's master makes its own; a `flask` command sharing its environment
+    file does not) would be a traceback at start."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise click.ClickException(f"{MULTIPROC_ENV}={directory} is not valid: a directory this process "
+                                   f"can create and write ({error.strerror}).") from None
+
+
+_make_multiproc_dir()
 
 # -- HTTP ---------------------------------------------------------------------------------------
 # Labelled by the URL rule (/api/voices/<voice_id>), never the raw path: the label set stays bounded.
