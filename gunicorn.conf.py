@@ -102,6 +102,12 @@ def on_starting(server) -> None:
     server.voiceforge_config = app.config
     server.voiceforge_settings = settings = get_runtime(app).settings
     _size_threads(server, settings.inference_queue_size)
+    runs_jobs = settings.job_runner and settings.job_backend == "db"
+    if runs_jobs and settings.job_stop_seconds >= server.cfg.graceful_timeout:
+        server.log.warning("VOICEFORGE_JOB_STOP_SECONDS=%g is not below VOICEFORGE_GRACEFUL_TIMEOUT=%d: on "
+                           "SIGTERM the job runner is killed before a running job has saved its checkpoint, "
+                           "and the steps since its last one are trained again", settings.job_stop_seconds,
+                           server.cfg.graceful_timeout)
 
 
 def _size_threads(server, queue_size: int) -> None:

@@ -245,6 +245,7 @@ def test_a_full_inference_queue_leaves_threads_for_health_checks_and_its_503(tmp
         assert refused.status_code == 503 and refused.json()["code"] == "busy"
         assert refused.headers["Retry-After"]
         assert "not more than VOICEFORGE_INFERENCE_QUEUE_SIZE" not in server.log.read_text()
+        assert "is not below VOICEFORGE_GRACEFUL_TIMEOUT" not in server.log.read_text()
     finally:
         for stream in streams:
             stream.close()
@@ -309,6 +310,15 @@ def reload_workers(server: Server) -> None:
             pass  # the old worker and the new one, for a moment
         time.sleep(0.2)
     raise AssertionError(f"no new worker after a SIGHUP: {server.log.read_text()}")
+
+
+def test_a_job_stop_time_that_gunicorn_would_cut_short_is_warned_about(tmp_path: Path,
+                                                                       checkpoint_dir: Path) -> None:
+    server = start_server(tmp_path, checkpoint_dir, VOICEFORGE_JOB_STOP_SECONDS="40",
+                          VOICEFORGE_GRACEFUL_TIMEOUT="30")
+    stop_server(server)
+    warning = "VOICEFORGE_JOB_STOP_SECONDS=40 is not below VOICEFORGE_GRACEFUL_TIMEOUT=30"
+    assert warning in server.log.read_text()
 
 
 def test_a_caller_without_a_key_is_answered_before_its_body_arrives(tmp_path: Path,
