@@ -1,6 +1,5 @@
 """Alembic environment for Flask-Migrate: the URL and metadata come from the running app."""
 import logging
-from logging.config import fileConfig
 
 from alembic import context
 from alembic.util import CommandError
@@ -10,21 +9,18 @@ from flask import current_app
 # access to the values within the .ini file in use.
 config = context.config
 
-# Alembic's logging set-up (its INFO lines) is for `flask db ...` run from a shell. Where logging is
-# already configured (the service process, gunicorn, pytest's capture), fileConfig would replace the
-# root handlers, so it is skipped there. With VOICEFORGE_LOG_FORMAT=json (compose migrates before it
-# serves) those lines are JSON, as every other line of the service.
+# Alembic's INFO lines (each migration it runs) are for `flask db ...` run from a shell, in the service's
+# own format (VOICEFORGE_LOG_FORMAT: compose migrates with JSON before it serves) and at its level
+# (VOICEFORGE_LOG_LEVEL=warning quiets them). Where logging is already configured (the service
+# process, gunicorn, pytest's capture) nothing is changed.
 if not logging.getLogger().handlers:
     from voiceforge.logs import configure_logging
     from voiceforge.runtime import get_runtime
 
     _settings = get_runtime(current_app).settings
-    if _settings.log_format == "json":
-        configure_logging(_settings.log_level, "json", install_handler=True)
-        for _name in ("alembic", "flask_migrate"):
-            logging.getLogger(_name).setLevel(logging.INFO)
-    else:
-        fileConfig(config.config_file_name, disable_existing_loggers=False)
+    configure_logging(_settings.log_level, _settings.log_format, install_handler=True)
+    for _name in ("alembic", "flask_migrate"):
+        logging.getLogger(_name).setLevel(_settings.log_level)
 logger = logging.getLogger('alembic.env')
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -95,16 +96,32 @@ def test_an_unknown_log_format_is_refused_naming_the_variable(tmp_path: Path,
         create_app(instance_path=str(tmp_path))
 
 
-def test_migrations_log_json_lines_when_asked(tmp_path: Path) -> None:
-    # compose's web service runs `flask db upgrade` before gunicorn, with VOICEFORGE_LOG_FORMAT=json.
+def migrate_fresh_database(tmp_path: Path, **settings: str) -> str:
+    """`flask db upgrade` of a new database with these VOICEFORGE_* settings; what it wrote to stderr."""
     import os
     import subprocess
 
-    environment = {**os.environ, "VOICEFORGE_INSTANCE_PATH": str(tmp_path), "VOICEFORGE_LOG_FORMAT": "json",
-                   "VOICEFORGE_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}"}
+    environment = {**os.environ, "VOICEFORGE_INSTANCE_PATH": str(tmp_path),
+                   "VOICEFORGE_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}",
+                   **{f"VOICEFORGE_{name}": value for name, value in settings.items()}}
     flask = str(Path(sys.executable).parent / "flask")
     result = subprocess.run([flask, "--app", "voiceforge", "db", "upgrade"], cwd=Path(__file__).parents[1],
                             env=environment, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    return result.stderr
+
+
+def test_migrations_log_json_lines_when_asked(tmp_path: Path) -> None:
+    # compose's web service runs `flask db upgrade` before gunicorn, with VOICEFORGE_LOG_FORMAT=json.
+    stderr = migrate_fresh_database(tmp_path, LOG_FORMAT="json")
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert any(line["message"].startswith("Running upgrade") for line in lines), lines
+
+
+def test_migrations_log_in_the_services_text_format_and_follow_its_level(tmp_path: Path) -> None:
+    lines = migrate_fresh_database(tmp_path / "info").splitlines()
+    upgrades = [line for line in lines if "Running upgrade" in line]
+    # time LEVEL [pid] logger: message, as every other line of the service
+    assert upgrades and all(re.match(r"\S+ \S+ INFO \[\d+\] alembic\.\S+: Running upgrade", line)
+                            for line in upgrades), lines
+    assert "Running upgrade" not in migrate_fresh_database(tmp_path / "warning", LOG_LEVEL="warning")
