@@ -393,6 +393,9 @@ def test_too_little_speech_is_422_with_the_measured_duration() -> None:
     # Cut short by decoding: the refusal says only the start was heard.
     with pytest.raises(Unprocessable, match=r"Only its first 4 s are read; put the speech there\.$"):
         prepare_reference(clip[: 4 * RATE], RATE, max_seconds=4.0)
+    # Silent up to the cut (the speech comes later): silent, and the same hint, not merely "silent".
+    with pytest.raises(Unprocessable, match=r"silence\)\. Only its first 2 s are read; put the speech"):
+        prepare_reference(clip[: 2 * RATE], RATE, max_seconds=2.0)
 
 
 def noise(seconds: float, dbfs: float, seed: int = 0) -> np.ndarray:

@@ -156,7 +156,7 @@ def test_a_data_directory_gone_under_registered_voices_is_unready_and_not_a_reas
         make_app, tmp_path: Path) -> None:
     """An unmounted volume (or a wrong VOICEFORGE_DATA_DIR) is the operator's to fix: readiness fails,
     and a cloned voice answers 503 saying so, not 409 telling its user to enrol it again."""
-    from tests.test_speech import enrol
+    from tests.test_speech import enrol, recording
 
     data_dir = tmp_path / "volume"
     client = make_app(DATA_DIR=str(data_dir)).test_client()
@@ -169,6 +169,11 @@ def test_a_data_directory_gone_under_registered_voices_is_unready_and_not_a_reas
     spoken = client.post("/api/tts", json={"text": "Hello.", "voiceId": voice_id})
     assert spoken.status_code == 503 and "data directory" in spoken.json["detail"]
     assert "re-enrol" not in spoken.json["detail"]
+    # A new voice must not make the directory anew: it would hide the outage, and its files would
+    # vanish under the volume once it is mounted again.
+    enrolled = client.post("/api/train-voice", json={"modelName": "Meanwhile", "audioDataUri": recording()})
+    assert enrolled.status_code == 503 and "data directory" in enrolled.json["detail"]
+    assert not data_dir.exists() and client.get("/readyz").json["storage"] == "missing"
     (tmp_path / "unmounted").rename(data_dir)
     assert client.get("/readyz").status_code == 200
     assert client.post("/api/tts", json={"text": "Hello.", "voiceId": voice_id}).status_code == 200

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,24 @@ def test_ids_are_url_safe_slugs_with_a_random_suffix(name: str, prefix: str) -> 
 
 def test_names_are_trimmed_and_validated() -> None:
     assert voices.clean_name("  Rose  ") == "Rose"
-    for bad in ("", " ", "a\x00b", "x" * 101, "\u202eevil"):
+    for bad in ("", " ", "a\x00b", "x" * 101, "\u202eevil", "line\u2028break", "\u200dRose", "Rose\u200d"):
         with pytest.raises(Unprocessable):
             voices.clean_name(bad)
+
+
+@pytest.mark.parametrize("name", [
+    " " + "a" * 100,  # 100 characters once trimmed
+    "e\u0301" * 60,  # 60 characters once NFC joins each e and its accent (as macOS writes file names)
+    "\U0001f469\u200d\U0001f4bb Coder",  # a ZWJ emoji sequence
+    "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f Scotland",  # a tag flag
+])
+def test_names_of_up_to_100_characters_with_emoji_are_accepted_by_the_api(client, name: str) -> None:
+    from tests.test_speech import recording
+
+    enrolled = client.post("/api/train-voice", json={"modelName": name, "audioDataUri": recording()})
+    assert enrolled.status_code == 200, enrolled.json
+    shown = client.get(f"/api/voices/{enrolled.json['modelId']}").json["name"]
+    assert shown == unicodedata.normalize("NFC", name).strip()
 
 
 def test_reconcile_repairs_rows_without_files_and_files_without_rows(app, data_dir: Path) -> None:
@@ -57,6 +74,34 @@ def test_reconcile_repairs_rows_without_files_and_files_without_rows(app, data_d
         assert files_under(data_dir) == [f"{broken.id}/reference.wav", f"{intact.id}/latents.pth",
                                          f"{intact.id}/reference.wav"]
         assert not voices.reconcile(data_dir).changed
+
+
+def test_reconcile_copes_with_a_voice_deleted_by_another_instance_while_it_runs(
+        app, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instance starting (its master reconciles) while another one serves a DELETE: the row it is
+    about to mark failed is gone. Reconcile must look again, not crash the start with StaleDataError."""
+    import sqlite3
+
+    with app.app_context():
+        kept = [add_stored_voice(data_dir, "Kept one"), add_stored_voice(data_dir, "Kept two")]
+        broken = add_stored_voice(data_dir, "Broken").id  # the id: the row object goes with the row
+        kept = [voice.id for voice in kept]
+        (data_dir / broken / "latents.pth").unlink()
+        files_present = voices._files_present
+
+        def deleted_elsewhere_meanwhile(directory: Path, voice) -> bool:
+            if voice.id == broken and (data_dir / broken).exists():
+                database = app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
+                with sqlite3.connect(database) as other:
+                    other.execute("DELETE FROM voices WHERE id = ?", (broken,))
+                shutil.rmtree(data_dir / broken)
+            return files_present(directory, voice)
+
+        monkeypatch.setattr(voices, "_files_present", deleted_elsewhere_meanwhile)
+        report = voices.reconcile(data_dir)
+        assert report.missing_files == []
+        assert voices.find_voice(broken) is None
+        assert [voices.get_voice(voice_id).status for voice_id in kept] == [VoiceStatus.ready] * 2
 
 
 def test_reconcile_leaves_what_another_instance_may_be_writing_right_now(app, data_dir: Path) -> None:

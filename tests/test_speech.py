@@ -77,6 +77,14 @@ def test_a_voice_whose_fine_tuned_weights_this_model_cannot_use_is_409(app, clie
     assert speak(client, "default-female").status_code == 200
 
 
+@pytest.mark.parametrize("value", ["yes", "true", 1, "1"])
+def test_fine_tune_must_be_true_or_false_not_something_like_it(client, value: object) -> None:
+    refused = client.post("/api/train-voice", json={"modelName": "Strict", "audioDataUri": recording(),
+                                                    "fineTune": value})
+    assert refused.status_code == 400 and "fineTune" in refused.json["detail"]
+    assert client.get("/api/voices").json["voices"][0]["id"].startswith("default-")  # nothing enrolled
+
+
 def db_voices(app) -> list[Voice]:
     from voiceforge.services import voices
 

@@ -34,6 +34,19 @@ class Number(fields.Float):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+NAME_BOUND = 1000  # characters of a voice name a request may send (the name itself: at most 100, trimmed)
+
+
+class StrictBoolean(fields.Boolean):
+    """true or false, and only that: marshmallow's Boolean also reads "yes", "1" or 1, which the API
+    documents as a wrong type (400), as it does for numbers."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class TtsRequestSchema(RequestSchema):
     text = fields.String(required=True, metadata={
         "description": "Text to speak: at least one letter or digit once invisible characters, controls "
@@ -82,14 +95,17 @@ class FineTuneFieldsMixin:
 
 
 class TrainVoiceRequestSchema(FineTuneFieldsMixin, RequestSchema):
-    modelName = fields.String(required=True, validate=validate.Length(min=1, max=100),
-                              metadata={"description": "Display name of the voice."})
+    # The 100-character limit counts after trimming and NFC (voices.clean_name); this bound only keeps a
+    # huge name out of the error messages.
+    modelName = fields.String(required=True, validate=validate.Length(min=1, max=NAME_BOUND),
+                              metadata={"description": "Display name of the voice (at most 100 characters "
+                                                       "once trimmed)."})
     audioDataUri = fields.String(required=True, metadata={
         "description": "data:<audio mime>;base64,<data>: wav, mp3, ogg, webm, m4a or flac, ≥ 3 s of speech.",
         **DATA_URI})
     language = fields.String(load_default=None, validate=validate.Length(min=2, max=10), metadata={
         "description": "The voice's language (default: server's).", **LANGUAGE_CODES})
-    fineTune = fields.Boolean(load_default=False, metadata={
+    fineTune = StrictBoolean(load_default=False, metadata={
         "description": "Also fine-tune XTTS on the recordings: the voice is usable at once (zero-shot) "
                        "and a job is queued (202)."})
     transcript = fields.String(load_default=None, validate=validate.Length(min=1, max=2000), metadata={
@@ -174,7 +190,7 @@ class VoiceListSchema(Schema):
 
 
 class VoiceRenameSchema(RequestSchema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=NAME_BOUND))
 
 
 class ErrorSchema(Schema):

@@ -30,18 +30,19 @@ def prepare_reference(samples: np.ndarray, rate: int, *, min_speech_seconds: flo
     audio = np.nan_to_num(np.asarray(samples, dtype=np.float64).reshape(-1))
     if audio.size:
         audio -= audio.mean()  # a DC offset would otherwise read as a constant level
+    # A recording cut at max_seconds may have its speech after the cut: every refusal says so then.
+    cut = ""
+    if max_seconds is not None and audio.size / rate >= max_seconds - 0.05:
+        cut = f" Only its first {max_seconds:.0f} s are read; put the speech there."
     loudest = _loudest_dbfs(audio, max(1, round(_ANALYSIS_FRAME_S * rate)))
     if loudest < _SILENCE_FLOOR_DBFS:
         level = f"{loudest:.0f} dBFS" if np.isfinite(loudest) else "digital silence"
-        raise Unprocessable(f"No speech found: the recording is silent or nearly so ({level}).")
+        raise Unprocessable(f"No speech found: the recording is silent or nearly so ({level}).{cut}")
     segments = speech_segments(audio.astype(np.float32), rate)
     speech_seconds = total_seconds(segments)
     if speech_seconds < min_speech_seconds:
         found = (f"only {speech_seconds:.1f} s of speech" if segments
                  else "no speech (only noise, hum or tones)")
-        cut = ""
-        if max_seconds is not None and audio.size / rate >= max_seconds - 0.05:
-            cut = f" Only its first {max_seconds:.0f} s are read; put the speech there."
         raise Unprocessable(f"The recording has {found}; at least {min_speech_seconds:.1f} s are "
                             f"needed.{cut}")
     padding = round(_TRIM_PADDING_S * rate)

@@ -90,6 +90,7 @@ def queue_finetune(runtime: Runtime, voice_id: str, language: str, recordings: l
                    speech_seconds: float, epochs: int | None = None) -> Job:
     """Store the recordings with a new job (all or nothing), then queue it on the configured backend."""
     settings = runtime.settings
+    voices.require_data_dir(settings.data_dir)
     job_id = secrets.token_hex(16)
     final = job_dir(runtime, job_id)
     staging = final.parent / f"{TEMP_PREFIX}{job_id}"

@@ -36,6 +36,7 @@ def enrol_voice(runtime: Runtime, name: str, audio: bytes, language: str | None 
     """
     settings = runtime.settings
     display_name = voices.clean_name(name)
+    voices.require_data_dir(settings.data_dir)
     lang = normalise_language(language) if language else settings.default_language
     samples = decode_audio(audio, target_rate=CONDITIONING_RATE, max_seconds=settings.max_reference_seconds)
     reference = prepare_reference(samples, CONDITIONING_RATE, min_speech_seconds=settings.min_speech_seconds,

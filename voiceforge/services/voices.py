@@ -25,6 +25,7 @@ from voiceforge.services.storage import (
     check_writable,
     is_service_entry,
     is_valid_id,
+    missing_data_dir,
     remove_path,
     remove_voice_dir,
 )
@@ -60,6 +61,14 @@ class ReconcileReport:
         return any((*guarded, self.restored, self.stale_rows, self.temp_dirs))
 
 
+# Invisible on their own, but parts of emoji: the zero-width joiner (👩‍💻) and the tag characters of
+# subdivision flags (🏴󠁧󠁢󠁳󠁣󠁴󠁿, which ends with one).
+_ZWJ = "\u200d"
+_EMOJI_JOINERS = frozenset([_ZWJ, *map(chr, range(0xE0020, 0xE0080))])
+# Controls, format characters, surrogates, private use, unassigned; line and paragraph separators.
+_INVISIBLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
 def clean_name(name: str) -> str:
     """Validate a display name: trimmed, printable, 1..100 characters."""
     cleaned = unicodedata.normalize("NFC", name).strip()
@@ -67,7 +76,8 @@ def clean_name(name: str) -> str:
         raise Unprocessable("Voice name must not be empty.")
     if len(cleaned) > MAX_NAME_LENGTH:
         raise Unprocessable(f"Voice name is longer than {MAX_NAME_LENGTH} characters.")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in cleaned):
+    invisible = [ch for ch in cleaned if unicodedata.category(ch) in _INVISIBLE and ch not in _EMOJI_JOINERS]
+    if invisible or cleaned[0] in _EMOJI_JOINERS or cleaned[-1] == _ZWJ:  # a joiner must join something
         raise Unprocessable("Voice name contains control or invisible characters.")
     return cleaned
 
@@ -101,6 +111,13 @@ def any_voice_with_files() -> bool:
     """Whether some voice is ready with files in the data directory (a cloned or fine-tuned one)."""
     ready = select(Voice.id).where(Voice.kind != VoiceKind.builtin, Voice.status == VoiceStatus.ready)
     return db.session.scalar(ready.limit(1)) is not None
+
+
+def require_data_dir(data_dir: Path) -> None:
+    """503 when voices are registered but their data directory is not there: making it anew for a new
+    voice's files would hide an unmounted volume, and those files would vanish under it once mounted."""
+    if not data_dir.is_dir() and any_voice_with_files():
+        raise missing_data_dir(data_dir)
 
 
 def still_exists(voice: Voice) -> bool:
@@ -185,7 +202,8 @@ def nobody_owns(_voice_id: str) -> bool:
 
 
 def reconcile(data_dir: Path, *, repair: bool = True, is_owned: Callable[[str], bool] = nobody_owns,
-              min_age_s: float = RECONCILE_MIN_AGE_S, force: bool = False) -> ReconcileReport:
+              min_age_s: float = RECONCILE_MIN_AGE_S, force: bool = False,
+              _again: bool = False) -> ReconcileReport:
     """Make the registry and the files agree after a crash: no row without files, no file without row.
 
     `is_owned(voice_id)` says whether a live owner (a fine-tuning job holding a lease) is working on
@@ -226,7 +244,15 @@ def reconcile(data_dir: Path, *, repair: bool = True, is_owned: Callable[[str], 
     if not force:
         report.held_back = _unrelated(data_dir, report, present, with_row)
     if repair and report.changed:
-        _repair(data_dir, report, rows)
+        try:
+            _repair(data_dir, report, rows)
+        except StaleDataError:
+            # A row went or changed meanwhile (another instance deleted a voice): look again, once.
+            db.session.rollback()
+            if _again:
+                raise
+            return reconcile(data_dir, repair=repair, is_owned=is_owned, min_age_s=min_age_s, force=force,
+                             _again=True)
     return report
 
 
