@@ -252,6 +252,28 @@ def test_a_full_inference_queue_leaves_threads_for_health_checks_and_its_503(tmp
         stop_server(server)
 
 
+def test_a_stream_whose_client_stops_reading_gives_its_queue_place_back(tmp_path: Path,
+                                                                        checkpoint_dir: Path) -> None:
+    """A client that stays connected but reads nothing must not hold the only queue place for ever."""
+    server = start_server(tmp_path, checkpoint_dir, VOICEFORGE_INFERENCE_QUEUE_SIZE="1",
+                          VOICEFORGE_STREAM_SEND_TIMEOUT="2", VOICEFORGE_MAX_TEXT_CHARS="30000")
+    # About 8 MB of slowed-down speech: more than the kernel buffers between the two (4 MB here) hold.
+    text = " ".join(f"Sentence number {i} of a long text that keeps its stream busy." for i in range(400))
+    stalled = _slow_reader(server, "/api/tts/stream", {"text": text, "voiceId": "default-male", "speed": 0.5})
+    one_more = {"text": "One more.", "voiceId": "default-male"}
+    try:
+        assert server.post("/api/tts", one_more).status_code == 503
+        deadline = time.monotonic() + 120  # the write blocks once the socket buffers are full, then 2 s
+        while (answer := server.post("/api/tts", one_more)).status_code == 503:
+            assert time.monotonic() < deadline, "the stalled stream kept its queue place"
+            time.sleep(0.5)
+        assert answer.status_code == 200
+        assert "client went away" in server.log.read_text()
+    finally:
+        stalled.close()
+        stop_server(server)
+
+
 def test_threads_sized_from_the_queue_survive_a_reload(tmp_path: Path, checkpoint_dir: Path) -> None:
     control = tmp_path / "control.ctl"
     server = start_server(tmp_path, checkpoint_dir, VOICEFORGE_INFERENCE_QUEUE_SIZE="20",

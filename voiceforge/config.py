@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "LATENT_CACHE_SIZE": 64,
     "INFERENCE_QUEUE_SIZE": 8,  # requests using or waiting for the model per process; beyond: 503
+    "STREAM_SEND_TIMEOUT": 60.0,  # seconds one write to a streaming client may wait for it to read; 0: none
     # The decoder (voiceforge/decoding/): sentences decoded together per process (key/value cache
     # rows), the GPT's and HiFiGAN's dtypes while decoding (bfloat16 on CUDA or a CPU with native
     # bf16, float16 only on CUDA), how a CPU multiplies by its weights (onednn: prepacked, fast;

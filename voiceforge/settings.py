@@ -62,6 +62,7 @@ class Settings:
     job_max_attempts: int
     job_lease_seconds: float
     job_stop_seconds: float
+    stream_send_timeout: float
     celery_broker_url: str | None
     celery_visibility_timeout: int
 
@@ -105,6 +106,7 @@ class Settings:
             job_max_attempts=_number(config, "JOB_MAX_ATTEMPTS", int, minimum=1),
             job_lease_seconds=_number(config, "JOB_LEASE_SECONDS", float, minimum=1.0),
             job_stop_seconds=_number(config, "JOB_STOP_SECONDS", float, minimum=0.0),
+            stream_send_timeout=_number(config, "STREAM_SEND_TIMEOUT", float, minimum=0.0),
             celery_broker_url=_broker(config),
             celery_visibility_timeout=_number(config, "CELERY_VISIBILITY_TIMEOUT", int, minimum=1),
         )

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-from flask import Response
+from flask import Response, request
 from werkzeug.wsgi import ClosingIterator
 
 from voiceforge.audio.encode import FORMATS, StreamEncoder
@@ -37,7 +37,21 @@ def encoded_stream(speech: Speech, fmt: str) -> ClosingIterator:
     re-raised, so the server aborts the response without its final chunk and the client can tell.
     """
     chunks = speech.stream()
+    _bound_send_time(speech.runtime.settings.stream_send_timeout)
     return ClosingIterator(_encoded(speech, chunks, fmt), [chunks.close, speech.close])
+
+
+def _bound_send_time(seconds: float) -> None:
+    """Give up on a client that stays connected but stops reading, after `seconds` of one blocked write.
+
+    gunicorn's gthread worker writes with no timeout: such a client would hold its thread and its place
+    in the inference queue for ever, and as many of them as there are places answer everyone 503. The
+    write's timeout ends the response as a disconnect does (synthesis stops, the place is given back).
+    gunicorn puts a kept-alive connection's socket back in blocking mode for its next request.
+    """
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None and seconds > 0:
+        sock.settimeout(seconds)
 
 
 def _encoded(speech: Speech, chunks: Iterator[np.ndarray], fmt: str) -> Iterator[bytes]:
