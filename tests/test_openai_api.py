@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 import requests
+from openai.types.audio.speech_model import SpeechModel
 
 from tests.support.audio import decode_output
 from tests.support.reporting import show
@@ -171,6 +173,21 @@ def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.models.retrieve("dall-e-3")
     assert caught.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("model", [*typing.get_args(SpeechModel),
+                                   "gpt-4o-mini-tts-2025-03-20"])  # a snapshot the client's docs name
+def test_every_speech_model_openais_client_names_speaks(client: openai.OpenAI, model: str) -> None:
+    spoken = client.audio.speech.create(model=model, voice="alloy", input="Hello.", response_format="pcm")
+    assert len(spoken.content) > 1000
+
+
+def test_a_model_that_is_not_a_string_is_named_in_json_terms(server: Server) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    refused = requests.post(f"{server.url}/v1/audio/speech", headers=auth, timeout=30,
+                            json={"model": True, "voice": "alloy", "input": "Hello."})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"].startswith("'model' must be a string;")
 
 
 def test_voice_list_shows_the_openai_names_and_our_voices(server: Server) -> None:

@@ -52,8 +52,9 @@ def parse_speech(body: Mapping[str, Any], voices: Mapping[str, str]) -> SpeechRe
     """Check every field OpenAI defines; 400 naming the first bad one. Unknown fields are ignored."""
     model = _required(body, "model")
     if not isinstance(model, str) or model not in MODEL_NAMES:
-        raise InvalidRequest(f"Unknown model {str(model)[:80]!r}; use one of {', '.join(MODEL_NAMES)}.",
-                             param="model", code="model_not_found")
+        given = f"Unknown model {model[:80]!r}" if isinstance(model, str) else "'model' must be a string"
+        raise InvalidRequest(f"{given}; use one of {', '.join(MODEL_NAMES)}.", param="model",
+                             code="model_not_found")
     text = _required(body, "input")
     if not isinstance(text, str) or not text:
         raise InvalidRequest("'input' must be a non-empty string.", param="input")
