@@ -177,7 +177,8 @@ def _number(config: Mapping[str, Any], key: str, kind: type, *, minimum: float,
         raise ConfigError(key, repr(value), f"a number {wanted}, not text: in instance/config.py write "
                                             f"{key} = {value.strip()} without quotes.")
     # nan passes every comparison and inf every minimum; neither is a limit anything can use.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or (isinstance(value, float) and not math.isfinite(value)) \
             or value < minimum or (maximum is not None and value > maximum):
         raise ConfigError(key, value, f"a finite number {wanted}.")
     if kind is int and value != int(value):  # 10.5 characters or epochs would silently become 10

@@ -44,10 +44,9 @@ def readyz() -> tuple[dict, int]:
 
 
 def storage_state(runtime: Runtime) -> str:
-    """`ok`, or `missing`: voices are registered, but the data directory is not there (an unmounted volume,
-    a wrong VOICEFORGE_DATA_DIR). A fresh install has none until its first enrolment makes it."""
+    """`ok`, or `missing`: voices are registered but their data directory is not there (data_dir_missing)."""
     data_dir = runtime.settings.data_dir
-    if data_dir.is_dir() or not voices.any_voice_with_files():
+    if not voices.data_dir_missing(data_dir):
         return "ok"
     current_app.logger.error("readiness: the data directory %s does not exist, and voices are registered: is "
                              "its volume mounted, and VOICEFORGE_DATA_DIR right?", data_dir)

@@ -113,10 +113,16 @@ def any_voice_with_files() -> bool:
     return db.session.scalar(ready.limit(1)) is not None
 
 
+def data_dir_missing(data_dir: Path) -> bool:
+    """Whether voices are registered but their data directory is not there (an unmounted volume, a wrong
+    VOICEFORGE_DATA_DIR). A fresh install has none until its first enrolment makes it."""
+    return not data_dir.is_dir() and any_voice_with_files()
+
+
 def require_data_dir(data_dir: Path) -> None:
-    """503 when voices are registered but their data directory is not there: making it anew for a new
-    voice's files would hide an unmounted volume, and those files would vanish under it once mounted."""
-    if not data_dir.is_dir() and any_voice_with_files():
+    """503 when the data directory is missing under registered voices: making it anew for a new voice's
+    files would hide an unmounted volume, and those files would vanish under it once mounted."""
+    if data_dir_missing(data_dir):
         raise missing_data_dir(data_dir)
 
 
