@@ -102,6 +102,22 @@ def test_media_recorder_uri_with_codecs_parameter() -> None:
     assert "data=" not in repr(upload)  # never dump the audio into logs
 
 
+# What Chromium's FileReader.readAsDataURL writes for an audio+video MediaRecorder blob: the codecs
+# list's comma stays as is, quoted or not, ahead of the ';base64,' that ends the header.
+@pytest.mark.parametrize("declared", ["video/webm;codecs=vp8,opus", 'video/webm;codecs="vp8,opus"',
+                                      "video/x-matroska;codecs=avc1,opus", "AUDIO/webm; codecs=opus"])
+def test_a_codecs_list_with_a_comma_is_part_of_the_header(declared: str) -> None:
+    data, _ = encoded("webm/opus")
+    upload = parse_data_uri(data_uri(data, declared), max_bytes=MAX_BYTES)
+    assert upload == DataUri(mime_type=declared.split(";")[0].lower(), data=data)
+
+
+def test_the_base64_marker_is_found_in_any_case() -> None:
+    data, _ = encoded("wav")
+    uri = "data:audio/wav;BASE64," + base64.b64encode(data).decode()
+    assert parse_data_uri(uri, max_bytes=MAX_BYTES).data == data
+
+
 def test_decodes_to_other_rates_and_downmixes_stereo() -> None:
     stereo = np.stack([speech_like(1.0, 44100), speech_like(1.0, 44100)])
     frame_bytes = (stereo.T * 20000).astype("<i2").tobytes()
@@ -134,6 +150,9 @@ def test_decodes_to_other_rates_and_downmixes_stereo() -> None:
     ("data:audio/wav;base64, \r\n\t ", "no audio data"),
     ("data:audio/wav;base64,====", "padding"),
     ("data:" + "a" * 300 + ";base64,UklGRg==", "longer than"),
+    ("data:a/" + "b" * 250 + ";base64,UklGRg==", "longer than"),  # 258 characters
+    ("data:video/webm;codecs=vp8,opus,UklGRg==", "base64"),
+    ("data:video/webm;codecs=vp8,opus;charset=x;UklGRg==", "base64"),
 ])
 def test_malformed_data_uris_are_400_with_a_clear_detail(uri: str, words: str) -> None:
     with pytest.raises(BadRequest) as caught:

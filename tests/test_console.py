@@ -483,3 +483,44 @@ def test_long_unbroken_words_fit_a_phone(page: ConsolePage, files: dict, tmp_pat
                            "return root.scrollWidth - root.clientWidth") <= 0  # no sideways scrolling
     finally:
         page.driver.set_window_size(1280, 1600)
+
+
+# Another web app's camera recording, sent as the browser encodes it: MediaRecorder's audio+video type
+# is "video/webm;codecs=vp8,opus", and FileReader keeps its comma in the data URI's header.
+RECORD_WITH_CAMERA = """
+const [key, done] = arguments;
+(async () => {
+  const stream = await navigator.mediaDevices.getUserMedia({audio: true, video: true});
+  const recorder = new MediaRecorder(stream);
+  const chunks = [];
+  recorder.ondataavailable = (event) => chunks.push(event.data);
+  const stopped = new Promise((resolve) => { recorder.onstop = resolve; });
+  recorder.start();
+  await new Promise((resolve) => setTimeout(resolve, 5000));
+  recorder.stop();
+  await stopped;
+  stream.getTracks().forEach((track) => track.stop());
+  const uri = await new Promise((resolve) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.readAsDataURL(new Blob(chunks, {type: recorder.mimeType}));
+  });
+  const answer = await fetch('/api/train-voice', {
+    method: 'POST', headers: {'Content-Type': 'application/json', 'X-API-Key': key},
+    body: JSON.stringify({modelName: 'Camera take', audioDataUri: uri})});
+  done({header: uri.slice(0, uri.indexOf(',', uri.indexOf(';base64'))), status: answer.status,
+        body: await answer.json()});
+})().catch((error) => done({error: String(error)}));
+"""
+
+
+@slow
+def test_a_camera_recordings_data_uri_from_chromium_enrols(driver, keyed: Server) -> None:
+    driver.get(keyed.url + "/")
+    result = driver.execute_async_script(RECORD_WITH_CAMERA, KEY)
+    assert "error" not in result, result
+    assert result["header"] == "data:video/webm;codecs=vp8,opus;base64", result["header"]
+    assert result["status"] == 200, result["body"]
+    voice = api(keyed, "GET", f"/api/voices/{result['body']['modelId']}").json()
+    assert voice["name"] == "Camera take"
+    assert api(keyed, "DELETE", f"/api/voices/{voice['id']}").status_code == 204

@@ -17,8 +17,11 @@ _ASCII_WHITESPACE = " \t\n\r\f"
 _STRIP_WHITESPACE = str.maketrans("", "", _ASCII_WHITESPACE)
 _TOKEN = r"[!#$&'*+.^_`|~0-9A-Za-z-]+"  # RFC 2045 token characters
 _MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
-# Firefox's MediaRecorder blobs say "audio/ogg; codecs=opus": a space may precede a parameter.
-_PARAMETER = re.compile(rf"[ \t]*{_TOKEN}=[^;,]*")
+# Firefox's MediaRecorder blobs say "audio/ogg; codecs=opus": a space may precede a parameter. A value
+# may hold a comma: Chromium's FileReader writes an audio+video recording's type as is,
+# "data:video/webm;codecs=vp8,opus;base64,...".
+_PARAMETER = re.compile(rf"[ \t]*{_TOKEN}=[^;]*")
+_BASE64_MARKER = ";base64,"
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 # RFC 2397 leaves the header unbounded; a real one ("audio/webm;codecs=opus") is tiny, and a cap
 # keeps a pathological header from being scanned or echoed back at length.
@@ -47,13 +50,27 @@ def parse_data_uri(uri: str, *, max_bytes: int) -> DataUri:
     uri = uri.strip(_ASCII_WHITESPACE)
     if uri[:5].lower() != "data:":
         raise BadRequest("The audio must be a data URI starting with 'data:'.")
-    comma = uri.find(",", 5, 5 + _MAX_HEADER_CHARS + 1)
+    comma = _header_end(uri)
     if comma < 0:
         raise BadRequest(_missing_comma_detail(uri))
     mime_type = _parse_header(uri[5:comma])
     data = _decode_base64(uri[comma + 1:], max_bytes=max_bytes)
     log.debug("parsed data URI: declared %s, %d bytes", mime_type, len(data))
     return DataUri(mime_type=mime_type, data=data)
+
+
+def _header_end(uri: str) -> int:
+    """The index of the comma that ends the header: the one after ';base64' where there is one.
+
+    A parameter value may contain commas (`codecs=vp8,opus`) while base64 data never contains ';',
+    so the first ';base64,' is the separator; without one, the first comma is (and the header is
+    then refused as not base64).
+    """
+    window = uri[:5 + _MAX_HEADER_CHARS + len(_BASE64_MARKER)].lower()
+    marker = window.find(_BASE64_MARKER, 5)
+    if 0 <= marker <= 5 + _MAX_HEADER_CHARS - len(";base64"):
+        return marker + len(_BASE64_MARKER) - 1
+    return uri.find(",", 5, 5 + _MAX_HEADER_CHARS + 1)
 
 
 def _missing_comma_detail(uri: str) -> str:
