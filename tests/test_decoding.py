@@ -522,6 +522,23 @@ def test_sampling_follows_transformers_logits_processing() -> None:
     assert table.choose(logits, all_rows)[4] == greedy
 
 
+
+def test_a_huge_finite_score_over_a_low_temperature_fails_no_row() -> None:
+    # 3e37 is finite, so the step's NaN check lets it through; over temperature 0.05 it would be +inf.
+    generator = torch.Generator().manual_seed(0)
+    table = SamplingTable(2, 1026, torch.device("cpu"))
+    coldest = Sampling(False, temperature=0.05, top_k=50, top_p=0.5, repetition_penalty=5.0)  # variability ~0
+    for row in range(2):
+        table.assign(row, coldest, [0])
+    logits = torch.randn(2, 1026, generator=generator)
+    logits[0, 7] = 3e37
+    for _ in range(20):
+        table.seen[:] = False  # the penalty would otherwise shrink the huge score back into range
+        tokens = table.choose(logits, generator=generator)
+        assert tokens[0] == 7  # what its scores say, as a greedy row would pick it
+        assert tokens[1] in logits[1].topk(50).indices
+
+
 # -- bfloat16 on a CPU (where the CPU multiplies it natively) ---------------------------------------
 def assert_speaks_in_bfloat16(engine: Engine, latents: Latents, cap: int) -> None:
     """The engine decodes in bf16 and every English text gives finite audio within the token cap."""

@@ -76,7 +76,9 @@ class SamplingTable:
 
     def filtered(self, scores: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
         """Penalised scores after temperature, top-k and top-p: what a sampled row draws from."""
-        scores = scores / self.temperature[rows, None]
+        # A low temperature can lift a huge but finite score past float32's range: +inf would make the
+        # softmax NaN and fail the batch's shared draw for every row, so it stays the largest finite one.
+        scores = (scores / self.temperature[rows, None]).clamp(max=torch.finfo(torch.float32).max)
         # top-k: drop what is below the k-th largest score (ties with it stay, as in transformers).
         descending = scores.sort(dim=-1, descending=True).values
         kth = descending.gather(1, (self.top_k[rows] - 1).view(-1, 1))
