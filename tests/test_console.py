@@ -370,10 +370,10 @@ def job_card_of(page: ConsolePage, name: str) -> list:
 @slow
 def test_jobs_polling_survives_failed_polls_and_clears_the_error(page: ConsolePage, files: dict) -> None:
     # Every GET /api/jobs fails, as during a server restart or a network blip, until the test lets it through.
-    page.script("""
+    page.script(r"""
         const original = window.fetch;
         window.jobsDown = true;
-        window.fetch = (url, init) => window.jobsDown && String(url).endsWith('api/jobs')
+        window.fetch = (url, init) => window.jobsDown && /api\/jobs(\?|$)/.test(String(url))
           ? Promise.reject(new TypeError('Failed to fetch')) : original(url, init);
     """)
     page.choose_files(files["samples"])

@@ -153,6 +153,13 @@ def test_a_second_job_for_a_voice_is_409_and_cancel_stops_a_queued_one(ft_client
     listed = ft_client.get(f"/api/jobs?voiceId={queued['modelId']}").json["jobs"]
     assert [job["state"] for job in listed] == ["queued", "cancelled"]
     assert ft_client.get("/api/jobs?state=cancelled").json["jobs"][0]["id"] == queued["jobId"]
+    newest = ft_client.get("/api/jobs?limit=1").json["jobs"]
+    assert [job["id"] for job in newest] == [retried.json["jobId"]]
+    newest_cancelled = ft_client.get("/api/jobs?limit=1&state=cancelled").json["jobs"]
+    assert [job["id"] for job in newest_cancelled] == [queued["jobId"]]
+    for limit, status in (("0", 422), ("1001", 422), ("ten", 400)):
+        refused = ft_client.get(f"/api/jobs?limit={limit}")
+        assert refused.status_code == status and "limit" in str(refused.json), refused.json
     assert ft_client.get("/api/jobs/nope").status_code == 404
 
 

@@ -156,6 +156,8 @@ class JobQuerySchema(Schema):
     voiceId = fields.String(load_default=None)
     state = fields.String(load_default=None, validate=validate.OneOf(
         ["queued", "running", "succeeded", "failed", "cancelled"]))
+    # Jobs accumulate (one per fine-tuning, kept as history): a poller asks for the newest few only.
+    limit = fields.Integer(load_default=None, validate=validate.Range(1, 1000))
 
 
 class FineTuningStateSchema(Schema):

@@ -16,12 +16,12 @@ blp = ApiBlueprint("jobs", __name__, url_prefix="/api/jobs", description="Backgr
 @blp.arguments(JobQuerySchema, location="query")
 @blp.response(200, JobListSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="No valid API key (when the server requires keys).")
-@blp.alt_response(422, schema=ErrorSchema, description="Unknown state.")
+@blp.alt_response(422, schema=ErrorSchema, description="Unknown state, or a limit outside 1-1000.")
 @blp.alt_response(503, schema=ErrorSchema, description="Database busy or unavailable (see Retry-After).")
 def list_jobs(query: dict) -> dict:
-    """Jobs, newest first; filter by `voiceId` and `state`."""
+    """Jobs, newest first; filter by `voiceId` and `state`, and take the newest `limit` (1-1000)."""
     state = JobState(query["state"]) if query["state"] else None
-    return {"jobs": store.list_jobs(query["voiceId"], state)}
+    return {"jobs": store.list_jobs(query["voiceId"], state, query["limit"])}
 
 
 @blp.route("/<string:job_id>")

@@ -35,8 +35,10 @@ def get_job(job_id: str) -> Job:
     return job
 
 
-def list_jobs(voice_id: str | None = None, state: JobState | None = None) -> list[Job]:
-    query = select(Job).order_by(Job.created_at.desc(), Job.id)
+def list_jobs(voice_id: str | None = None, state: JobState | None = None,
+              limit: int | None = None) -> list[Job]:
+    """Jobs, newest first: a voice's, in a state, or the newest `limit` of them."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
     if voice_id:
         query = query.where(Job.voice_id == voice_id)
     if state:

@@ -26,7 +26,7 @@ export function setupJobs({onFinished, voiceName = (id) => id}) {
     timer = null;
     let jobs;
     try {
-      jobs = (await api('api/jobs')).jobs.slice(0, SHOWN);
+      jobs = (await api(`api/jobs?limit=${SHOWN}`)).jobs;
     } catch (error) {
       say(status, explain(error), 'error');
       failures += 1;
