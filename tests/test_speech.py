@@ -262,6 +262,11 @@ def test_latents_are_computed_once_per_voice_not_per_request(client, monkeypatch
     ({"text": "x" * 5001, "voiceId": "default-female"}, 422, "5000"),
     ({"text": "Hi", "voiceId": "default-female", "language": "xx"}, 422, "supported"),
     ({"text": "मेरे पास 5 सेब हैं", "voiceId": "default-female", "language": "hi"}, 422, "spell out"),
+    # coqui's number expansion fails with other errors too: KeyError (hu, five decimals), OverflowError
+    # (es, pt, tr from 10^27 up)
+    ({"text": "A pi értéke 3.14159.", "voiceId": "default-female", "language": "hu"}, 422, "spell out"),
+    ({"text": "Tengo 9999999999999999999999999999 euros.", "voiceId": "default-female", "language": "es"},
+     422, "too large"),
     ({"text": "Hi", "voiceId": "default-female", "speed": 3}, 422, "speed"),
     ({"text": "Hi", "voiceId": "default-female", "speed": 0.1}, 422, "speed"),
     ({"text": "Hi", "voiceId": "default-female", "variability": -0.1}, 422, "variability"),

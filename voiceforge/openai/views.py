@@ -61,9 +61,7 @@ def input_tokens(runtime: Runtime, speech: synthesis.Speech) -> int:
 
     prepare() has loaded the model and run the same tokenizer on every chunk, so this is cheap.
     """
-    tokenizer = runtime.engine.model.tokenizer
-    lang = speech.language.split("-")[0]
-    return sum(len(tokenizer.encode(chunk.strip().lower(), lang=lang)) for chunk in speech.chunks_of_text)
+    return sum(len(runtime.engine.text_tokens(chunk, speech.language)) for chunk in speech.chunks_of_text)
 
 
 @blp.get("/models")

@@ -277,18 +277,22 @@ class Engine:
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}; this model's is {shape}")
 
     # -- synthesis ---------------------------------------------------------------------------
-    def check_text(self, text: str, language: str) -> None:
-        """422 now, before any audio exists, for a chunk the model would refuse mid-synthesis.
+    def text_tokens(self, text: str, language: str) -> list[int]:
+        """The text tokens XTTS reads for `text`; 422 for text its number expansion cannot read aloud.
 
         Runs XTTS's own tokenizer (number expansion included), which is cheap and thread-safe.
         """
-        model = self.model
         try:
-            tokens = model.tokenizer.encode(text.strip().lower(), lang=language.split("-")[0])
-        except NotImplementedError as error:
+            return self.model.tokenizer.encode(text.strip().lower(), lang=language.split("-")[0])
+        except UNREADABLE as error:
             raise unspeakable(language, error) from error
-        if len(tokens) >= model.args.gpt_max_text_tokens:
+
+    def check_text(self, text: str, language: str) -> list[int]:
+        """The chunk's text tokens; 422 now, before any audio exists, for one the model would refuse."""
+        tokens = self.text_tokens(text, language)
+        if len(tokens) >= self.model.args.gpt_max_text_tokens:  # XTTS asserts past 400 text tokens
             raise Unprocessable("A sentence is too long for the model; add punctuation.")
+        return tokens
 
     def speak(self, texts: list[str], language: str, latents: Latents, sampling: Sampling, speed: float = 1.0,
               weights: str | None = None, *, streaming: bool = False,
@@ -305,17 +309,7 @@ class Engine:
 
         from voiceforge.decoding.scheduler import Utterance
 
-        model = self.model
-        lang = language.split("-")[0]
-        token_lists = []
-        for text in texts:
-            try:
-                tokens = model.tokenizer.encode(text.strip().lower(), lang=lang)
-            except NotImplementedError as error:
-                raise unspeakable(language, error) from error
-            if len(tokens) >= model.args.gpt_max_text_tokens:  # XTTS asserts past 400 text tokens
-                raise Unprocessable("A sentence is too long for the model; add punctuation.")
-            token_lists.append(torch.IntTensor(tokens))
+        token_lists = [torch.IntTensor(self.check_text(text, language)) for text in texts]
         window = STREAM_WINDOW_TOKENS if streaming else WHOLE_WINDOW_TOKENS
         decoder = self.decoder()
         utterances = []
@@ -435,13 +429,24 @@ class Engine:
             self._slots.release()
 
 
-def unspeakable(language: str, error: Exception) -> Unprocessable:
-    """coqui's number expansion has gaps (digits in hi, ordinals in cs): the text's fault, not ours.
+# What coqui's number expansion (num2words) raises for text it cannot read: NotImplementedError for
+# gaps (digits in hi, ordinals in cs), OverflowError for numbers past its range (10^27 in es),
+# KeyError for holes in its tables (five decimals in hu).
+UNREADABLE = (NotImplementedError, ArithmeticError, LookupError)
 
-    coqui raises a bare NotImplementedError() for those gaps, so the reason is ours when it gives none.
+
+def unspeakable(language: str, error: Exception) -> Unprocessable:
+    """The text's fault, not ours: 422 saying what to change.
+
+    Only a NotImplementedError's own message is shown (the others' name a dictionary key or
+    a 28-digit bound in the language's words), and coqui often raises it bare.
     """
-    reason = first_line(error) if str(error).strip() else (
-        "the model cannot read its numbers, ordinals or symbols aloud in this language")
+    if isinstance(error, OverflowError):
+        reason = "one of its numbers is too large to read aloud"
+    elif isinstance(error, NotImplementedError) and str(error).strip():
+        reason = first_line(error)
+    else:
+        reason = "the model cannot read its numbers, ordinals or symbols aloud in this language"
     return Unprocessable(f"This text cannot be spoken in {language!r}: {reason}; "
                          "spell out numbers and symbols in words.")
 
