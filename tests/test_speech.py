@@ -312,6 +312,23 @@ def test_marks_inside_latin_words_are_no_sentence_ends() -> None:
         "Try example.com/?q=1;v=2 or Really?!Yes."]
 
 
+def test_a_long_sentence_is_never_cut_inside_a_number_or_a_time() -> None:
+    """Cut at a clause, a sentence is rejoined with spaces: one put after a comma or colon between digits
+    would read 1,234,567 as three numbers and 10:30 as two."""
+    sentence = ("After a debate that went on well into the night, the committee agreed that the city would "
+                "spend 1,234,567 dollars on the bridge, 2,500 on the lamps and 12,000 on the paint, that the "
+                "work would start at 10:30 on Monday, 1990–2000 prices or not, and nobody would ask again")
+    chunks = split_text(sentence, "en")
+    assert len(sentence) > CHAR_LIMITS["en"] and len(chunks) > 1
+    assert " ".join(chunks) == sentence
+
+
+def test_a_long_chinese_sentence_is_cut_at_its_commas() -> None:
+    text = clean_text("今天天气很好，我们去公园吧，你觉得怎么样，" * 5, max_chars=5000)
+    chunks = split_text(text, "zh-cn")
+    assert len(chunks) > 1 and all(chunk.endswith(",") for chunk in chunks), chunks
+
+
 def finetuned_voice(app, client) -> str:
     """A cloned voice made to look fine-tuned: its GPT weights are a file the decoder reads in its turn."""
     from voiceforge.db import db

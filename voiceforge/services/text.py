@@ -13,7 +13,11 @@ from voiceforge.services.languages import CHAR_LIMITS
 # । ॥ of Devanagari, Arabic's ؟ ؛); CJK's 。 and, since CJK leaves no space after them, ? ! ; before
 # a letter of a script other than ASCII's ("好?我"; not "a?b" in a URL).
 SENTENCE_END = re.compile(r"(?<=[.!?…。！？；;।॥؟؛])\s+|(?<=[。！？；])|(?<=[!?;])(?=[^\W\d_\x00-\x7f])")
-CLAUSE_END = re.compile(r"(?<=[,，、،:：—–])\s*")
+# Clause ends, where an over-long sentence is cut (and rejoined with a space): a comma, colon or Arabic
+# comma before a space or, CJK's being ASCII after NFKC, before a letter of another script; never
+# between digits, where the space would make 1,234,567 three numbers and 10:30 two.
+CLAUSE_END = re.compile(r"(?<=[,:،])\s+|(?<=[,:])(?=[^\W\d_\x00-\x7f])|(?<=[，、：])\s*"
+                        r"|(?<=[—–])(?!\s*\d)\s*")
 # Unicode categories dropped before speaking: controls, invisible formatting (zero-width,
 # bidi marks), unassigned/private code points, and pictographs such as emoji.
 DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "So", "Sk"}
@@ -70,9 +74,9 @@ def _fit(sentence: str, limit: int) -> list[str]:
             clause = clause[cut:].strip()
         parts.append(clause)
     merged: list[str] = []
-    for part in parts:
+    for part in filter(None, parts):
         if merged and len(merged[-1]) + 1 + len(part) <= limit:
             merged[-1] = f"{merged[-1]} {part}"
-        elif part:
+        else:
             merged.append(part)
     return merged
