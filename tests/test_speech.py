@@ -217,7 +217,8 @@ def test_variability_zero_repeats_exactly_and_sampling_varies(client) -> None:
     assert len(varied) > 1
 
 
-def test_long_text_is_split_into_sentences_and_joined(client, monkeypatch: pytest.MonkeyPatch) -> None:
+def spoken_chunks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The chunks of text handed to the decoder from now on."""
     spoken: list[str] = []
     original = Engine.speak
 
@@ -226,11 +227,26 @@ def test_long_text_is_split_into_sentences_and_joined(client, monkeypatch: pytes
         return original(self, texts, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "speak", recording_speak)
+    return spoken
+
+
+def test_long_text_is_split_into_sentences_and_joined(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    spoken = spoken_chunks(monkeypatch)
     sentence = "This sentence is about sixty characters long, give or take. "
     response = speak(client, "default-female", sentence * 12)
     assert response.status_code == 200
     assert len(spoken) >= 3 and all(len(chunk) <= 250 for chunk in spoken)
     assert " ".join(spoken) == (sentence * 12).strip()
+
+
+def test_sentences_are_not_merged_past_what_the_model_reads(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Numbers spelt out make a chunk many times longer in tokens than in characters: sentences the model
+    reads one by one must not be refused ("add punctuation") because the server merged them."""
+    spoken = spoken_chunks(monkeypatch)
+    text = "It costs 1234567 dollars. " * 8  # 207 characters: under English's 250, one chunk by length
+    response = speak(client, "default-female", text)
+    assert response.status_code == 200, response.json
+    assert len(spoken) > 1 and " ".join(spoken) == text.strip()
 
 
 def test_latents_are_computed_once_per_voice_not_per_request(client, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -287,6 +287,10 @@ class Engine:
         except UNREADABLE as error:
             raise unspeakable(language, error) from error
 
+    def too_long(self, text: str, language: str) -> bool:
+        """Whether the model would refuse `text` as too many text tokens (numbers spelt out count)."""
+        return len(self.text_tokens(text, language)) >= self.model.args.gpt_max_text_tokens
+
     def check_text(self, text: str, language: str) -> list[int]:
         """The chunk's text tokens; 422 now, before any audio exists, for one the model would refuse."""
         tokens = self.text_tokens(text, language)

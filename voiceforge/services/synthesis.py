@@ -185,7 +185,7 @@ def prepare(runtime: Runtime, text: str, voice_id: str, *, speed: float = 1.0, v
     requested = normalise_language(language) if language else None
     voice = runtime.catalogue.handle(voice_id)
     lang = requested or voice.language or settings.default_language
-    chunks = split_text(cleaned, lang)
+    chunks = split_text(cleaned, lang, too_long=lambda chunk: runtime.engine.too_long(chunk, lang))
     for chunk in chunks:
         runtime.engine.check_text(chunk, lang)
     place = ExitStack()

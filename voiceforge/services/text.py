@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 from voiceforge.errors import Unprocessable
 from voiceforge.services.languages import CHAR_LIMITS
@@ -43,9 +44,28 @@ def clean_text(text: str, *, max_chars: int | None) -> str:
     return cleaned
 
 
-def split_text(text: str, language: str) -> list[str]:
-    """Chunks under the language's character limit: whole sentences, merged while they fit."""
-    limit = CHAR_LIMITS[language]
+def split_text(text: str, language: str, too_long: Callable[[str], bool] | None = None) -> list[str]:
+    """Chunks under the language's character limit: whole sentences, merged while they fit.
+
+    `too_long` says whether the model would refuse a chunk as too many text tokens (numbers spelt
+    out can make a chunk many times longer): such a chunk is split again at half its length, so
+    sentences the model reads one by one are never refused for having been merged.
+    """
+    return _within_tokens(_chunks(text, CHAR_LIMITS[language]), too_long or (lambda chunk: False))
+
+
+def _within_tokens(chunks: list[str], too_long: Callable[[str], bool]) -> list[str]:
+    fitting: list[str] = []
+    for chunk in chunks:
+        if len(chunk) > 1 and too_long(chunk):
+            fitting.extend(_within_tokens(_chunks(chunk, len(chunk) // 2), too_long))
+        else:
+            fitting.append(chunk)
+    return fitting
+
+
+def _chunks(text: str, limit: int) -> list[str]:
+    """Whole sentences (cut only when one alone is over `limit`) merged while under `limit` characters."""
     pieces: list[str] = []
     for sentence in SENTENCE_END.split(text):
         pieces.extend(_fit(sentence.strip(), limit))
