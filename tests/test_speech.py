@@ -328,6 +328,15 @@ def test_marks_inside_latin_words_are_no_sentence_ends() -> None:
         "Try example.com/?q=1;v=2 or Really?!Yes."]
 
 
+def test_the_degree_sign_is_spoken_while_other_symbols_and_emoji_are_dropped(
+        client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """XTTS reads ° as "degree" (grad, градус…): dropping it with the emoji made 25°C "twenty-five c"."""
+    spoken = spoken_chunks(monkeypatch)
+    response = speak(client, "default-female", "It is 25°C ☀ or 77 ℉ © today.")
+    assert response.status_code == 200, response.json
+    assert spoken == ["It is 25°C or 77 °F today."]
+
+
 def test_a_long_sentence_is_never_cut_inside_a_number_or_a_time() -> None:
     """Cut at a clause, a sentence is rejoined with spaces: one put after a comma or colon between digits
     would read 1,234,567 as three numbers and 10:30 as two."""

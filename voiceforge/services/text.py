@@ -22,6 +22,9 @@ CLAUSE_END = re.compile(r"(?<=[,:،])\s+|(?<=[,:])(?=[^\W\d_\x00-\x7f])|(?<=[，
 # Unicode categories dropped before speaking: controls, invisible formatting (zero-width,
 # bidi marks), unassigned/private code points, and pictographs such as emoji.
 DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "So", "Sk"}
+# ... except the one such symbol XTTS reads aloud, in every language it spells symbols out in ("25°C":
+# "twenty-five degree c", "25 Grad C"); "℃" is "°C" after NFKC.
+SPOKEN_SYMBOLS = {"°"}
 
 
 def clean_text(text: str, *, max_chars: int | None) -> str:
@@ -33,8 +36,7 @@ def clean_text(text: str, *, max_chars: int | None) -> str:
     if max_chars is not None and len(text) > max_chars:
         raise Unprocessable(f"Text is {len(text)} characters long; the limit is {max_chars}.")
     normalised = unicodedata.normalize("NFKC", text)
-    kept = "".join(" " if ch.isspace() else ch for ch in normalised
-                   if ch.isspace() or unicodedata.category(ch) not in DROPPED_CATEGORIES)
+    kept = "".join(" " if ch.isspace() else ch for ch in normalised if ch.isspace() or _speakable(ch))
     cleaned = re.sub(r"\s+", " ", kept).strip()
     if not any(ch.isalnum() for ch in cleaned):
         raise Unprocessable("Text has nothing to speak: it needs at least one letter or digit.")
@@ -42,6 +44,10 @@ def clean_text(text: str, *, max_chars: int | None) -> str:
         raise Unprocessable(f"Text is {len(cleaned)} characters long once normalised (NFKC: ligatures and "
                             f"compatibility characters spelt out); the limit is {max_chars}.")
     return cleaned
+
+
+def _speakable(ch: str) -> bool:
+    return ch in SPOKEN_SYMBOLS or unicodedata.category(ch) not in DROPPED_CATEGORIES
 
 
 def split_text(text: str, language: str, too_long: Callable[[str], bool] | None = None) -> list[str]:
