@@ -337,6 +337,12 @@ def test_the_degree_sign_is_spoken_while_other_symbols_and_emoji_are_dropped(
     assert spoken == ["It is 25°C or 77 °F today."]
 
 
+@pytest.mark.parametrize(("text", "cleaned"), [
+    ("I ❤️ you", "I you"), ("Done ✔️ 1️⃣ first", "Done 1 first"), ("🏳️‍🌈 Flag", "Flag")])
+def test_emoji_leave_no_invisible_selector_behind(text: str, cleaned: str) -> None:
+    assert clean_text(text, max_chars=100) == cleaned
+
+
 def test_a_long_sentence_is_never_cut_inside_a_number_or_a_time() -> None:
     """Cut at a clause, a sentence is rejoined with spaces: one put after a comma or colon between digits
     would read 1,234,567 as three numbers and 10:30 as two."""

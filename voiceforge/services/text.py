@@ -19,6 +19,9 @@ SENTENCE_END = re.compile(r"(?<=[.!?…。！？；;।॥؟؛])\s+|(?<=[。！�
 # between digits, where the space would make 1,234,567 three numbers and 10:30 two.
 CLAUSE_END = re.compile(r"(?<=[,:،])\s+|(?<=[,:])(?=[^\W\d_\x00-\x7f])|(?<=[，、：])\s*"
                         r"|(?<=[—–])(?!\s*\d)\s*")
+# Variation selectors (emoji or text style, CJK glyph variants) and the keycap mark only change how the
+# character before them is drawn; an emoji's (❤️ is ❤ and U+FE0F) would be left behind for the model to read.
+SELECTORS = re.compile("[\ufe00-\ufe0f\u20e3\U000e0100-\U000e01ef]")
 # Unicode categories dropped before speaking: controls, invisible formatting (zero-width,
 # bidi marks), unassigned/private code points, and pictographs such as emoji.
 DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "So", "Sk"}
@@ -35,7 +38,7 @@ def clean_text(text: str, *, max_chars: int | None) -> str:
     """
     if max_chars is not None and len(text) > max_chars:
         raise Unprocessable(f"Text is {len(text)} characters long; the limit is {max_chars}.")
-    normalised = unicodedata.normalize("NFKC", text)
+    normalised = SELECTORS.sub("", unicodedata.normalize("NFKC", text))
     kept = "".join(" " if ch.isspace() else ch for ch in normalised if ch.isspace() or _speakable(ch))
     cleaned = re.sub(r"\s+", " ", kept).strip()
     if not any(ch.isalnum() for ch in cleaned):
