@@ -323,6 +323,17 @@ def test_long_texts_are_cut_at_their_scripts_sentence_ends(language: str, text: 
     assert all(chunk[-1] in "?!;。।॥؟؛" for chunk in chunks), chunks  # never mid-sentence
 
 
+def test_a_sentence_may_end_inside_quotes_or_brackets() -> None:
+    """A dialogue's sentences end in a closing quote: cut at a comma instead, a sentence was spoken in two
+    pieces with a pause between them."""
+    text = ("“Where are you going tonight, my old friend?” “Home, because it is late and I am tired.” “Then "
+            "take the last train, or you will have to walk all the way.” “I know, I know.” “Good night, "
+            "then.” “Good night, and thank you for everything you did.” He left. (She smiled.) She slept.")
+    chunks = split_text(text, "en")
+    assert len(chunks) > 1 and " ".join(chunks) == text
+    assert all(chunk[-2:] in ("?”", ".”", ".)") or chunk[-1] == "." for chunk in chunks), chunks
+
+
 def test_marks_inside_latin_words_are_no_sentence_ends() -> None:
     assert split_text("Try example.com/?q=1;v=2 or Really?!Yes.", "en") == [
         "Try example.com/?q=1;v=2 or Really?!Yes."]

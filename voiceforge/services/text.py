@@ -11,9 +11,13 @@ from voiceforge.services.languages import CHAR_LIMITS
 
 # Sentence ends; the split keeps the punctuation with its sentence. Applied after NFKC, which has
 # made CJK's fullwidth ？！；，： ASCII. A sentence end followed by a space (Latin, Cyrillic, the danda
-# । ॥ of Devanagari, Arabic's ؟ ؛); CJK's 。 and, since CJK leaves no space after them, ? ! ; before
-# a letter of a script other than ASCII's ("好?我"; not "a?b" in a URL).
-SENTENCE_END = re.compile(r"(?<=[.!?…。！？；;।॥؟؛])\s+|(?<=[。！？；])|(?<=[!?;])(?=[^\W\d_\x00-\x7f])")
+# । ॥ of Devanagari, Arabic's ؟ ؛), also with a closing quote or bracket between them ('"Stop." He
+# left.'); CJK's 。 and, since CJK leaves no space after them, ? ! ; before a letter of a script other
+# than ASCII's ("好?我"; not "a?b" in a URL).
+_ENDS = ".!?…。！？；;।॥؟؛"
+_CLOSERS = "\"'”“’»)\\]"
+SENTENCE_END = re.compile(rf"(?:(?<=[{_ENDS}])|(?<=[{_ENDS}][{_CLOSERS}]))\s+|(?<=[。！？；])"
+                          r"|(?<=[!?;])(?=[^\W\d_\x00-\x7f])")
 # Clause ends, where an over-long sentence is cut (and rejoined with a space): a comma, colon or Arabic
 # comma before a space or, CJK's being ASCII after NFKC, before a letter of another script; never
 # between digits, where the space would make 1,234,567 three numbers and 10:30 two.
