@@ -157,6 +157,24 @@ def test_unsupported_language_is_422_with_the_list(app, client, data_dir: Path) 
     assert db_voices(app) == [] and files_under(data_dir) == []
 
 
+@pytest.mark.parametrize(("tag", "language"), [
+    ("en-US", "en"), ("pt_BR", "pt"), ("DE-ch", "de"), ("zh-Hans-CN", "zh-cn"), ("zh-SG", "zh-cn"),
+    ("ZH-CN", "zh-cn")])
+def test_a_browsers_language_tag_speaks_its_language(client, tag: str, language: str) -> None:
+    made = client.post("/api/train-voice", json={"modelName": tag, "audioDataUri": recording(),
+                                                 "language": tag})
+    assert made.status_code == 200, made.json
+    assert client.get(f"/api/voices/{made.json['modelId']}").json["language"] == language
+    spoken = client.post("/api/tts", json={"text": "Hi.", "voiceId": "default-female", "language": tag})
+    assert spoken.status_code == 200, spoken.json
+
+
+@pytest.mark.parametrize("tag", ["zh-TW", "zh-Hant", "zh-HK", "english", "en-", "xx-US"])
+def test_a_tag_of_a_language_xtts_does_not_speak_is_422(client, tag: str) -> None:
+    response = client.post("/api/tts", json={"text": "Hi.", "voiceId": "default-female", "language": tag})
+    assert response.status_code == 422 and "supported" in response.json["detail"], response.json
+
+
 def test_a_failed_database_write_leaves_no_files(app, client, data_dir: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from voiceforge.services import voices
