@@ -366,6 +366,17 @@ def test_the_degree_sign_is_spoken_while_other_symbols_and_emoji_are_dropped(
     assert spoken == ["It is 25°C or 77 °F today."]
 
 
+def test_numbers_in_other_scripts_digits_are_spelt_out(client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """XTTS expands only ASCII digits into words: Arabic's ٣٫١٤ reached the model as raw digits."""
+    arabic = {"text": "لدي ٥ تفاحات و ٣٫١٤ و ١٢٬٠٠٠ كتاب", "voiceId": "default-female", "language": "ar"}
+    spoken = spoken_chunks(monkeypatch)
+    assert client.post("/api/tts", json=arabic).status_code == 200
+    assert spoken == ["لدي 5 تفاحات و 3,14 و 12.000 كتاب"]
+    hindi = {"text": "मेरे पास ५ सेब हैं", "voiceId": "default-female", "language": "hi"}
+    refused = client.post("/api/tts", json=hindi)  # as with 5: XTTS cannot read numbers in Hindi
+    assert refused.status_code == 422 and "spell out" in refused.json["detail"]
+
+
 @pytest.mark.parametrize(("text", "cleaned"), [
     ("I ❤️ you", "I you"), ("Done ✔️ 1️⃣ first", "Done 1 first"), ("🏳️‍🌈 Flag", "Flag")])
 def test_emoji_leave_no_invisible_selector_behind(text: str, cleaned: str) -> None:

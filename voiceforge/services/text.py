@@ -32,6 +32,11 @@ DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "So", "Sk"}
 # ... except the one such symbol XTTS reads aloud, in every language it spells symbols out in ("25°C":
 # "twenty-five degree c", "25 Grad C"); "℃" is "°C" after NFKC.
 SPOKEN_SYMBOLS = {"°"}
+# XTTS spells out ASCII digits only (its number pattern is [0-9]+), and was trained on numbers spelt out:
+# Arabic's ٣٫١٤, Persian's ۳ or Devanagari's ३ would reach it as raw digits. They become ASCII, and
+# Arabic's separators the ones XTTS reads for ar (a decimal comma; a thousands dot, dropped).
+DIGITS = {**{ord(ch): str(unicodedata.decimal(ch)) for ch in map(chr, range(0x80, 0x20000))  # every Nd
+             if unicodedata.category(ch) == "Nd"}, 0x066B: ",", 0x066C: "."}
 
 
 def clean_text(text: str, *, max_chars: int | None) -> str:
@@ -42,7 +47,7 @@ def clean_text(text: str, *, max_chars: int | None) -> str:
     """
     if max_chars is not None and len(text) > max_chars:
         raise Unprocessable(f"Text is {len(text)} characters long; the limit is {max_chars}.")
-    normalised = SELECTORS.sub("", unicodedata.normalize("NFKC", text))
+    normalised = SELECTORS.sub("", unicodedata.normalize("NFKC", text)).translate(DIGITS)
     kept = "".join(" " if ch.isspace() else ch for ch in normalised if ch.isspace() or _speakable(ch))
     cleaned = re.sub(r"\s+", " ", kept).strip()
     if not any(ch.isalnum() for ch in cleaned):
