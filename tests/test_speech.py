@@ -378,6 +378,15 @@ def test_numbers_in_other_scripts_digits_are_spelt_out(client, monkeypatch: pyte
 
 
 @pytest.mark.parametrize(("text", "cleaned"), [
+    ("Chapter One\n\nIt was night.\r\n\r\nThe end", "Chapter One. It was night. The end"),
+    ("Shopping:\n\n- milk\n- eggs \n \n Done", "Shopping: - milk - eggs. Done"),
+    ("a hard-wrapped\nsentence goes on", "a hard-wrapped sentence goes on"),
+    ("第一章\n\n夜晚", "第一章. 夜晚"), ("Emoji 🎉\n\nafter", "Emoji. after")])
+def test_a_blank_line_after_words_ends_a_sentence(text: str, cleaned: str) -> None:
+    assert clean_text(text, max_chars=100) == cleaned
+
+
+@pytest.mark.parametrize(("text", "cleaned"), [
     ("I ❤️ you", "I you"), ("Done ✔️ 1️⃣ first", "Done 1 first"), ("🏳️‍🌈 Flag", "Flag")])
 def test_emoji_leave_no_invisible_selector_behind(text: str, cleaned: str) -> None:
     assert clean_text(text, max_chars=100) == cleaned

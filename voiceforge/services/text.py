@@ -38,6 +38,11 @@ SPOKEN_SYMBOLS = {"°"}
 DIGITS = {**{ord(ch): str(unicodedata.decimal(ch)) for ch in map(chr, range(0x80, 0x20000))  # every Nd
              if unicodedata.category(ch) == "Nd"}, 0x066B: ",", 0x066C: "."}
 
+# A blank line after a line with no closing punctuation (a heading, a list's last item) ends a sentence:
+# spoken run on, "Chapter One\n\nIt was night." had no pause and a heading's tune. A single line break
+# stays a space, since hard-wrapped prose breaks lines mid-sentence.
+PARAGRAPH_AFTER_WORD = re.compile(r"(?<=[^\W_])[^\S\n]*\n\s*\n")
+
 
 def clean_text(text: str, *, max_chars: int | None) -> str:
     """NFKC-normalise, drop invisible and pictographic characters, collapse whitespace; 422 if empty.
@@ -48,8 +53,9 @@ def clean_text(text: str, *, max_chars: int | None) -> str:
     if max_chars is not None and len(text) > max_chars:
         raise Unprocessable(f"Text is {len(text)} characters long; the limit is {max_chars}.")
     normalised = SELECTORS.sub("", unicodedata.normalize("NFKC", text)).translate(DIGITS)
-    kept = "".join(" " if ch.isspace() else ch for ch in normalised if ch.isspace() or _speakable(ch))
-    cleaned = re.sub(r"\s+", " ", kept).strip()
+    kept = "".join(ch if ch == "\n" else " " if ch.isspace() else ch
+                   for ch in normalised if ch.isspace() or _speakable(ch))
+    cleaned = re.sub(r"\s+", " ", PARAGRAPH_AFTER_WORD.sub(". ", kept)).strip()
     if not any(ch.isalnum() for ch in cleaned):
         raise Unprocessable("Text has nothing to speak: it needs at least one letter or digit.")
     if max_chars is not None and len(cleaned) > max_chars:
