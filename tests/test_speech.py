@@ -228,6 +228,19 @@ def test_speed_changes_the_duration_in_the_right_direction(client) -> None:
     assert lengths[0.5] > lengths[1.0] > lengths[2.0]
 
 
+def test_speed_scales_a_long_texts_pauses_with_its_speech(client) -> None:
+    # A sentence too long to share a chunk with another: three of them are three chunks of the same
+    # audio with two pauses between them, of 180 ms (VOICEFORGE_SENTENCE_PAUSE_MS) at speed 1.
+    sentence = ("This sentence is long enough that two of them can never be merged into one chunk of speech, "
+                "since together they pass the limit.")
+    def length(text: str, speed: float) -> int:
+        return read_wav(speak(client, "default-female", text, speed=speed).json["audioDataUri"])[1].size
+
+    for speed in (0.5, 1.0, 2.0):
+        pauses = length(" ".join([sentence] * 3), speed) - 3 * length(sentence, speed)
+        assert pauses == 2 * round(24000 * 0.180 / speed), (speed, pauses)
+
+
 def test_variability_zero_repeats_exactly_and_sampling_varies(client) -> None:
     first = speak(client, "default-female").json["audioDataUri"]
     assert speak(client, "default-female").json["audioDataUri"] == first

@@ -88,7 +88,9 @@ class Speech:
     def _decode(self, *, streaming: bool) -> Generator[np.ndarray, None, tuple[float, int]]:
         """The audio pieces, a pause between chunks (not sentences); returns (seconds of speech, tokens)."""
         engine = self.runtime.engine
-        pause = np.zeros(int(OUTPUT_RATE * self.runtime.settings.sentence_pause_ms / 1000), dtype=np.float32)
+        # The pause keeps pace with the speech: at speed 2 the whole text takes half the time.
+        pause_seconds = self.runtime.settings.sentence_pause_ms / 1000 / self.speed
+        pause = np.zeros(round(OUTPUT_RATE * pause_seconds), dtype=np.float32)
         # A whole response hands every chunk to the decoder at once (decoded together). A stream starts
         # with its first chunk alone, so its first audio does not wait behind a long text's prefills
         # and bigger batches; once that audio is out the rest join it, decoded while it plays, and
