@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,3 +97,61 @@ def test_the_streamed_wav_plays_in_chromium(browser) -> None:
     # Three chunks of 0.97 s and two pauses of 0.18 s; the header says "unknown length".
     assert 3.1 <= result["decoded"] <= 3.4, result
     assert result["chunks"] > 1 and result["firstAt"] < result["total"], result
+
+
+# The web app as it really runs: its page on its own origin (Next.js on :9002 in development), calling
+# this service on another, so every JSON POST is preflighted. The script reports what the page could
+# read: the status, the audio, and the headers the service exposes.
+CROSS_ORIGIN_CALLS = """
+const [api, key, done] = arguments;
+(async () => {
+  const post = (path, body) => fetch(api + path, {method: 'POST', body: JSON.stringify(body),
+    headers: {'Content-Type': 'application/json', 'X-API-Key': key}});
+  const body = {text: 'Hello from the web app.', voiceId: 'default-female', variability: 0};
+  const whole = await post('/api/tts', body);
+  const uri = (await whole.json()).audioDataUri;
+  const streamed = await post('/api/tts/stream', body);
+  const bytes = (await streamed.arrayBuffer()).byteLength;
+  const refused = await post('/api/tts', {...body, speed: 9});
+  done({status: whole.status, wav: uri.startsWith('data:audio/wav;base64,'), streamed: streamed.status,
+        bytes, requestId: whole.headers.get('X-Request-ID'), refused: refused.status,
+        detail: (await refused.json()).detail});
+})().catch(error => done({error: String(error)}));
+"""
+
+
+@contextmanager
+def static_page(directory: Path) -> Iterator[str]:
+    """An HTTP server for `directory` on localhost, standing in for the web app's own server."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as pages:
+        thread = threading.Thread(target=pages.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://localhost:{pages.server_address[1]}"
+        finally:
+            pages.shutdown()
+
+
+def test_the_web_apps_origin_calls_the_api_across_origins_in_chromium(
+        tmp_path_factory: pytest.TempPathFactory, checkpoint_dir: Path) -> None:
+    site = tmp_path_factory.mktemp("web-app")
+    (site / "index.html").write_text("<!doctype html><title>VoiceForge Studio</title>")
+    with static_page(site) as web_app, static_page(site) as elsewhere:
+        # The origin as an operator may well write it, with a trailing slash.
+        api = start_server(tmp_path_factory.mktemp("cors"), checkpoint_dir, VOICEFORGE_API_KEYS="web-key",
+                           VOICEFORGE_CORS_ORIGINS=web_app + "/")
+        try:
+            with chromium() as driver:
+                driver.get(web_app + "/index.html")
+                result = driver.execute_async_script(CROSS_ORIGIN_CALLS, api.url, "web-key")
+                assert "error" not in result, result
+                assert result["status"] == 200 and result["wav"] and result["streamed"] == 200, result
+                assert result["bytes"] > 44 and len(result["requestId"]) == 32, result
+                assert result["refused"] == 422 and "speed" in result["detail"], result
+                # A page on any other origin is refused by the browser: its script reads nothing.
+                driver.get(elsewhere + "/index.html")
+                result = driver.execute_async_script(CROSS_ORIGIN_CALLS, api.url, "web-key")
+                assert result == {"error": "TypeError: Failed to fetch"}, result
+        finally:
+            stop_server(api)
