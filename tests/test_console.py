@@ -277,6 +277,20 @@ def test_a_too_short_recording_shows_the_servers_message(page: ConsolePage, keye
 
 
 @slow
+def test_an_epoch_count_left_behind_in_fine_tune_mode_does_not_block_cloning(page: ConsolePage,
+                                                                              files: dict) -> None:
+    page.choose_files(files["samples"][:1])
+    page.by_id("voice-name").send_keys("Changed my mind")
+    page.by_id("mode-finetune").click()
+    epochs = page.by_id("voice-epochs")
+    epochs.clear()
+    epochs.send_keys("99")  # out of range; then the user picks Clone now, which hides the field
+    page.by_id("mode-clone").click()
+    page.by_id("create-button").click()
+    assert page.wait_for_status("create-status", 60) == "Changed my mind is ready: choose it under Speak."
+
+
+@slow
 def test_rename_and_delete_a_voice(page: ConsolePage, keyed: Server) -> None:
     page.record(4.0)
     assert page.create_voice("Old name") == "Old name is ready: choose it under Speak."

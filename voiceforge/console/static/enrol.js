@@ -59,8 +59,15 @@ export function setupEnrolment({voices, jobs}) {
     event.target.value = ''; // choosing the same file again adds it again
   });
 
+  // Epochs only count when fine-tuning. Hidden, the field is disabled too: a hidden field whose value
+  // is out of range would otherwise block the form without a word (the browser cannot point at it).
+  const showEpochs = () => {
+    $('epochs-row').hidden = !fineTuning();
+    $('voice-epochs').disabled = !fineTuning();
+  };
+  showEpochs(); // a reloaded page may come back with Fine-tune chosen
   for (const radio of form.elements.mode) {
-    radio.addEventListener('change', () => { $('epochs-row').hidden = !fineTuning(); renderTakes(); });
+    radio.addEventListener('change', () => { showEpochs(); renderTakes(); });
   }
 
   function fineTuning() {
