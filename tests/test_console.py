@@ -481,6 +481,35 @@ def test_only_one_speech_sounds_at_a_time(page: ConsolePage) -> None:
 
 
 @slow
+def test_stop_silences_a_streaming_speech_and_frees_speak(page: ConsolePage) -> None:
+    from selenium.webdriver.support.select import Select
+
+    hook = page.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+        window.contexts = [];
+        window.AudioContext = class extends window.AudioContext {
+          constructor(...args) { super(...args); window.contexts.push(this); }
+        };"""})
+    try:
+        page.open()
+        page.wait_for_voices()
+        # 39 chunks of speech: it streams for a good while after it starts to sound.
+        page.script("document.getElementById('speak-text').value = arguments[0]", LONG_TEXT * 13)
+        Select(page.by_id("speak-format")).select_by_value("wav")
+        page.by_id("speak-button").click()
+        page.wait(lambda: page.script("return window.contexts.at(-1)?.currentTime > 0"), 60,
+                  "Web Audio to sound")
+        assert not page.by_id("speak-button").is_enabled()
+        page.by_id("speak-stop").click()
+        page.wait(lambda: page.text("speak-status") == "Stopped.", 30, "the speech to stop")
+        assert page.script("return window.contexts.at(-1).state") == "closed"  # nothing sounds any more
+        assert page.by_id("speak-button").is_enabled()  # without waiting for the rest of the text
+        assert page.speak("Again.", fmt="wav").startswith("Done: ")
+    finally:
+        page.driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
+                                    {"identifier": hook["identifier"]})
+
+
+@slow
 def test_long_unbroken_words_fit_a_phone(page: ConsolePage, files: dict, tmp_path: Path) -> None:
     long_file = tmp_path / "Voice_Memo_20240517_143211_kitchen_take3_from_the_phone_recorder.wav"
     shutil.copy(files["samples"][0], long_file)

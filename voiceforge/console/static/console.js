@@ -4,7 +4,7 @@
 import {apiKey, isSendableKey, setApiKey} from './api.js';
 import {setupEnrolment} from './enrol.js';
 import {setupJobs} from './jobs.js';
-import {drawWaveform, EXTENSIONS, streamSpeech} from './player.js';
+import {drawWaveform, EXTENSIONS, stopSpeech, streamSpeech} from './player.js';
 import {$, explain, LANGUAGES, notify, say} from './ui.js';
 import {setupVoices} from './voices.js';
 
@@ -62,6 +62,9 @@ function setupSpeak() {
     input.addEventListener('input', show);
     show();
   }
+  // Stops what is sounding, and a speech still streaming: the server then stops synthesising it too,
+  // and Speak is free again without waiting for the rest of a long text.
+  $('speak-stop').addEventListener('click', stopSpeech);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const button = $('speak-button');
@@ -89,7 +92,8 @@ function setupSpeak() {
       say(status, result.complete ? `Done: ${seconds.toFixed(1)} s of speech.`
         : `The stream broke off: only ${seconds.toFixed(1)} s arrived.`, result.complete ? 'ok' : 'error');
     } catch (error) {
-      if (error.name !== 'AbortError') say(status, explain(error), 'error');
+      if (error.name === 'AbortError') say(status, 'Stopped.');
+      else say(status, explain(error), 'error');
     } finally {
       button.disabled = false;
       form.removeAttribute('aria-busy');
