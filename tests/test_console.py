@@ -410,6 +410,31 @@ def test_jobs_polling_survives_failed_polls_and_clears_the_error(page: ConsolePa
 
 
 @slow
+def test_a_late_answer_to_a_wrong_key_does_not_undo_the_right_one(page: ConsolePage) -> None:
+    # The server is slow to refuse the mistyped key: its 401s arrive after the right key's answers.
+    page.script("""
+        const original = window.fetch;
+        window.late = 0;
+        window.fetch = (url, init) => {
+          if (init?.headers?.Authorization !== 'Bearer wrong-key') return original(url, init);
+          window.late++;
+          return original(url, init).then((answer) => new Promise((resolve) => setTimeout(() => {
+            window.late--;
+            resolve(answer);
+          }, 3000)));
+        };
+    """)
+    page.use_key("wrong-key")
+    page.use_key(KEY)  # corrected at once
+    assert "default-female" in page.wait_for_voices()
+    page.wait(lambda: page.script("return window.late === 0"), 30, "the late 401s to arrive")
+    assert not page.by_id("notice").is_displayed(), page.text("notice")
+    for status in ("voices-status", "jobs-status"):
+        assert "valid API key" not in page.text(status), page.text(status)
+    assert "default-female" in page.voice_options()
+
+
+@slow
 def test_jobs_queued_elsewhere_get_a_card(page: ConsolePage, keyed: Server, files: dict) -> None:
     def uri(path: Path) -> str:
         return "data:audio/wav;base64," + base64.b64encode(path.read_bytes()).decode()

@@ -20,19 +20,23 @@ export function setupJobs({onFinished, voiceName = (id) => id}) {
   let names = voiceName;
   let active = false; // a job was queued or running at the last successful poll
   let failures = 0; // polls failed in a row (a restart, a network blip, a wrong key)
+  let latest = 0; // the newest refresh: an older one answered after it is stale, and the newer one polls on
 
   async function refresh() {
+    const mine = ++latest;
     clearTimeout(timer);
     timer = null;
     let jobs;
     try {
       jobs = (await api(`api/jobs?limit=${SHOWN}`)).jobs;
     } catch (error) {
+      if (mine !== latest) return;
       say(status, explain(error), 'error');
       failures += 1;
       schedule();
       return;
     }
+    if (mine !== latest) return;
     if (failures) say(status, ''); // the error is over; announce() may say something new
     failures = 0;
     active = jobs.some((job) => ACTIVE.has(job.state));

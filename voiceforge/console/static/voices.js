@@ -9,19 +9,28 @@ export function setupVoices({onChange}) {
   const status = $('voices-status');
   const select = $('speak-voice');
   let voices = [];
+  // The newest refresh: an older one answered after it (a slow 401 for a mistyped key) is stale.
+  let latest = 0;
+  let wanted = ''; // the voice to choose once the list comes, whichever refresh brings it
 
   async function refresh(selectId) {
+    const mine = ++latest;
+    if (selectId) wanted = selectId;
     if (!voices.length) say(status, 'Loading voices…');
+    let answer;
     try {
-      voices = (await api('api/voices')).voices;
+      answer = (await api('api/voices')).voices;
     } catch (error) {
-      say(status, explain(error), 'error');
+      if (mine === latest) say(status, explain(error), 'error');
       return;
     }
+    if (mine !== latest) return;
+    voices = answer;
     const own = voices.filter((voice) => voice.kind !== 'builtin');
     list.replaceChildren(...own.map(card));
     say(status, own.length ? '' : 'No voices of your own yet: create one under New voice.');
-    fillSelect(selectId);
+    fillSelect(wanted);
+    wanted = '';
   }
 
   function fillSelect(selectId) {
