@@ -188,6 +188,23 @@ def test_the_page_needs_no_key_but_its_api_calls_carry_the_one_given(driver, key
 
 
 @slow
+def test_readiness_names_a_missing_data_directory(driver, tmp_path: Path, checkpoint_dir: Path,
+                                                  files: dict) -> None:
+    server = start_server(tmp_path, checkpoint_dir)
+    try:
+        page = ConsolePage(driver, server.url).open()
+        page.wait_for_voices()
+        page.choose_files(files["samples"][:1])
+        assert page.create_voice("Stored") == "Stored is ready: choose it under Speak."
+        (tmp_path / "voices").rename(tmp_path / "unmounted")  # its volume is gone
+        page.open()
+        readiness = page.wait(lambda: "Unavailable" in page.text("readiness") and page.text("readiness"), 30)
+        assert "data directory is missing" in readiness, readiness  # it said "database ok"
+    finally:
+        stop_server(server)
+
+
+@slow
 def test_every_control_is_labelled_and_the_page_fits_a_phone(page: ConsolePage, files: dict) -> None:
     page.choose_files(files["samples"][:2])  # takes bring their own players, fields and buttons
     page.by_id("mode-finetune").click()

@@ -21,11 +21,22 @@ async function showReadiness() {
       const model = body.model || {};
       say(element, `Ready: the model ${model.loaded ? `is loaded (${model.device})` : 'loads on first use'}.`, 'ok');
     } else {
-      say(element, `Unavailable: ${body.model?.problem || `database ${body.database}`}`, 'error');
+      say(element, `Unavailable: ${unreadiness(body)}`, 'error');
     }
   } catch (error) {
     say(element, `The service could not be reached (${error.message}).`, 'error');
   }
+}
+
+/** Every reason /readyz gives for not being ready, in words. */
+function unreadiness(body) {
+  const reasons = [];
+  if (body.database !== 'ok') reasons.push(`The database is ${body.database}.`);
+  if (body.storage === 'missing') {
+    reasons.push("The voices' data directory is missing: is its volume mounted, and VOICEFORGE_DATA_DIR right?");
+  }
+  if (body.model?.problem) reasons.push(body.model.problem);
+  return reasons.join(' ') || 'the service says it is not ready.';
 }
 
 function setupKey(reload) {
