@@ -205,6 +205,23 @@ def test_readiness_names_a_missing_data_directory(driver, tmp_path: Path, checkp
 
 
 @slow
+def test_refresh_checks_readiness_again(driver, tmp_path: Path, checkpoint_dir: Path) -> None:
+    server = start_server(tmp_path, checkpoint_dir)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        page = ConsolePage(driver, server.url).open()
+        page.wait(lambda: page.text("readiness").startswith("Ready"), 30, "the service to be ready")
+        stop_server(server)  # the service goes down while the page is open
+        page.by_id("voices-refresh").click()
+        page.wait(lambda: "could not be reached" in page.text("readiness"), 30, "the line to say it is down")
+        server = start_server(tmp_path, checkpoint_dir, port=port)  # and comes back
+        page.by_id("voices-refresh").click()
+        page.wait(lambda: page.text("readiness").startswith("Ready"), 30, "the line to say it is back")
+    finally:
+        stop_server(server)
+
+
+@slow
 def test_every_control_is_labelled_and_the_page_fits_a_phone(page: ConsolePage, files: dict) -> None:
     page.choose_files(files["samples"][:2])  # takes bring their own players, fields and buttons
     page.by_id("mode-finetune").click()

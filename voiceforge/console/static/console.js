@@ -123,13 +123,13 @@ function start() {
   setupSpeak();
   const reload = async () => {
     notify('');
+    showReadiness(); // again: the service may have gone down, or come back, since the page loaded
     await voices.refresh(); // first, so that jobs show their voice's name
     jobs.refresh();
   };
   setupKey(reload);
   // Refresh covers the jobs too: a voice made elsewhere may come with a fine-tuning job.
   $('voices-refresh').addEventListener('click', () => reload());
-  showReadiness();
   reload();
 }
 
