@@ -300,6 +300,31 @@ def test_wav_plays_on_web_audio_as_it_streams(page: ConsolePage) -> None:
 
 
 @slow
+def test_a_double_click_on_record_opens_the_microphone_once(page: ConsolePage) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    page.script("""
+        window.streams = [];
+        const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+        navigator.mediaDevices.getUserMedia = async (constraints) => {
+          const stream = await open(constraints);
+          window.streams.push(stream);
+          return stream;
+        };
+    """)
+    button = page.by_id("record-button")
+    ActionChains(page.driver).double_click(button).perform()
+    page.wait(lambda: button.get_attribute("aria-pressed") == "true", 30, "recording to start")
+    page.wait(lambda: float(page.text("record-timer").split()[0]) >= 1, 30, "a second of recording")
+    button.click()  # Stop
+    page.wait(lambda: page.text("record-status").startswith("Recorded"), 30, "the take")
+    # Stop released the microphone: no stream the page opened is still live.
+    assert page.script("return window.streams.flatMap(s => s.getTracks())"
+                       ".filter(t => t.readyState === 'live').length") == 0
+    assert len(page.all("#takes li")) == 1
+
+
+@slow
 def test_a_too_short_recording_shows_the_servers_message(page: ConsolePage, keyed: Server) -> None:
     before = api(keyed, "GET", "/api/voices").json()["voices"]
     page.record(1.0)

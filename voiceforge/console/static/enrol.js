@@ -38,6 +38,9 @@ export function setupEnrolment({voices, jobs}) {
       recordButton.setAttribute('aria-pressed', 'false');
       return;
     }
+    // A second click while the microphone opens (a double click) would open it twice, and Stop would
+    // close only the second: the first would stay in use, the browser's recording light on.
+    recordButton.disabled = true;
     try {
       await recorder.start();
     } catch (error) {
@@ -45,6 +48,8 @@ export function setupEnrolment({voices, jobs}) {
       say(recordStatus, error.name === 'NotAllowedError'
         ? 'The browser was not allowed to use the microphone.' : explain(error), 'error');
       return;
+    } finally {
+      recordButton.disabled = false;
     }
     recordButton.textContent = 'Stop';
     recordButton.setAttribute('aria-pressed', 'true');
