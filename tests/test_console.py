@@ -530,6 +530,15 @@ def test_a_voice_deleted_elsewhere_leaves_the_list(page: ConsolePage, keyed: Ser
 
 
 @slow
+def test_a_refused_speech_leaves_no_download_of_the_last_one(page: ConsolePage) -> None:
+    assert page.speak("Hello there.").startswith("Done: ")
+    assert page.by_id("speak-download").is_displayed()
+    assert page.speak("...").startswith("Text has nothing to speak")  # refused by the server
+    assert not page.by_id("speak-download").is_displayed()  # it offered the last speech as this one
+    assert page.by_id("speak-waveform").get_attribute("aria-label").endswith("(none yet)")
+
+
+@slow
 def test_only_one_speech_sounds_at_a_time(page: ConsolePage) -> None:
     from selenium.webdriver.support.select import Select
 

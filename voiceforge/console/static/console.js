@@ -76,6 +76,16 @@ function setupSpeak() {
   // Stops what is sounding, and a speech still streaming: the server then stops synthesising it too,
   // and Speak is free again without waiting for the rest of a long text.
   $('speak-stop').addEventListener('click', stopSpeech);
+  // A new speech empties the player, and the last one's waveform and file go with it: a Download left
+  // after an error or a Stop would offer the old audio as if it were the new.
+  const forgetLast = () => {
+    if (download.href) URL.revokeObjectURL(download.href);
+    download.removeAttribute('href');
+    download.hidden = true;
+    canvas.getContext('2d').clearRect(0, 0, canvas.width, canvas.height);
+    canvas.setAttribute('aria-label', 'Waveform of the synthesised speech (none yet)');
+    delete canvas.dataset.seconds;
+  };
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const button = $('speak-button');
@@ -87,9 +97,9 @@ function setupSpeak() {
     form.setAttribute('aria-busy', 'true');
     say(status, 'Synthesising…');
     for (const key of ['how', 'playingAt', 'endAt']) delete audio.dataset[key];
+    forgetLast();
     try {
       const result = await streamSpeech(body, audio);
-      if (download.href) URL.revokeObjectURL(download.href);
       download.href = URL.createObjectURL(result.blob);
       download.download = `speech-${body.voiceId}.${EXTENSIONS[format] || 'audio'}`;
       download.hidden = false;
