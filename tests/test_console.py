@@ -530,6 +530,18 @@ def test_a_voice_deleted_elsewhere_leaves_the_list(page: ConsolePage, keyed: Ser
 
 
 @slow
+def test_speaking_with_a_voice_deleted_elsewhere_drops_it_from_the_choices(page: ConsolePage, keyed: Server,
+                                                                           files: dict) -> None:
+    page.choose_files(files["samples"][:1])
+    assert page.create_voice("Spoken elsewhere") == "Spoken elsewhere is ready: choose it under Speak."
+    voice_id = page.by_id("speak-voice").get_attribute("value")  # chosen for speaking
+    assert api(keyed, "DELETE", f"/api/voices/{voice_id}").status_code == 204
+    assert page.speak("Hello.") == f"Voice {voice_id!r} not found."
+    page.wait(lambda: voice_id not in page.voice_options(), 30, "the voice to leave the choices")
+    page.wait(lambda: not page.all(f'#voice-list li[data-voice-id="{voice_id}"]'), 30, "its card to go")
+
+
+@slow
 def test_a_refused_speech_leaves_no_download_of_the_last_one(page: ConsolePage) -> None:
     assert page.speak("Hello there.").startswith("Done: ")
     assert page.by_id("speak-download").is_displayed()

@@ -60,7 +60,8 @@ function setupKey(reload) {
   });
 }
 
-function setupSpeak() {
+/** Wire the Speak form; `voices` is the voice list, refreshed when the chosen voice has gone. */
+function setupSpeak(voices) {
   const form = $('speak-form');
   const status = $('speak-status');
   const audio = $('speak-audio');
@@ -115,6 +116,8 @@ function setupSpeak() {
     } catch (error) {
       if (error.name === 'AbortError') say(status, 'Stopped.');
       else say(status, explain(error), 'error');
+      // A voice deleted elsewhere (another tab, the API, the CLI): stop offering it.
+      if (error.status === 404) voices.refresh();
     } finally {
       button.disabled = false;
       form.removeAttribute('aria-busy');
@@ -130,7 +133,7 @@ function start() {
   voices = setupVoices({onChange: () => jobs.refresh()});
   jobs.useNames(voices.name);
   setupEnrolment({voices, jobs});
-  setupSpeak();
+  setupSpeak(voices);
   const reload = async () => {
     notify('');
     showReadiness(); // again: the service may have gone down, or come back, since the page loaded
