@@ -375,6 +375,23 @@ def test_rename_and_delete_a_voice(page: ConsolePage, keyed: Server) -> None:
 
 
 @slow
+def test_cancelling_a_rename_keeps_the_keyboard_on_the_card(page: ConsolePage, files: dict) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    page.choose_files(files["samples"][:1])
+    assert page.create_voice("Kept name") == "Kept name is ready: choose it under Speak."
+    voice_id = page.by_id("speak-voice").get_attribute("value")
+    page.click_on_card(voice_id, "Rename")
+    page.by_id(f"rename-{voice_id}").send_keys(Keys.TAB, Keys.TAB)  # past Save, to Cancel
+    active = page.driver.switch_to.active_element
+    assert active.text == "Cancel"
+    active.send_keys(Keys.ENTER)
+    page.wait(lambda: not page.all(f"#rename-{voice_id}"), 10, "the rename form to close")
+    active = page.driver.switch_to.active_element
+    assert active.text == "Rename" and active.get_attribute("aria-expanded") == "false"  # not lost to <body>
+
+
+@slow
 def test_a_failed_job_shows_its_reason(page: ConsolePage, files: dict) -> None:
     page.choose_files(files["samples"])
     status = page.create_voice("Untrainable", transcripts=TEXTS, epochs=1)

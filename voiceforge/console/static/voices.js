@@ -75,6 +75,7 @@ export function setupVoices({onChange}) {
     if (existing) {
       existing.remove();
       button.setAttribute('aria-expanded', 'false');
+      button.focus(); // the form's Cancel went with it: keep the keyboard user on this card
       return;
     }
     const inputId = `rename-${voice.id}`;
