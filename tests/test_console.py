@@ -325,6 +325,31 @@ def test_a_double_click_on_record_opens_the_microphone_once(page: ConsolePage) -
 
 
 @slow
+def test_a_take_added_while_a_voice_uploads_stays_for_the_next_voice(page: ConsolePage, files: dict) -> None:
+    # The server holds its answer (a slow upload) until the test lets it through.
+    page.script("""
+        const original = window.fetch;
+        window.hold = true;
+        window.fetch = async (url, init) => {
+          const answer = await original(url, init);
+          while (window.hold && String(url).endsWith('api/train-voice')) {
+            await new Promise((resolve) => setTimeout(resolve, 100));
+          }
+          return answer;
+        };
+    """)
+    page.choose_files(files["samples"][:1])
+    page.by_id("voice-name").send_keys("Uploaded first")
+    page.by_id("create-button").click()
+    page.wait(lambda: page.text("create-status") == "Cloning…", 10, "the upload to start")
+    page.choose_files(files["samples"][1:2])  # meanwhile, a take for the next voice
+    page.script("window.hold = false")
+    assert page.wait_for_status("create-status") == "Uploaded first is ready: choose it under Speak."
+    takes = page.all("#takes li")
+    assert len(takes) == 1 and "sample-1.wav" in takes[0].text, [take.text for take in takes]
+
+
+@slow
 def test_a_too_short_recording_shows_the_servers_message(page: ConsolePage, keyed: Server) -> None:
     before = api(keyed, "GET", "/api/voices").json()["voices"]
     page.record(1.0)

@@ -122,14 +122,16 @@ export function setupEnrolment({voices, jobs}) {
     button.disabled = true;
     form.setAttribute('aria-busy', 'true');
     say(createStatus, fineTuning() ? 'Uploading and cloning; fine-tuning will be queued…' : 'Cloning…');
+    // The takes as they are now: the user may record or remove takes for the next voice meanwhile.
+    const sent = [...takes];
     try {
-      const uris = await Promise.all(takes.map((take) => dataUri(take.blob)));
+      const uris = await Promise.all(sent.map((take) => dataUri(take.blob)));
       const body = {modelName: $('voice-name').value.trim(), audioDataUri: uris[0]};
       if ($('voice-language').value) body.language = $('voice-language').value;
       const text = (take) => take.transcript.trim() || undefined;
       if (fineTuning()) {
-        Object.assign(body, {fineTune: true, epochs: Number($('voice-epochs').value), transcript: text(takes[0]),
-                             samples: takes.slice(1).map((take, i) => ({audioDataUri: uris[i + 1], text: text(take)}))});
+        Object.assign(body, {fineTune: true, epochs: Number($('voice-epochs').value), transcript: text(sent[0]),
+                             samples: sent.slice(1).map((take, i) => ({audioDataUri: uris[i + 1], text: text(take)}))});
       }
       const answer = await api('api/train-voice', {method: 'POST', body});
       say(createStatus, answer.jobId
@@ -137,7 +139,7 @@ export function setupEnrolment({voices, jobs}) {
         : `${body.modelName} is ready: choose it under Speak.`, 'ok');
       await voices.refresh(answer.modelId);
       if (answer.jobId) jobs.track(answer.jobId);
-      clearForm();
+      clearForm(sent, body.modelName);
     } catch (error) {
       say(createStatus, explain(error), 'error');
     } finally {
@@ -146,11 +148,12 @@ export function setupEnrolment({voices, jobs}) {
     }
   });
 
-  function clearForm() {
-    for (const take of takes) URL.revokeObjectURL(take.url);
-    takes.length = 0;
-    counter = 0;
-    $('voice-name').value = '';
+  /** Clear what made the voice `name`, keeping takes added (and a name typed) since it was sent. */
+  function clearForm(sent, name) {
+    for (const take of sent) URL.revokeObjectURL(take.url);
+    takes.splice(0, takes.length, ...takes.filter((take) => !sent.includes(take)));
+    if (!takes.length) counter = 0;
+    if ($('voice-name').value.trim() === name) $('voice-name').value = '';
     renderTakes();
   }
 }
