@@ -12,6 +12,7 @@ import base64
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin
@@ -592,11 +593,9 @@ def test_a_refused_speech_leaves_no_download_of_the_last_one(page: ConsolePage) 
     assert page.by_id("speak-waveform").get_attribute("aria-label").endswith("(none yet)")
 
 
-@slow
-def test_only_one_speech_sounds_at_a_time(page: ConsolePage) -> None:
-    from selenium.webdriver.support.select import Select
-
-    # Keep every AudioContext the page makes, to see whether Web Audio still sounds.
+@contextmanager
+def audio_contexts_kept(page: ConsolePage) -> Iterator[None]:
+    """Reopen the page keeping every AudioContext it makes in window.contexts: does Web Audio still sound?"""
     hook = page.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
         window.contexts = [];
         window.AudioContext = class extends window.AudioContext {
@@ -605,6 +604,17 @@ def test_only_one_speech_sounds_at_a_time(page: ConsolePage) -> None:
     try:
         page.open()
         page.wait_for_voices()
+        yield
+    finally:
+        page.driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
+                                    {"identifier": hook["identifier"]})
+
+
+@slow
+def test_only_one_speech_sounds_at_a_time(page: ConsolePage) -> None:
+    from selenium.webdriver.support.select import Select
+
+    with audio_contexts_kept(page):
         page.script("document.getElementById('speak-text').value = arguments[0]", LONG_TEXT)
         Select(page.by_id("speak-format")).select_by_value("mp3")
         page.by_id("speak-button").click()
@@ -622,23 +632,13 @@ def test_only_one_speech_sounds_at_a_time(page: ConsolePage) -> None:
         page.script(f"{audio}.play()")
         page.wait(lambda: page.script("return window.contexts.at(-1).state") == "closed", 10,
                   "Web Audio to stop")
-    finally:
-        page.driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
-                                    {"identifier": hook["identifier"]})
 
 
 @slow
 def test_stop_silences_a_streaming_speech_and_frees_speak(page: ConsolePage) -> None:
     from selenium.webdriver.support.select import Select
 
-    hook = page.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
-        window.contexts = [];
-        window.AudioContext = class extends window.AudioContext {
-          constructor(...args) { super(...args); window.contexts.push(this); }
-        };"""})
-    try:
-        page.open()
-        page.wait_for_voices()
+    with audio_contexts_kept(page):
         # 39 chunks of speech: it streams for a good while after it starts to sound.
         page.script("document.getElementById('speak-text').value = arguments[0]", LONG_TEXT * 13)
         Select(page.by_id("speak-format")).select_by_value("wav")
@@ -651,9 +651,6 @@ def test_stop_silences_a_streaming_speech_and_frees_speak(page: ConsolePage) -> 
         assert page.script("return window.contexts.at(-1).state") == "closed"  # nothing sounds any more
         assert page.by_id("speak-button").is_enabled()  # without waiting for the rest of the text
         assert page.speak("Again.", fmt="wav").startswith("Done: ")
-    finally:
-        page.driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
-                                    {"identifier": hook["identifier"]})
 
 
 @slow
