@@ -418,6 +418,15 @@ def test_cancelling_a_rename_keeps_the_keyboard_on_the_card(page: ConsolePage, f
 
 
 @slow
+def test_the_fine_tuning_choice_says_when_this_server_cannot_fine_tune(page: ConsolePage) -> None:
+    # This checkpoint lacks the training files: /readyz's jobs.problem says so before anything is recorded.
+    problem = page.wait(lambda: page.by_id("finetune-problem").is_displayed()
+                        and page.text("finetune-problem"), 30, "the fine-tuning problem")
+    assert problem.startswith("This server cannot fine-tune: ") and "dvae.pth" in problem, problem
+    assert page.by_id("mode-finetune").get_attribute("aria-describedby") == "finetune-problem"
+
+
+@slow
 def test_a_failed_job_shows_its_reason(page: ConsolePage, files: dict) -> None:
     page.choose_files(files["samples"])
     status = page.create_voice("Untrainable", transcripts=TEXTS, epochs=1)

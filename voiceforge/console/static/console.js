@@ -17,6 +17,7 @@ async function showReadiness() {
   const element = $('readiness');
   try {
     const body = await (await fetch('readyz', {cache: 'no-store'})).json();
+    showFineTuning(body.jobs);
     if (body.status === 'ready') {
       const model = body.model || {};
       say(element, `Ready: the model ${model.loaded ? `is loaded (${model.device})` : 'loads on first use'}.`, 'ok');
@@ -26,6 +27,14 @@ async function showReadiness() {
   } catch (error) {
     say(element, `The service could not be reached (${error.message}).`, 'error');
   }
+}
+
+/** Say under the fine-tuning choice when this server cannot fine-tune (no local model directory, no
+ * dvae.pth…): before the user records minutes of takes for a job that would fail at once. */
+function showFineTuning(jobs) {
+  const element = $('finetune-problem');
+  element.textContent = jobs?.problem ? `This server cannot fine-tune: ${jobs.problem}` : '';
+  element.hidden = !element.textContent;
 }
 
 /** Every reason /readyz gives for not being ready, in words. */
