@@ -427,6 +427,23 @@ def test_the_fine_tuning_choice_says_when_this_server_cannot_fine_tune(page: Con
 
 
 @slow
+def test_a_job_queued_with_no_runner_asks_whether_one_runs(driver, tmp_path: Path, checkpoint_dir: Path,
+                                                           files: dict) -> None:
+    server = start_server(tmp_path, checkpoint_dir, VOICEFORGE_JOB_RUNNER="false", **FINE_TUNING)
+    try:
+        page = ConsolePage(driver, server.url).open()
+        page.wait_for_voices()
+        page.choose_files(files["samples"])
+        status = page.create_voice("Unclaimed", transcripts=TEXTS, epochs=1)
+        assert status.startswith("Unclaimed is ready to speak now, and fine-tuning is queued"), status
+        # It waited without a word, for ever: nothing claims a job here.
+        page.wait(lambda: "is a job runner running?" in page.job_card().text, 60, "the question")
+        assert page.job_card().get_attribute("data-state") == "queued"
+    finally:
+        stop_server(server)
+
+
+@slow
 def test_a_failed_job_shows_its_reason(page: ConsolePage, files: dict) -> None:
     page.choose_files(files["samples"])
     status = page.create_voice("Untrainable", transcripts=TEXTS, epochs=1)

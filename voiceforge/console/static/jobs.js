@@ -10,6 +10,11 @@ const POLL_MS = 1000;
 const IDLE_POLL_MS = 15000; // no job active, or the server keeps failing
 const SHOWN = 20; // newest jobs listed
 const ACTIVE = new Set(['queued', 'running']);
+// A job queued this long while none runs probably has no runner to take it (as `voices finetune --wait` asks).
+const QUEUED_HINT_MS = 30000;
+const QUEUED_HINT = 'Still queued, and no job is running: is a job runner running? gunicorn (make run) starts '
+  + 'one unless VOICEFORGE_JOB_RUNNER=false; otherwise run `flask --app voiceforge jobs worker` (with the '
+  + 'Celery backend, a Celery worker).';
 
 /** Wire the jobs section; `onFinished` runs when a job ends (the voice's kind may have changed). */
 export function setupJobs({onFinished, voiceName = (id) => id}) {
@@ -21,6 +26,7 @@ export function setupJobs({onFinished, voiceName = (id) => id}) {
   let active = false; // a job was queued or running at the last successful poll
   let failures = 0; // polls failed in a row (a restart, a network blip, a wrong key)
   let latest = 0; // the newest refresh: an older one answered after it is stale, and the newer one polls on
+  let idle = false; // no job was running at the last poll
 
   async function refresh() {
     const mine = ++latest;
@@ -78,6 +84,7 @@ export function setupJobs({onFinished, voiceName = (id) => id}) {
   }
 
   function render(jobs) {
+    idle = !jobs.some((job) => job.state === 'running');
     // Keep the card that holds the focus (a Cancel button) instead of rebuilding it under the user.
     for (const job of jobs) {
       const existing = list.querySelector(`[data-job-id="${CSS.escape(job.id)}"]`);
@@ -112,6 +119,8 @@ export function setupJobs({onFinished, voiceName = (id) => id}) {
       bar,
       facts(rows),
       job.message && job.state !== 'failed' ? el('p', {class: 'message'}, job.message) : null,
+      job.state === 'queued' && idle && performance.now() - seen.get(job.id).firstAt > QUEUED_HINT_MS
+        ? el('p', {class: 'message'}, QUEUED_HINT) : null,
       job.state === 'failed' ? el('p', {class: 'error'}, `Failed: ${job.error || 'no reason given'}`) : null,
       ACTIVE.has(job.state)
         ? el('div', {class: 'actions'}, el('button', {type: 'button', class: 'danger', 'aria-describedby': headingId,
