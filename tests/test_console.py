@@ -129,6 +129,8 @@ def test_the_console_is_served_without_a_key_from_local_files_only(make_app) -> 
         assert not re.search(rb"https?://(?!www\.w3\.org)", asset.data), url
     for module in ("api", "enrol", "jobs", "player", "recorder", "ui", "voices"):
         assert client.get(f"/console/{module}.js").mimetype == "text/javascript"
+    # The file picker offers video as well: the server takes the sound of a phone's video.
+    assert re.search(r'<input id="voice-files" type="file" accept="audio/\*,video/\*"', html)
     assert client.get("/api/voices").status_code == 401  # the API behind it still needs the key
     assert client.get("/console/nope.js").status_code == 404
 
