@@ -477,3 +477,30 @@ def test_an_undecodable_sample_is_named_by_its_place(ft_client: FlaskClient) -> 
     bad = [*samples()[:3], {"audioDataUri": "data:audio/wav;base64,aGVsbG8gd29ybGQ=", "text": "x"}]
     refused = enrol_with_fine_tuning(ft_client, samples=bad)
     assert refused.status_code == 415 and refused.json["detail"].startswith("Recording 5:"), refused.json
+
+
+def test_a_failure_while_recording_progress_stops_the_trainer(ft_client: FlaskClient, ft_app: Flask,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job fails, and its trainer must not train on beside the runner's next job."""
+    from voiceforge.finetune import train
+
+    queued = enrol_with_fine_tuning(ft_client, epochs=50).json
+    trainers: list[train.TrainingProcess] = []
+    start = train.start_training
+    monkeypatch.setattr(train, "start_training", lambda plan: trainers.append(start(plan)) or trainers[-1])
+
+    def database_locked_at_the_first_step(force: bool = False, **fields: object) -> None:
+        if "step" in fields:
+            raise RuntimeError("database is locked")
+
+    with ft_app.app_context():
+        runtime, job = get_runtime(ft_app), store.get_job(queued["jobId"])
+        work = finetune.job_dir(runtime, job.id)
+        dataset = finetune.prepare_dataset(runtime, job, work, lambda **_: None)
+        try:
+            with pytest.raises(RuntimeError, match="database is locked"):
+                finetune.train(runtime, job, finetune.fine_tuning_base(runtime), dataset, work,
+                               database_locked_at_the_first_step)
+            assert not trainers[0].alive
+        finally:
+            trainers[0].terminate()

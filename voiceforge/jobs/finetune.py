@@ -138,9 +138,11 @@ def train(runtime: Runtime, job: Job, base: Path, dataset_dir: Path, work: Path,
         if process.stop(runtime.settings.job_stop_seconds):
             log.info("job %s: training stopped with a checkpoint of every step done", job.id)
         raise
-    except (JobCancelled, LeaseLost):
-        # SIGTERM: coqui's trainer stops at once and saves nothing (a cancelled job's files go; a lost
-        # lease means another runner's trainer resumes this run, and two must not write to it).
+    except BaseException:
+        # Cancelled, lease lost, or anything else (a database error while recording progress): SIGTERM,
+        # coqui's trainer stops at once and saves nothing. A cancelled or failed job's files go, and a
+        # lost lease means another runner's trainer resumes this run: two must not write to it, and a
+        # trainer left running would train on beside this runner's next job.
         process.terminate()
         raise
     if process.exitcode != 0 or process.checkpoint is None:
