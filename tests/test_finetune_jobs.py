@@ -504,3 +504,63 @@ def test_a_failure_while_recording_progress_stops_the_trainer(ft_client: FlaskCl
             assert not trainers[0].alive
         finally:
             trainers[0].terminate()
+
+
+def test_a_step_that_reports_nothing_for_longer_than_the_lease_keeps_its_job(make_app) -> None:
+    """Cutting long recordings into clips or loading the model to export can take minutes without a
+    progress report: the runner is alive all along, so no other runner may take the job over."""
+    app = make_app(FINETUNE_MIN_SPEECH_SECONDS=10.0, JOB_LEASE_SECONDS=2.0)
+    enrol_with_fine_tuning(app.test_client())
+    in_step, step_done = threading.Event(), threading.Event()
+
+    def long_silent_step(runtime: object, job: object, beat) -> None:
+        beat(force=True, progress=0.0, message="Preparing the dataset…")
+        in_step.set()
+        step_done.wait(60)
+        beat(force=True, progress=0.5)
+
+    first = JobRunner(app, owner="first", work={"finetune": long_silent_step})
+    with app.app_context():
+        job_id = store.claim_next(first.owner, first.lease_seconds).id
+    running = threading.Thread(target=first.execute, args=(job_id,))
+    running.start()
+    try:
+        assert in_step.wait(30)
+        time.sleep(2.5 * first.lease_seconds)
+        with app.app_context():
+            taken_over = store.claim_next("second", first.lease_seconds)
+    finally:
+        step_done.set()
+        running.join(30)
+    assert taken_over is None
+    job = app.test_client().get(f"/api/jobs/{job_id}").json
+    assert job["state"] == "succeeded" and job["attempts"] == 1, job
+
+
+def test_a_database_error_while_recording_progress_does_not_fail_the_job(
+        make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A locked SQLite file or a PostgreSQL restart for a moment must not end hours of training."""
+    from sqlalchemy.exc import OperationalError
+
+    app = make_app(FINETUNE_MIN_SPEECH_SECONDS=10.0)
+    enrol_with_fine_tuning(app.test_client())
+    heartbeat, failures = store.heartbeat, [
+        OperationalError("UPDATE jobs", {}, Exception("database is locked"))]
+
+    def locked_once(*args: object, **fields: object) -> object:
+        if failures:
+            raise failures.pop()
+        return heartbeat(*args, **fields)
+
+    def work(runtime: object, job: object, beat) -> None:
+        beat(force=True, progress=0.3, message="Training: step 1.")
+        beat(force=True, progress=0.6, message="Training: step 2.")
+
+    monkeypatch.setattr(store, "heartbeat", locked_once)
+    runner = JobRunner(app, work={"finetune": work})
+    with app.app_context():
+        job_id = store.claim_next(runner.owner, runner.lease_seconds).id
+    assert runner.execute(job_id) == JobState.succeeded
+    assert not failures
+    job = app.test_client().get(f"/api/jobs/{job_id}").json
+    assert job["state"] == "succeeded" and job["error"] is None, job

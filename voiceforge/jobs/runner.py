@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 
 from voiceforge import logs, metrics
@@ -132,24 +133,18 @@ class JobRunner:
             job = store.get_job(job_id)
             log.info("job %s (%s, voice %s) started, attempt %d", job.id, job.kind, job.voice_id,
                      job.attempts)
-            last_beat = 0.0
+            lease = Lease(self.app, job_id, self.owner, self.lease_seconds)
 
             def beat(force: bool = False, **fields: Any) -> None:
-                nonlocal last_beat
                 if self.stopping.is_set():
                     raise ShuttingDown()
-                now = time.monotonic()
-                if not force and not fields and now - last_beat < self.lease_seconds / 3:
-                    return
-                last_beat = now
-                current = store.heartbeat(job_id, self.owner, self.lease_seconds, **fields)
-                if current is None:
-                    raise LeaseLost()
-                if current.cancel_requested:
-                    raise JobCancelled()
+                if force or fields:
+                    lease.renew(**fields)
+                lease.check()
 
             try:
-                self.work[job.kind](runtime, job, beat)
+                with lease:
+                    self.work[job.kind](runtime, job, beat)
             except JobCancelled:
                 log.info("job %s cancelled", job_id)
                 return _finish(job_id, JobState.cancelled, message="Cancelled.")
@@ -167,6 +162,54 @@ class JobRunner:
             else:
                 log.info("job %s succeeded", job_id)
                 return _finish(job_id, JobState.succeeded)
+
+
+class Lease:
+    """A claimed job's lease, renewed every third of its length by a thread of its own while the work runs.
+
+    The work reports progress when it has some, which can be minutes apart (cutting long recordings into
+    clips, loading the model to export): renewing only then made a live runner look dead, and another
+    runner took the job over while this one still worked on it. A renewal that fails on a database error
+    is logged and tried again at the next: the lease covers an outage shorter than itself.
+    """
+
+    def __init__(self, app: Flask, job_id: str, owner: str, seconds: float) -> None:
+        self.app, self.job_id, self.owner, self.seconds = app, job_id, owner, seconds
+        self.ended: type[JobCancelled | LeaseLost] | None = None  # set once a renewal finds the job must stop
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name=f"lease-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        logs.reset_context(job_id=self.job_id)
+        with self.app.app_context():
+            while not self._done.wait(self.seconds / 3):
+                self.renew()
+
+    def renew(self, **fields: Any) -> None:
+        """Renew the lease now, recording `fields` (progress); note whether the job was cancelled or lost."""
+        try:
+            current = store.heartbeat(self.job_id, self.owner, self.seconds, **fields)
+        except SQLAlchemyError as error:
+            db.session.rollback()
+            log.warning("job %s: could not renew its lease, will try again: %s", self.job_id, error)
+            return
+        if current is None:
+            self.ended = LeaseLost
+        elif current.cancel_requested:
+            self.ended = JobCancelled
+
+    def check(self) -> None:
+        """Raise JobCancelled or LeaseLost when a renewal found that the work must stop."""
+        if self.ended is not None:
+            raise self.ended()
 
 
 def _finish(job_id: str, state: JobState, **fields: Any) -> JobState | None:
