@@ -564,3 +564,22 @@ def test_a_database_error_while_recording_progress_does_not_fail_the_job(
     assert not failures
     job = app.test_client().get(f"/api/jobs/{job_id}").json
     assert job["state"] == "succeeded" and job["error"] is None, job
+
+
+def test_a_voice_deleted_while_its_dataset_is_cut_leaves_no_files(ft_client: FlaskClient, ft_app: Flask,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody will resume a job whose row went with its voice: its clips must not stay on disk for ever."""
+    queued = enrol_with_fine_tuning(ft_client).json
+    data_dir = Path(ft_app.config["DATA_DIR"])
+    build = finetune.build_dataset
+
+    def deleted_meanwhile(*args: object, **kwargs: object) -> object:
+        voices.delete_voice(queued["modelId"], data_dir)  # the user deletes the voice while clips are cut
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "build_dataset", deleted_meanwhile)
+    job_runner = JobRunner(ft_app)
+    with ft_app.app_context():
+        job_id = store.claim_next(job_runner.owner, job_runner.lease_seconds).id
+    assert job_runner.execute(job_id) is None  # nothing to record: the job's row went with the voice
+    assert files_under(data_dir) == []

@@ -197,12 +197,15 @@ class Lease:
         """Renew the lease now, recording `fields` (progress); note whether the job was cancelled or lost."""
         try:
             current = store.heartbeat(self.job_id, self.owner, self.seconds, **fields)
+            # Not ours any more: another runner took it over, or its row went with its deleted voice.
+            # Then nobody resumes it, so it stops as a cancelled job does, removing its files.
+            gone = current is None and not store.exists(self.job_id)
         except SQLAlchemyError as error:
             db.session.rollback()
             log.warning("job %s: could not renew its lease, will try again: %s", self.job_id, error)
             return
         if current is None:
-            self.ended = LeaseLost
+            self.ended = JobCancelled if gone else LeaseLost
         elif current.cancel_requested:
             self.ended = JobCancelled
 

@@ -35,6 +35,11 @@ def get_job(job_id: str) -> Job:
     return job
 
 
+def exists(job_id: str) -> bool:
+    """Whether the job's row is still there (deleting a voice takes its jobs' rows)."""
+    return db.session.scalar(select(Job.id).where(Job.id == job_id)) is not None
+
+
 def list_jobs(voice_id: str | None = None, state: JobState | None = None,
               limit: int | None = None) -> list[Job]:
     """Jobs, newest first: a voice's, in a state, or the newest `limit` of them."""
