@@ -583,3 +583,29 @@ def test_a_voice_deleted_while_its_dataset_is_cut_leaves_no_files(ft_client: Fla
         job_id = store.claim_next(job_runner.owner, job_runner.lease_seconds).id
     assert job_runner.execute(job_id) is None  # nothing to record: the job's row went with the voice
     assert files_under(data_dir) == []
+
+
+def test_a_runner_goes_on_through_a_database_outage(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarting PostgreSQL or a long-locked SQLite file must not end the runner and its trainers."""
+    from sqlalchemy.exc import OperationalError
+
+    app = make_app(FINETUNE_MIN_SPEECH_SECONDS=10.0)
+    client = app.test_client()
+    queued = enrol_with_fine_tuning(client).json
+    claim_next, failures = store.claim_next, [OperationalError("SELECT", {}, Exception("connection refused"))]
+
+    def unreachable_once(*args: object) -> object:
+        if failures:
+            raise failures.pop()
+        return claim_next(*args)
+
+    monkeypatch.setattr(store, "claim_next", unreachable_once)
+    job_runner = JobRunner(app, work={"finetune": lambda *_args: None}, poll_seconds=0.1)
+    thread = threading.Thread(target=job_runner.run_forever, daemon=True)
+    thread.start()
+    try:
+        job = wait_for(client, queued["jobId"], {"succeeded", "failed", "cancelled"}, timeout=20)
+    finally:
+        job_runner.stop()
+        thread.join(30)
+    assert not failures and job["state"] == "succeeded", job

@@ -69,6 +69,7 @@ class JobRunner:
         self.stopping = threading.Event()
         self._running: dict[str, threading.Thread] = {}
         self._schema_problem: str | None = None  # the last one logged, so that it is logged once
+        self._database_down = False  # whether the last claim failed on a database error (logged once)
 
     def run_forever(self) -> None:
         """Claim and run jobs until stop() is called; then let the running ones give their jobs back."""
@@ -77,7 +78,7 @@ class JobRunner:
             self._running = {job_id: thread for job_id, thread in self._running.items() if thread.is_alive()}
             claimed = None
             if len(self._running) < self.concurrency:
-                claimed = self.claim()
+                claimed = self.claim_through_outages()
             if claimed is None:
                 self.stopping.wait(self.poll_seconds)
         for thread in list(self._running.values()):
@@ -86,6 +87,21 @@ class JobRunner:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def claim_through_outages(self) -> str | None:
+        """claim(); a database that is unreachable or locked for now is logged once and tried again at the
+        next poll, while the running jobs go on (their leases outlast a short outage)."""
+        try:
+            claimed = self.claim()
+        except SQLAlchemyError as error:
+            if not self._database_down:
+                log.warning("job runner %s cannot reach the database, will try again: %s", self.owner, error)
+            self._database_down = True
+            return None
+        if self._database_down:
+            log.info("job runner %s reaches the database again", self.owner)
+        self._database_down = False
+        return claimed
 
     def claim(self) -> str | None:
         """Claim one job and start it in a thread; the job id, or None when there is nothing to do."""
