@@ -9,6 +9,7 @@ from celery import Celery, Task, shared_task
 from celery.signals import setup_logging, worker_shutting_down
 from flask import Flask, current_app
 from kombu.exceptions import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from voiceforge.config import ConfigError
 from voiceforge.db import db, schema_problem
@@ -78,7 +79,19 @@ def finetune(task: Task, job_id: str) -> None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if _runner is None or _runner.app is not app or _runner.stopping.is_set():
         _runner = JobRunner(app)  # one per worker; a new one if a stop did not end the worker
-    runner = _runner
+    try:
+        _claim_and_run(task, _runner, job_id)
+    except SQLAlchemyError as error:
+        # The database cannot be reached for now. Failing the task would acknowledge it and leave its job
+        # queued, or running under a lease nobody renews, for ever: look again once that lease ran out.
+        db.session.rollback()
+        log.warning("job %s: the database failed (%s); looking again in %.0f s", job_id, error,
+                    _runner.lease_seconds)
+        raise task.retry(countdown=_runner.lease_seconds) from error
+
+
+def _claim_and_run(task: Task, runner: JobRunner, job_id: str) -> None:
+    """The task's work: claim the job and run it, or look again later while it cannot be claimed yet."""
     if problem := schema_problem():
         # A worker upgraded before `flask db upgrade` ran: the job waits in the queue for the migration
         # (looking again every lease period) instead of failing on a missing column.
