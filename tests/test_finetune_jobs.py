@@ -609,3 +609,19 @@ def test_a_runner_goes_on_through_a_database_outage(make_app, monkeypatch: pytes
         job_runner.stop()
         thread.join(30)
     assert not failures and job["state"] == "succeeded", job
+
+
+def test_a_retried_job_shows_none_of_the_failed_run_s_progress(ft_client: FlaskClient, ft_app: Flask) -> None:
+    queued = enrol_with_fine_tuning(ft_client).json
+    with ft_app.app_context():
+        job = store.claim(queued["jobId"], "a-runner", lease_seconds=30)
+        store.heartbeat(job.id, "a-runner", 30, progress=0.6, epoch=3, step=40, steps=60, loss=2.5)
+        store.finish(store.get_job(job.id), JobState.failed, error="The trainer exited with 1.")
+    assert ft_app.test_cli_runner().invoke(args=["jobs", "retry", queued["jobId"]]).exit_code == 0
+    job = ft_client.get(f"/api/jobs/{queued['jobId']}").json
+    assert job["state"] == "queued" and job["error"] is None and job["attempts"] == 0, job
+    # Not 60%, epoch 3, step 40 of 60, as if it were well under way: it has not started yet.
+    figures = ("progress", "epoch", "step", "steps", "loss", "startedAt", "finishedAt")
+    shown = {key: job[key] for key in figures}
+    assert shown == {"progress": 0.0, "epoch": 0, "step": 0, "steps": 0, "loss": None, "startedAt": None,
+                     "finishedAt": None}

@@ -88,6 +88,9 @@ def retry(job: Job) -> Job:
         raise Conflict(f"Voice {job.voice_id!r} already has a fine-tuning job queued or running.")
     job.state, job.error, job.cancel_requested, job.attempts = JobState.queued, None, False, 0
     job.finished_at, job.message = None, "Queued again."
+    # The failed run's figures would read as this run's: it starts again (from a checkpoint, which its
+    # trainer reports at once) with its own.
+    job.progress, job.epoch, job.step, job.steps, job.loss, job.started_at = 0.0, 0, 0, 0, None, None
     commit()
     return job
 
