@@ -625,3 +625,43 @@ def test_a_retried_job_shows_none_of_the_failed_run_s_progress(ft_client: FlaskC
     shown = {key: job[key] for key in figures}
     assert shown == {"progress": 0.0, "epoch": 0, "step": 0, "steps": 0, "loss": None, "startedAt": None,
                      "finishedAt": None}
+
+
+class ResumedTrainer:
+    """A trainer that resumed a run half done (step 50 of 100) and then trains one step a minute."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock, self.steps = clock, iter([50, 51, 52])
+        self.alive, self.exitcode, self.checkpoint, self.error = True, 0, Path("checkpoint.pth"), None
+
+    def poll(self, timeout: float = 0.0) -> list[dict]:
+        self.clock[0] += 60.0
+        step = next(self.steps, None)
+        if step is None:
+            self.alive = False
+            return []
+        return [{"event": "progress", "step": step, "steps": 100, "epoch": 5, "epochs": 10, "loss": 1.0}]
+
+    def join(self, timeout: float | None = None) -> int:
+        return 0
+
+    def terminate(self, grace_s: float = 2.0) -> int:
+        return 0
+
+
+def test_time_left_of_a_resumed_run_counts_only_the_steps_it_trained(
+        ft_client: FlaskClient, ft_app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart a job resumes half done: its time left is not the time since then doubled."""
+    from types import SimpleNamespace
+
+    queued = enrol_with_fine_tuning(ft_client).json
+    clock = [1000.0]
+    monkeypatch.setattr(finetune, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr("voiceforge.finetune.train.start_training", lambda plan: ResumedTrainer(clock))
+    messages: list[str] = []
+    with ft_app.app_context():
+        finetune.train(get_runtime(ft_app), store.get_job(queued["jobId"]), Path("base"), Path("dataset"),
+                       Path("work"), lambda **fields: messages.append(fields.get("message", "")))
+    # One step a minute and 48 to go after step 52: about 48 minutes, not 3.
+    assert [message for message in messages if message][-1] == \
+        "Training: epoch 5/10, step 52/100, about 48 min left.", messages

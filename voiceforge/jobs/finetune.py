@@ -118,7 +118,7 @@ def train(runtime: Runtime, job: Job, base: Path, dataset_dir: Path, work: Path,
                         save_every=int(job.params.get("saveEvery", 100)), device=runtime.settings.device,
                         start_gpt=runtime.settings.data_dir / weights if weights else None)
     process = start_training(plan)
-    started = time.monotonic()
+    first: tuple[float, int] | None = None  # (when, step) of this run's first progress report
     try:
         while True:
             events = process.poll(timeout=1.0)
@@ -127,7 +127,8 @@ def train(runtime: Runtime, job: Job, base: Path, dataset_dir: Path, work: Path,
                     log.info("job %s: training resumed from checkpoint %s", job.id, event["resumed_from"])
             progress = [event for event in events if "step" in event]
             if progress:
-                beat(**progress_fields(progress[-1], started))
+                first = first or (time.monotonic(), int(progress[0].get("step") or 0))
+                beat(**progress_fields(progress[-1], first))
             else:
                 beat()  # renews the lease, and notices a cancel or a shutdown
             if not process.alive:
@@ -161,13 +162,19 @@ def keep_log(work: Path) -> str:
     return f" (the trainer's log: {kept})"
 
 
-def progress_fields(event: dict[str, Any], started: float) -> dict[str, Any]:
-    """Job columns from a training progress event, with an estimate of the time left."""
+def progress_fields(event: dict[str, Any], first: tuple[float, int]) -> dict[str, Any]:
+    """Job columns from a training progress event, with an estimate of the time left.
+
+    The pace is that of the steps trained since this run's first report (`first`: when, and its step):
+    a run resumed half done has not trained the first half in the time since it started.
+    """
     steps = max(1, int(event.get("steps") or 1))
     step = min(steps, int(event.get("step") or 0))
     share = step / steps
-    elapsed = time.monotonic() - started
-    left = f", about {elapsed / share * (1 - share) / 60:.0f} min left" if 0 < share < 1 else ""
+    since, trained = time.monotonic() - first[0], step - first[1]
+    left = ""
+    if trained > 0 and step < steps:
+        left = f", about {since / trained * (steps - step) / 60:.0f} min left"
     loss = event.get("loss")
     return {"step": step, "steps": steps, "epoch": int(event.get("epoch") or 0),
             "loss": float(loss) if loss is not None else None,
