@@ -319,3 +319,26 @@ def test_a_task_that_meets_a_database_outage_looks_again(make_app: Callable[...,
     celery_backend.finetune.apply(args=(job_id,))  # in this process; a retry runs again at once
     assert not failures
     assert client.get(f"/api/jobs/{job_id}").json["state"] == "succeeded"
+
+
+def test_retrying_a_job_whose_worker_died_sends_its_task_again(make_app: Callable[..., Flask],
+                                                               broker_url: str) -> None:
+    """Redis gives a dead worker's task back only after the visibility timeout (6 h by default): until
+    then the operator's only other way out was cancelling, which deletes the recordings and checkpoints."""
+    from voiceforge.jobs import store
+
+    app = make_app(CELERY_BROKER_URL=broker_url, **SETTINGS)
+    client = app.test_client()
+    job_id = enrol_with_fine_tuning(client).json["jobId"]
+    queue = redis.Redis.from_url(broker_url)
+    queue.delete("voiceforge")  # as if a worker had taken the task and died
+    with app.app_context():
+        store.claim(job_id, "a-worker-that-died", lease_seconds=-1)
+    cli = app.test_cli_runner()
+    retried = cli.invoke(args=["jobs", "retry", job_id])
+    assert retried.exit_code == 0 and "resumes it from its checkpoint" in retried.output, retried.output
+    assert queue.llen("voiceforge") == 1  # its task, for the next free worker, which claims the job
+    with app.app_context():
+        store.claim(job_id, "a-live-worker", lease_seconds=60)
+    refused = cli.invoke(args=["jobs", "retry", job_id])  # under a live lease it is no worker's to take
+    assert refused.exit_code == 1 and "is running; only failed jobs" in refused.output, refused.output

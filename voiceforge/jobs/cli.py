@@ -90,13 +90,18 @@ def jobs_cancel(job_id: str) -> None:
 @jobs_cli.command("retry")
 @click.argument("job_id")
 def jobs_retry(job_id: str) -> None:
-    """Queue a failed job again, or send a queued one's task again (a cancelled job cannot be retried)."""
+    """Queue a failed job again, or send the task of a queued one, or of one whose runner died, again
+    (a cancelled job cannot be retried)."""
     from voiceforge.jobs import store
+    from voiceforge.models import JobState
     from voiceforge.runtime import get_runtime
     from voiceforge.services.finetuning import retry_job
 
     job = retry_job(get_runtime(), store.get_job(job_id))
-    click.echo(f"{job.id}: queued again")
+    if job.state == JobState.running:
+        click.echo(f"{job.id}: its runner had stopped; the next free runner resumes it from its checkpoint")
+    else:
+        click.echo(f"{job.id}: queued again")
 
 
 @jobs_cli.command("worker")

@@ -68,13 +68,19 @@ def request_cancel(job: Job) -> Job:
     """
     if job.state == JobState.queued:
         finish(job, JobState.cancelled, message="Cancelled before it started.")
-    elif job.state == JobState.running and job.lease_expires_at and job.lease_expires_at < utcnow():
+    elif runner_gone(job):
         finish(job, JobState.cancelled, message="Cancelled (its runner had stopped).")
     elif job.state == JobState.running:
         job.cancel_requested = True
         job.message = "Cancelling…"
         commit()
     return job
+
+
+def runner_gone(job: Job) -> bool:
+    """Whether a running job's runner died: its lease ran out, and no other runner has claimed it yet."""
+    expires = job.lease_expires_at
+    return job.state == JobState.running and expires is not None and expires < utcnow()
 
 
 def retry(job: Job) -> Job:

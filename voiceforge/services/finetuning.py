@@ -135,10 +135,11 @@ def cancel_job(runtime: Runtime, job: Job) -> Job:
 
 
 def retry_job(runtime: Runtime, job: Job) -> Job:
-    """Queue a failed job again (409 when its recordings are gone), or send a queued one's task again
-    (Celery: a task lost with Redis's data); 409 for a running, succeeded or cancelled job."""
-    if job.state == JobState.queued:
-        dispatch(runtime, job)  # a job runs once however many tasks name it
+    """Queue a failed job again (409 when its recordings are gone), or send the task of a queued job, or of
+    a running one whose runner died, again (Celery: a task lost with Redis's data, or one that Redis gives
+    back only after the visibility timeout); 409 for a running, succeeded or cancelled job."""
+    if job.state == JobState.queued or store.runner_gone(job):
+        dispatch(runtime, job)  # a job runs once however many tasks name it; a dead runner's job resumes
         return job
     if job.state == JobState.failed and not (job_dir(runtime, job.id) / INPUTS / "manifest.json").is_file():
         raise Conflict(f"Job {job.id}'s recordings are gone; start a new fine-tuning job instead.")
