@@ -665,3 +665,27 @@ def test_time_left_of_a_resumed_run_counts_only_the_steps_it_trained(
     # One step a minute and 48 to go after step 52: about 48 minutes, not 3.
     assert [message for message in messages if message][-1] == \
         "Training: epoch 5/10, step 52/100, about 48 min left.", messages
+
+
+def test_a_cancel_while_the_dataset_is_cut_stops_at_the_next_recording(
+        ft_client: FlaskClient, ft_app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cutting and transcribing 50 long recordings takes minutes: "Cancelling…" must not last that long."""
+    from voiceforge.finetune import dataset
+
+    queued = enrol_with_fine_tuning(ft_client).json  # 7 recordings
+    cut: list[int] = []
+    plan = dataset._plan
+
+    def cancelled_during_the_second(number: int, *args: object) -> object:
+        cut.append(number)
+        if number == 2:  # the user presses Cancel
+            assert ft_client.post(f"/api/jobs/{queued['jobId']}/cancel").json["message"] == "Cancelling…"
+        return plan(number, *args)
+
+    monkeypatch.setattr(dataset, "_plan", cancelled_during_the_second)
+    job_runner = JobRunner(ft_app)
+    with ft_app.app_context():
+        job_id = store.claim_next(job_runner.owner, job_runner.lease_seconds).id
+    assert job_runner.execute(job_id) == JobState.cancelled
+    assert cut == [1, 2]
+    assert not (Path(ft_app.config["DATA_DIR"]) / ".jobs" / job_id).exists()

@@ -6,7 +6,7 @@ import csv
 import logging
 import os
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -110,7 +110,7 @@ def check_enough_speech(seconds: float, minimum: float) -> None:
 
 def build_dataset(recordings: Sequence[Recording], root: Path | str, *, language: str,
                   transcriber: Transcribes | None = None, max_seconds: float = DEFAULT_MAX_SECONDS,
-                  speaker: str = "speaker") -> Dataset:
+                  speaker: str = "speaker", between: Callable[[], None] | None = None) -> Dataset:
     """Cut the recordings into 2-11 s clips at pauses, transcribe them, and write the dataset.
 
     Each recording is decoded to 22.05 kHz mono (at most `max_seconds` of it) and its speech found
@@ -122,11 +122,16 @@ def build_dataset(recordings: Sequence[Recording], root: Path | str, *, language
     it, before anything is written; one that cannot be decoded raises UnsupportedMedia (415).
     Writes root/wavs/*.wav, root/metadata_train.csv and root/metadata_eval.csv (about 15% of the
     clips, at least one, spread evenly). `root` should be new or empty. Recordings are numbered
-    from 1 in messages, in the order given.
+    from 1 in messages, in the order given. `between` is called before each recording is cut and
+    before its clips are written: a job's heartbeat, which stops the work (raising) when it is cancelled.
     """
     if not recordings:
         raise Unprocessable("No recordings were given.")
-    planned = [_plan(number, recording, max_seconds) for number, recording in enumerate(recordings, 1)]
+    between = between or (lambda: None)
+    planned = []
+    for number, recording in enumerate(recordings, 1):
+        between()
+        planned.append(_plan(number, recording, max_seconds))
     speech = sum(plan.speech_seconds for plan in planned)
     if speech == 0:
         raise Unprocessable("No speech found in the recordings: they are silent or hold only noise.")
@@ -134,7 +139,10 @@ def build_dataset(recordings: Sequence[Recording], root: Path | str, *, language
         _require_transcripts(planned)
     root = Path(root)
     (root / WAVS_DIR).mkdir(parents=True, exist_ok=True)
-    clips = [clip for plan in planned for clip in _write_clips(plan, root, transcriber, language)]
+    clips = []
+    for plan in planned:
+        between()
+        clips += _write_clips(plan, root, transcriber, language)
     if len(clips) < 2:
         raise Unprocessable(
             f"Too little usable speech: the recordings hold {speech:.1f} s of speech, which gave "

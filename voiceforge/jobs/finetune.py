@@ -98,8 +98,11 @@ def prepare_dataset(runtime: Runtime, job: Job, work: Path, beat: Callable[..., 
         transcriber = Transcriber(runtime.settings.asr_model)
     staging = work / f"{TEMP_PREFIX}dataset"
     remove_path(staging)
+    # A beat for each recording: cutting and transcribing many long ones takes minutes, and a cancel
+    # or a shutdown must not wait for all of them.
     dataset = build_dataset(stored_recordings(work), staging, language=job.params["language"],
-                            transcriber=transcriber, max_seconds=runtime.settings.finetune_max_sample_seconds)
+                            transcriber=transcriber, max_seconds=runtime.settings.finetune_max_sample_seconds,
+                            between=lambda: beat(force=True))
     staging.rename(dataset_dir)
     beat(force=True, progress=DATASET_SHARE, dataset_seconds=dataset.speech_seconds,
          message=f"Dataset ready: {len(dataset.clips)} clips, {dataset.speech_seconds:.0f} s of speech.")
