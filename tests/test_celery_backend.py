@@ -25,6 +25,7 @@ from tests.support.finetune import (
     enrol_with_fine_tuning,
     recording,
     samples,
+    unreachable_once,
     wait_for,
 )
 from tests.support.server import ROOT, free_port
@@ -296,8 +297,6 @@ def test_a_worker_with_a_bad_setting_refuses_in_one_line(tmp_path: Path) -> None
 def test_a_task_that_meets_a_database_outage_looks_again(make_app: Callable[..., Flask],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Failing the task would acknowledge it: its job would stay queued, with no task left to run it."""
-    from sqlalchemy.exc import OperationalError
-
     from voiceforge.jobs import celery_backend, store
 
     app = make_app(CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0", **SETTINGS)
@@ -306,14 +305,7 @@ def test_a_task_that_meets_a_database_outage_looks_again(make_app: Callable[...,
                            ).json["modelId"]
     with app.app_context():
         job_id = store.new_job(voice_id, {"language": "en"}, epochs=1).id  # as if its task were in Redis
-    claim, failures = store.claim, [OperationalError("UPDATE jobs", {}, Exception("connection refused"))]
-
-    def unreachable_once(*args: object) -> object:
-        if failures:
-            raise failures.pop()
-        return claim(*args)
-
-    monkeypatch.setattr(store, "claim", unreachable_once)
+    failures = unreachable_once(monkeypatch, store, "claim")
     monkeypatch.setattr(celery_backend, "_runner", None)
     monkeypatch.setattr("voiceforge.jobs.runner.default_work", lambda: {"finetune": lambda *_args: None})
     celery_backend.finetune.apply(args=(job_id,))  # in this process; a retry runs again at once

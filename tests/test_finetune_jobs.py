@@ -20,6 +20,7 @@ from tests.support.finetune import (
     enrol_with_fine_tuning,
     recording,
     samples,
+    unreachable_once,
     wait_for,
 )
 from tests.support.registry import files_under
@@ -540,23 +541,14 @@ def test_a_step_that_reports_nothing_for_longer_than_the_lease_keeps_its_job(mak
 def test_a_database_error_while_recording_progress_does_not_fail_the_job(
         make_app, monkeypatch: pytest.MonkeyPatch) -> None:
     """A locked SQLite file or a PostgreSQL restart for a moment must not end hours of training."""
-    from sqlalchemy.exc import OperationalError
-
     app = make_app(FINETUNE_MIN_SPEECH_SECONDS=10.0)
     enrol_with_fine_tuning(app.test_client())
-    heartbeat, failures = store.heartbeat, [
-        OperationalError("UPDATE jobs", {}, Exception("database is locked"))]
-
-    def locked_once(*args: object, **fields: object) -> object:
-        if failures:
-            raise failures.pop()
-        return heartbeat(*args, **fields)
 
     def work(runtime: object, job: object, beat) -> None:
         beat(force=True, progress=0.3, message="Training: step 1.")
         beat(force=True, progress=0.6, message="Training: step 2.")
 
-    monkeypatch.setattr(store, "heartbeat", locked_once)
+    failures = unreachable_once(monkeypatch, store, "heartbeat")
     runner = JobRunner(app, work={"finetune": work})
     with app.app_context():
         job_id = store.claim_next(runner.owner, runner.lease_seconds).id
@@ -587,19 +579,10 @@ def test_a_voice_deleted_while_its_dataset_is_cut_leaves_no_files(ft_client: Fla
 
 def test_a_runner_goes_on_through_a_database_outage(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
     """A restarting PostgreSQL or a long-locked SQLite file must not end the runner and its trainers."""
-    from sqlalchemy.exc import OperationalError
-
     app = make_app(FINETUNE_MIN_SPEECH_SECONDS=10.0)
     client = app.test_client()
     queued = enrol_with_fine_tuning(client).json
-    claim_next, failures = store.claim_next, [OperationalError("SELECT", {}, Exception("connection refused"))]
-
-    def unreachable_once(*args: object) -> object:
-        if failures:
-            raise failures.pop()
-        return claim_next(*args)
-
-    monkeypatch.setattr(store, "claim_next", unreachable_once)
+    failures = unreachable_once(monkeypatch, store, "claim_next")
     job_runner = JobRunner(app, work={"finetune": lambda *_args: None}, poll_seconds=0.1)
     thread = threading.Thread(target=job_runner.run_forever, daemon=True)
     thread.start()

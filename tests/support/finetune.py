@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from flask.testing import FlaskClient
 
 from tests.support.audio import VOICE_RATE, data_uri, encode_audio, phrases
@@ -46,3 +47,20 @@ def wait_for(client: FlaskClient, job_id: str, states: set[str], timeout: float 
         if job["state"] in states or time.monotonic() > deadline:
             return job
         time.sleep(0.3)
+
+
+def unreachable_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[Exception]:
+    """Make owner.name raise a database error once, as an unreachable or locked database does, then work;
+    the failures still to come (empty once it has failed)."""
+    from sqlalchemy.exc import OperationalError
+
+    real = getattr(owner, name)
+    failures: list[Exception] = [OperationalError("UPDATE jobs", {}, Exception("database is locked"))]
+
+    def failing_once(*args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing_once)
+    return failures
