@@ -672,3 +672,16 @@ def test_a_cancel_while_the_dataset_is_cut_stops_at_the_next_recording(
     assert job_runner.execute(job_id) == JobState.cancelled
     assert cut == [1, 2]
     assert not (Path(ft_app.config["DATA_DIR"]) / ".jobs" / job_id).exists()
+
+
+def test_a_voice_shows_its_retried_job_not_a_newer_one_that_ended_before(ft_client: FlaskClient,
+                                                                         ft_app: Flask) -> None:
+    first = enrol_with_fine_tuning(ft_client).json
+    voice_id = first["modelId"]
+    with ft_app.app_context():
+        store.finish(store.get_job(first["jobId"]), JobState.failed, error="The trainer exited with 1.")
+    second = ft_client.post(f"/api/voices/{voice_id}/fine-tune", json={"samples": samples()}).json
+    ft_client.post(f"/api/jobs/{second['jobId']}/cancel")
+    assert ft_app.test_cli_runner().invoke(args=["jobs", "retry", first["jobId"]]).exit_code == 0
+    shown = ft_client.get(f"/api/voices/{voice_id}").json["fineTuning"]
+    assert (shown["jobId"], shown["state"]) == (first["jobId"], "queued"), shown  # not "cancelled"

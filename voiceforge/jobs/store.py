@@ -56,8 +56,10 @@ def active_job(voice_id: str) -> Job | None:
 
 
 def latest_job(voice_id: str) -> Job | None:
+    """The voice's job that changed last: a retried older job is the one that counts, not a newer one
+    that ended before it was retried."""
     return db.session.scalars(select(Job).where(Job.voice_id == voice_id)
-                              .order_by(Job.created_at.desc())).first()
+                              .order_by(Job.updated_at.desc(), Job.created_at.desc())).first()
 
 
 def request_cancel(job: Job) -> Job:
