@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from tests.support.finetune import (
 from tests.support.registry import files_under
 from voiceforge.jobs import finetune, store
 from voiceforge.jobs.runner import JobCancelled, JobRunner, LeaseLost
-from voiceforge.models import JobState
+from voiceforge.models import JobState, utcnow
 from voiceforge.runtime import get_runtime
 from voiceforge.services import voices
 
@@ -162,6 +163,26 @@ def test_a_second_job_for_a_voice_is_409_and_cancel_stops_a_queued_one(ft_client
         refused = ft_client.get(f"/api/jobs?limit={limit}")
         assert refused.status_code == status and "limit" in str(refused.json), refused.json
     assert ft_client.get("/api/jobs/nope").status_code == 404
+
+
+def test_a_cancel_that_crosses_a_runners_claim_asks_the_runner_to_stop(ft_client: FlaskClient,
+                                                                       ft_app: Flask) -> None:
+    from sqlalchemy import update
+
+    from voiceforge.db import db
+    from voiceforge.models import Job
+
+    queued = enrol_with_fine_tuning(ft_client).json
+    with ft_app.app_context():
+        job = store.get_job(queued["jobId"])  # read as queued, as the cancel request reads it
+        with db.engine.begin() as runner:  # a runner claims it meanwhile, on its own connection
+            lease = utcnow() + timedelta(minutes=1)
+            runner.execute(update(Job).where(Job.id == job.id).values(
+                state=JobState.running, lease_owner="runner-1", lease_expires_at=lease))
+        store.request_cancel(job)
+        assert (job.state, job.cancel_requested, job.lease_owner) == (JobState.running, True, "runner-1")
+    shown = ft_client.get(f"/api/jobs/{queued['jobId']}").json
+    assert (shown["state"], shown["message"]) == ("running", "Cancelling…")
 
 
 def test_cancel_mid_training_stops_within_seconds_and_removes_its_files(

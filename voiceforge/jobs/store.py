@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import InvalidRequestError
 
 from voiceforge.db import db
 from voiceforge.errors import Conflict, NotFound
@@ -68,21 +69,41 @@ def request_cancel(job: Job) -> Job:
     A running job whose runner's lease ran out (the runner died, and no other has claimed it yet)
     is cancelled at once too: nobody is there to notice the request.
     """
-    if job.state == JobState.queued:
-        finish(job, JobState.cancelled, message="Cancelled before it started.")
-    elif runner_gone(job):
-        finish(job, JobState.cancelled, message="Cancelled (its runner had stopped).")
-    elif job.state == JobState.running:
-        job.cancel_requested = True
-        job.message = "Cancelling…"
-        commit()
+    # Each change is made only while the job is still as read: a runner may claim a queued job (or a dead
+    # runner's) between the read and the write, and must then be asked to stop rather than overwritten.
+    now = utcnow()
+    ended = {"state": JobState.cancelled, "finished_at": now, "lease_owner": None, "lease_expires_at": None,
+             "updated_at": now}
+    for condition, values in (
+            (Job.state == JobState.queued, {**ended, "message": "Cancelled before it started."}),
+            (_runner_gone_at(now), {**ended, "message": "Cancelled (its runner had stopped)."}),
+            (Job.state == JobState.running, {"cancel_requested": True, "message": "Cancelling…",
+                                             "updated_at": now})):
+        if _update_if(job, condition, **values):
+            break
+    try:
+        db.session.refresh(job)
+    except InvalidRequestError:  # its row went meanwhile, with its voice
+        raise NotFound(f"Job {job.id!r} not found.") from None
     return job
+
+
+def _update_if(job: Job, condition: Any, **values: Any) -> bool:
+    """Write `values` to the job's row if `condition` holds there now; whether it did."""
+    changed = db.session.execute(update(Job).where(Job.id == job.id, condition).values(**values))
+    commit()
+    return changed.rowcount == 1
 
 
 def runner_gone(job: Job) -> bool:
     """Whether a running job's runner died: its lease ran out, and no other runner has claimed it yet."""
     expires = job.lease_expires_at
     return job.state == JobState.running and expires is not None and expires < utcnow()
+
+
+def _runner_gone_at(now: datetime) -> Any:
+    """runner_gone() as a condition on the row."""
+    return (Job.state == JobState.running) & (Job.lease_expires_at < now)
 
 
 def retry(job: Job) -> Job:
@@ -141,7 +162,7 @@ def claim(job_id: str, owner: str, lease_seconds: float) -> Job | None:
 
 
 def _claimable(now: datetime) -> Any:
-    return or_(Job.state == JobState.queued, (Job.state == JobState.running) & (Job.lease_expires_at < now))
+    return or_(Job.state == JobState.queued, _runner_gone_at(now))
 
 
 def heartbeat(job_id: str, owner: str, lease_seconds: float, **fields: Any) -> Job | None:
