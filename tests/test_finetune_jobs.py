@@ -559,6 +559,39 @@ def test_a_step_that_reports_nothing_for_longer_than_the_lease_keeps_its_job(mak
     assert job["state"] == "succeeded" and job["attempts"] == 1, job
 
 
+def test_a_runner_that_stalled_past_its_lease_leaves_the_job_to_its_new_runner(make_app) -> None:
+    """A stopped process or a swapping machine: its lease ran out, another runner took the job over,
+    and when the first wakes and fails, the job is the second's to end, not 'failed' under it."""
+    from sqlalchemy import update
+
+    from voiceforge.db import db
+    from voiceforge.models import Job
+
+    app = make_app(FINETUNE_MIN_SPEECH_SECONDS=10.0)
+    enrol_with_fine_tuning(app.test_client())
+    stalled, taken_over = threading.Event(), threading.Event()
+
+    def stalls_then_fails(runtime: object, job: object, beat) -> None:
+        stalled.set()
+        taken_over.wait(60)
+        raise RuntimeError("woke up to a broken state")
+
+    first = JobRunner(app, owner="first", work={"finetune": stalls_then_fails})
+    with app.app_context():
+        job_id = store.claim_next(first.owner, first.lease_seconds).id
+    running = threading.Thread(target=first.execute, args=(job_id,))
+    running.start()
+    assert stalled.wait(30)
+    with app.app_context(), db.engine.begin() as second:  # its lease ran out, and another runner took it
+        lease = utcnow() + timedelta(minutes=1)
+        second.execute(update(Job).where(Job.id == job_id).values(
+            lease_owner="second", lease_expires_at=lease, attempts=Job.attempts + 1))
+    taken_over.set()
+    running.join(30)
+    job = app.test_client().get(f"/api/jobs/{job_id}").json
+    assert (job["state"], job["error"], job["attempts"]) == ("running", None, 2), job
+
+
 def test_a_database_error_while_recording_progress_does_not_fail_the_job(
         make_app, monkeypatch: pytest.MonkeyPatch) -> None:
     """A locked SQLite file or a PostgreSQL restart for a moment must not end hours of training."""

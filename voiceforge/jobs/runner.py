@@ -20,11 +20,9 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm.exc import StaleDataError
 
 from voiceforge import logs, metrics
 from voiceforge.db import db, schema_problem
-from voiceforge.errors import NotFound
 from voiceforge.jobs import store
 from voiceforge.models import Job, JobState
 from voiceforge.runtime import get_runtime
@@ -163,7 +161,7 @@ class JobRunner:
                     self.work[job.kind](runtime, job, beat)
             except JobCancelled:
                 log.info("job %s cancelled", job_id)
-                return _finish(job_id, JobState.cancelled, message="Cancelled.")
+                return self._finish(job_id, JobState.cancelled, message="Cancelled.")
             except LeaseLost:
                 log.warning("job %s: lease lost to another runner; stopping", job_id)
                 return None
@@ -173,11 +171,26 @@ class JobRunner:
                 return JobState.queued
             except Exception as error:  # any failure ends the job with its reason, never a stuck row
                 log.exception("job %s failed", job_id)
-                return _finish(job_id, JobState.failed, error=str(error) or type(error).__name__,
-                               message="Failed.")
+                return self._finish(job_id, JobState.failed, error=str(error) or type(error).__name__,
+                                    message="Failed.")
             else:
                 log.info("job %s succeeded", job_id)
-                return _finish(job_id, JobState.succeeded)
+                return self._finish(job_id, JobState.succeeded)
+
+    def _finish(self, job_id: str, state: JobState, **fields: Any) -> JobState | None:
+        """Record how a job ended while this runner holds it; None when it does not any more.
+
+        A runner that stalled past its lease (a stopped process, a machine swapping) must not end a job
+        another runner has taken over since; and a deleted voice takes its jobs' rows with it.
+        """
+        if store.finish_owned(job_id, self.owner, state, **fields):
+            return state
+        if store.exists(job_id):
+            log.warning("job %s ended %s here, but another runner had taken it over: its state is that "
+                        "runner's to record", job_id, state.value)
+        else:
+            log.info("job %s ended %s, but its row is gone (its voice was deleted)", job_id, state.value)
+        return None
 
 
 class Lease:
@@ -231,12 +244,3 @@ class Lease:
             raise self.ended()
 
 
-def _finish(job_id: str, state: JobState, **fields: Any) -> JobState | None:
-    """Record how a job ended; None when its row is gone (its voice was deleted, taking its jobs)."""
-    try:
-        store.finish(store.get_job(job_id), state, **fields)
-    except (NotFound, StaleDataError):
-        db.session.rollback()
-        log.info("job %s ended %s, but its row is gone (its voice was deleted)", job_id, state.value)
-        return None
-    return state

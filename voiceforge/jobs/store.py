@@ -79,7 +79,7 @@ def request_cancel(job: Job) -> Job:
             (_runner_gone_at(now), {**ended, "message": "Cancelled (its runner had stopped)."}),
             (Job.state == JobState.running, {"cancel_requested": True, "message": "Cancelling…",
                                              "updated_at": now})):
-        if _update_if(job, condition, **values):
+        if _update_if(job.id, condition, **values):
             break
     try:
         db.session.refresh(job)
@@ -88,9 +88,9 @@ def request_cancel(job: Job) -> Job:
     return job
 
 
-def _update_if(job: Job, condition: Any, **values: Any) -> bool:
+def _update_if(job_id: str, condition: Any, **values: Any) -> bool:
     """Write `values` to the job's row if `condition` holds there now; whether it did."""
-    changed = db.session.execute(update(Job).where(Job.id == job.id, condition).values(**values))
+    changed = db.session.execute(update(Job).where(Job.id == job_id, condition).values(**values))
     commit()
     return changed.rowcount == 1
 
@@ -188,6 +188,20 @@ def finish(job: Job, state: JobState, *, error: str | None = None, message: str 
         job.progress = 1.0
     commit()
     return job
+
+
+def finish_owned(job_id: str, owner: str, state: JobState, *, error: str | None = None,
+                 message: str | None = None) -> bool:
+    """finish() by the runner holding the job's lease; False when it holds it no more (another runner
+    took the job over while this one stalled, or the row went with its voice), and nothing is written."""
+    now = utcnow()
+    values: dict[str, Any] = {"state": state, "error": error, "finished_at": now, "lease_owner": None,
+                              "lease_expires_at": None, "updated_at": now}
+    if message:
+        values["message"] = message
+    if state == JobState.succeeded:
+        values["progress"] = 1.0
+    return _update_if(job_id, (Job.lease_owner == owner) & (Job.state == JobState.running), **values)
 
 
 def release(job_id: str, owner: str, message: str) -> None:
