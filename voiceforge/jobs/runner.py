@@ -242,5 +242,3 @@ class Lease:
         """Raise JobCancelled or LeaseLost when a renewal found that the work must stop."""
         if self.ended is not None:
             raise self.ended()
-
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -72,11 +72,10 @@ def request_cancel(job: Job) -> Job:
     # Each change is made only while the job is still as read: a runner may claim a queued job (or a dead
     # runner's) between the read and the write, and must then be asked to stop rather than overwritten.
     now = utcnow()
-    ended = {"state": JobState.cancelled, "finished_at": now, "lease_owner": None, "lease_expires_at": None,
-             "updated_at": now}
+    cancelled = JobState.cancelled
     for condition, values in (
-            (Job.state == JobState.queued, {**ended, "message": "Cancelled before it started."}),
-            (_runner_gone_at(now), {**ended, "message": "Cancelled (its runner had stopped)."}),
+            (Job.state == JobState.queued, _ending(cancelled, message="Cancelled before it started.")),
+            (_runner_gone_at(now), _ending(cancelled, message="Cancelled (its runner had stopped).")),
             (Job.state == JobState.running, {"cancel_requested": True, "message": "Cancelling…",
                                              "updated_at": now})):
         if _update_if(job.id, condition, **values):
@@ -179,13 +178,21 @@ def heartbeat(job_id: str, owner: str, lease_seconds: float, **fields: Any) -> J
     return job
 
 
-def finish(job: Job, state: JobState, *, error: str | None = None, message: str | None = None) -> Job:
-    job.state, job.error = state, error
-    job.message = message or job.message
-    job.finished_at = datetime.now(UTC)
-    job.lease_owner, job.lease_expires_at = None, None
+def _ending(state: JobState, *, error: str | None = None, message: str | None = None) -> dict[str, Any]:
+    """The columns a job ends with in `state` (its message kept when none is given)."""
+    now = utcnow()
+    values: dict[str, Any] = {"state": state, "error": error, "finished_at": now, "lease_owner": None,
+                              "lease_expires_at": None, "updated_at": now}
+    if message:
+        values["message"] = message
     if state == JobState.succeeded:
-        job.progress = 1.0
+        values["progress"] = 1.0
+    return values
+
+
+def finish(job: Job, state: JobState, *, error: str | None = None, message: str | None = None) -> Job:
+    for column, value in _ending(state, error=error, message=message).items():
+        setattr(job, column, value)
     commit()
     return job
 
@@ -194,14 +201,8 @@ def finish_owned(job_id: str, owner: str, state: JobState, *, error: str | None 
                  message: str | None = None) -> bool:
     """finish() by the runner holding the job's lease; False when it holds it no more (another runner
     took the job over while this one stalled, or the row went with its voice), and nothing is written."""
-    now = utcnow()
-    values: dict[str, Any] = {"state": state, "error": error, "finished_at": now, "lease_owner": None,
-                              "lease_expires_at": None, "updated_at": now}
-    if message:
-        values["message"] = message
-    if state == JobState.succeeded:
-        values["progress"] = 1.0
-    return _update_if(job_id, (Job.lease_owner == owner) & (Job.state == JobState.running), **values)
+    return _update_if(job_id, (Job.lease_owner == owner) & (Job.state == JobState.running),
+                      **_ending(state, error=error, message=message))
 
 
 def release(job_id: str, owner: str, message: str) -> None:
