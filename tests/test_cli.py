@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from tests.support.migrations import HEAD
 from tests.support.registry import add_stored_voice, files_under, left_long_ago
 from voiceforge import create_app
 
@@ -146,19 +147,19 @@ def test_commands_before_the_first_migration_say_to_run_it(checkpoint_dir: Path,
             "first."]
 
 
-def test_commands_on_a_database_one_migration_behind_say_to_upgrade(checkpoint_dir: Path,
-                                                                    tmp_path: Path) -> None:
+def test_commands_on_a_database_behind_the_migrations_say_to_upgrade(checkpoint_dir: Path,
+                                                                   tmp_path: Path) -> None:
     """New code deployed, `flask db upgrade` forgotten: one line, not SQLAlchemy's "no such column"."""
     from flask_migrate import upgrade
 
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'old.db'}", "DATA_DIR": str(tmp_path / "v"),
                       "MODEL_DIR": str(checkpoint_dir)})
     with app.app_context():
-        upgrade(revision="0002")
+        upgrade(revision="0002")  # before 0003's voices.version, which these commands read
     for command in (["voices", "list"], ["voices", "reconcile"]):
         result = app.test_cli_runner().invoke(args=command)
         assert result.exit_code == 1 and result.output.strip().splitlines() == [
-            "Error: The database schema is at migration 0002 and this code needs 0003: run "
+            f"Error: The database schema is at migration 0002 and this code needs {HEAD}: run "
             "`flask --app voiceforge db upgrade`."], command
 
 

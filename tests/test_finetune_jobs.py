@@ -739,3 +739,39 @@ def test_a_voice_shows_its_retried_job_not_a_newer_one_that_ended_before(ft_clie
     assert ft_app.test_cli_runner().invoke(args=["jobs", "retry", first["jobId"]]).exit_code == 0
     shown = ft_client.get(f"/api/voices/{voice_id}").json["fineTuning"]
     assert (shown["jobId"], shown["state"]) == (first["jobId"], "queued"), shown  # not "cancelled"
+
+
+def checks_miss(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    """The next `times` checks for a voice's active job see none, as when another request's job is
+    inserted just after them; later checks see the table as it is."""
+    real, missed = store.active_job, []
+
+    def active_job(voice_id: str):
+        if len(missed) < times:
+            missed.append(voice_id)
+            return None
+        return real(voice_id)
+
+    monkeypatch.setattr(store, "active_job", active_job)
+
+
+def test_two_requests_at_once_queue_one_job_for_a_voice(ft_client: FlaskClient, ft_app: Flask,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request checks for an active job, then inserts its own: both can pass the check before either
+    inserts. Simulated by a check that sees nothing; the database must still refuse the second job."""
+    first = enrol_with_fine_tuning(ft_client).json
+    checks_miss(monkeypatch, 2)  # the request checks twice: before decoding its audio, and before its insert
+    second = ft_client.post(f"/api/voices/{first['modelId']}/fine-tune", json={"samples": samples()})
+    assert second.status_code == 409 and "already has a fine-tuning job" in second.json["detail"], second.json
+    assert [job["id"] for job in ft_client.get("/api/jobs").json["jobs"]] == [first["jobId"]]
+    jobs_dir = Path(ft_app.config["DATA_DIR"]) / ".jobs"
+    assert [path.name for path in jobs_dir.iterdir()] == [first["jobId"]]  # the second's recordings went
+    # A failed job retried while another is active is refused the same way.
+    with ft_app.app_context():
+        store.finish(store.get_job(first["jobId"]), JobState.failed, error="The trainer exited with 1.")
+    third = ft_client.post(f"/api/voices/{first['modelId']}/fine-tune", json={"samples": samples()})
+    assert third.status_code == 202, third.json
+    checks_miss(monkeypatch, 1)
+    retried = ft_app.test_cli_runner().invoke(args=["jobs", "retry", first["jobId"]])
+    assert retried.exit_code != 0 and "already has a fine-tuning job" in retried.output, retried.output
+    assert ft_client.get(f"/api/jobs/{first['jobId']}").json["state"] == "failed"

@@ -10,6 +10,8 @@ from alembic.migration import MigrationContext
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect, text
 
+from tests.support.active_jobs import upgrade_over_two_active_jobs_of_a_voice
+from tests.support.migrations import HEAD
 from voiceforge import create_app
 from voiceforge.db import db
 
@@ -100,5 +102,10 @@ def test_a_migration_that_would_leave_dangling_rows_is_refused_and_rolled_back(
             downgrade(revision="0002")
         assert "1 row(s) whose foreign key points nowhere (jobs row 1 -> voices)" in caplog.text
         with db.engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0003"
+            assert MigrationContext.configure(connection).get_current_revision() == HEAD
         assert "version" in {column["name"] for column in inspect(db.engine).get_columns("voices")}
+
+
+def test_upgrading_over_two_active_jobs_of_a_voice_keeps_one_and_refuses_another(tmp_path: Path) -> None:
+    with _app(tmp_path).app_context():
+        upgrade_over_two_active_jobs_of_a_voice()

@@ -17,6 +17,7 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
+from tests.support.active_jobs import upgrade_over_two_active_jobs_of_a_voice
 from tests.support.postgres import fresh_database
 from tests.support.registry import add_stored_voice
 from voiceforge import create_app
@@ -43,6 +44,14 @@ def test_migrations_round_trip_and_match_the_models_on_postgres(postgres_url: st
         with db.engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, db.metadata) == []
+        db.engine.dispose()
+
+
+def test_upgrading_over_two_active_jobs_of_a_voice_keeps_one_on_postgres(postgres_url: str,
+                                                                        tmp_path: Path) -> None:
+    app = create_app({"DATABASE_URL": postgres_url, "DATA_DIR": str(tmp_path)}, instance_path=str(tmp_path))
+    with app.app_context():
+        upgrade_over_two_active_jobs_of_a_voice()
         db.engine.dispose()
 
 

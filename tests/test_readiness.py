@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.migrations import HEAD, ONE_BEHIND
 from voiceforge.runtime import get_runtime, warn_if_no_model
 
 
@@ -146,7 +147,7 @@ def unmigrated_app(request: pytest.FixtureRequest, tmp_path: Path, checkpoint_di
                       "API_KEYS": ["k1"]}, engine=shared_engine)
     if request.param == "one migration behind":
         with app.app_context():
-            upgrade(revision="0002")
+            upgrade(revision=ONE_BEHIND)
     else:
         (tmp_path / "old.db").touch()  # an empty database (a file that is not there reads as `missing`)
     return app
@@ -249,12 +250,12 @@ def test_gunicorn_on_a_database_behind_the_migrations_exits_with_one_line(tmp_pa
     bin_dir = Path(sys.executable).parent
     env = {"PATH": str(bin_dir), "VOICEFORGE_INSTANCE_PATH": str(tmp_path), "VOICEFORGE_BIND": "127.0.0.1:0",
            "VOICEFORGE_CONTROL_SOCKET": "", "VOICEFORGE_JOB_RUNNER": "false"}
-    subprocess.run([str(bin_dir / "flask"), "--app", "voiceforge", "db", "upgrade", "0002"], cwd=root,
+    subprocess.run([str(bin_dir / "flask"), "--app", "voiceforge", "db", "upgrade", ONE_BEHIND], cwd=root,
                    env=env, check=True, capture_output=True)
     result = subprocess.run([str(bin_dir / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=root,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert [line for line in result.stderr.splitlines() if line.startswith("voiceforge:")] == [
-        "voiceforge: The database schema is at migration 0002 and this code needs 0003: run "
+        f"voiceforge: The database schema is at migration {ONE_BEHIND} and this code needs {HEAD}: run "
         "`flask --app voiceforge db upgrade`."]
     assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr

@@ -6,7 +6,21 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, Enum, Float, ForeignKey, Integer, String, Text, event
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    event,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -108,6 +122,10 @@ class JobState(enum.StrEnum):
         return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
+# The states in which a job holds its voice (the SQL of JobState.queued and .running, as stored).
+ACTIVE_STATES = text("state IN ('queued', 'running')")
+
+
 class Job(db.Model):
     """A background job (fine-tuning a voice); the table is the source of truth for its state.
 
@@ -116,6 +134,11 @@ class Job(db.Model):
     """
 
     __tablename__ = "jobs"
+    # At most one queued or running job per voice, held by the database: the API's check and its insert
+    # are separate statements, so two requests at once could both pass the check (two trainers would
+    # then write one voice's weights). Partial unique indexes exist on SQLite and PostgreSQL alike.
+    __table_args__ = (Index("uq_jobs_active_voice", "voice_id", unique=True,
+                            sqlite_where=ACTIVE_STATES, postgresql_where=ACTIVE_STATES),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     voice_id: Mapped[str] = mapped_column(String(64), ForeignKey("voices.id", ondelete="CASCADE"), index=True)

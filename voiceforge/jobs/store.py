@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 
 from voiceforge.db import db
 from voiceforge.errors import Conflict, NotFound
@@ -20,13 +20,27 @@ ACTIVE = (JobState.queued, JobState.running)
 def new_job(voice_id: str, params: dict[str, Any], *, epochs: int, job_id: str | None = None,
             dataset_seconds: float | None = None) -> Job:
     """Queue a fine-tuning job for a voice (409 while one is queued or running for it)."""
-    if active_job(voice_id) is not None:
-        raise Conflict(f"Voice {voice_id!r} already has a fine-tuning job queued or running.")
+    _refuse_a_second_job(voice_id)
     job = Job(id=job_id or secrets.token_hex(16), voice_id=voice_id, kind="finetune", state=JobState.queued,
               params=params, epochs=epochs, message="Queued.", dataset_seconds=dataset_seconds)
     db.session.add(job)
-    commit()
+    _commit_unless_another_is_active(voice_id)
     return job
+
+
+def _refuse_a_second_job(voice_id: str) -> None:
+    if active_job(voice_id) is not None:
+        raise Conflict(f"Voice {voice_id!r} already has a fine-tuning job queued or running.")
+
+
+def _commit_unless_another_is_active(voice_id: str) -> None:
+    """Commit a job becoming queued; 409 when another request's job for the voice became active since
+    the check (the database's one-active-job-per-voice index refuses the second)."""
+    try:
+        commit()
+    except IntegrityError:
+        _refuse_a_second_job(voice_id)
+        raise  # another constraint: not a second job
 
 
 def get_job(job_id: str) -> Job:
@@ -112,14 +126,13 @@ def retry(job: Job) -> Job:
                        "fine-tuning job instead.")
     if job.state != JobState.failed:
         raise Conflict(f"Job {job.id} is {job.state.value}; only failed jobs can be retried.")
-    if active_job(job.voice_id) is not None:
-        raise Conflict(f"Voice {job.voice_id!r} already has a fine-tuning job queued or running.")
+    _refuse_a_second_job(job.voice_id)
     job.state, job.error, job.cancel_requested, job.attempts = JobState.queued, None, False, 0
     job.finished_at, job.message = None, "Queued again."
     # The failed run's figures would read as this run's: it starts again (from a checkpoint, which its
     # trainer reports at once) with its own.
     job.progress, job.epoch, job.step, job.steps, job.loss, job.started_at = 0.0, 0, 0, 0, None, None
-    commit()
+    _commit_unless_another_is_active(job.voice_id)
     return job
 
 
