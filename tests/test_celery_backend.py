@@ -107,7 +107,7 @@ def start_worker(celery_app: Flask, tmp_path: Path) -> Iterator[Callable[[str], 
                    **{f"VOICEFORGE_{key}": str(value) for key, value in shared.items()}}
     workers: list[Worker] = []
 
-    def start(name: str, log_format: str = "text") -> Worker:
+    def start(name: str, log_format: str = "text", **settings: object) -> Worker:
         log = tmp_path / f"worker-{name}.log"
         # README's command line, with the `celery` script (`python -m celery` would put the checkout on
         # sys.path for good); its own process group, so kill -9 takes its pool and trainer too. JSON
@@ -116,8 +116,9 @@ def start_worker(celery_app: Flask, tmp_path: Path) -> Iterator[Callable[[str], 
         command = [str(CELERY), *quiet, "-A", "voiceforge.jobs.celery_backend", "worker",
                    "--loglevel=INFO", "--concurrency=1", "-Q", "voiceforge", "-n", f"{name}@%h",
                    "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        environment["VOICEFORGE_LOG_FORMAT"] = log_format
-        process = subprocess.Popen(command, cwd=ROOT, env=environment,
+        own = {**environment, "VOICEFORGE_LOG_FORMAT": log_format,
+               **{f"VOICEFORGE_{key}": str(value) for key, value in settings.items()}}
+        process = subprocess.Popen(command, cwd=ROOT, env=own,
                                    stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         workers.append(Worker(process, log))
         return workers[-1]
@@ -200,6 +201,34 @@ def test_a_killed_worker_s_job_comes_back_and_resumes_from_its_checkpoint(
         assert "training resumed from checkpoint" in worker.text(), worker.text()[-4000:]
     assert task_ids(third) and not set(task_ids(third)) & set(task_ids(first))  # sent again on SIGTERM
     assert client.get(f"/api/voices/{voice_id}").json["kind"] == "finetuned"
+
+
+def test_a_killed_worker_s_job_resumes_on_a_live_worker_within_a_lease(
+        celery_app: Flask, start_worker: Callable[..., Worker]) -> None:
+    """Not after Redis' visibility timeout (6 h by default, here far longer than the test): a live worker
+    sees the dead one's lease run out and sends the job again."""
+    client = celery_app.test_client()
+    hours = {"CELERY_VISIBILITY_TIMEOUT": 6 * 3600}
+    first = start_worker("first", **hours)
+    queued = enrol_with_fine_tuning(client, epochs=8)
+    job_id = queued.json["jobId"]
+    before = wait_until(client, job_id, lambda j: j["step"] >= 4)  # a checkpoint is saved every 2 steps
+    assert before["state"] == "running", (before, first.text()[-4000:])
+    second = start_worker("second", **hours)  # idle: the only task went to the first
+    time.sleep(2)
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait(10)
+    killed_at = time.monotonic()
+
+    resumed = wait_until(client, job_id, lambda j: j["attempts"] == 2, timeout=60)
+    assert resumed["attempts"] == 2 and resumed["state"] == "running", (resumed, second.text()[-4000:])
+    # The lease (3 s) ran out, a sweep (every 3 s) found it, and the job was sent as a new task.
+    assert time.monotonic() - killed_at < 30
+    assert "its runner stopped renewing its lease" in second.text(), second.text()[-4000:]
+    assert task_ids(second) and not set(task_ids(second)) & set(task_ids(first))
+    done = wait_for(client, job_id, FINISHED)
+    assert done["state"] == "succeeded" and done["attempts"] == 2, (done, second.text()[-4000:])
+    assert "training resumed from checkpoint" in second.text(), second.text()[-4000:]
 
 
 def test_a_worker_asked_for_json_logs_writes_json_lines(start_worker: Callable[..., Worker]) -> None:
@@ -334,3 +363,28 @@ def test_retrying_a_job_whose_worker_died_sends_its_task_again(make_app: Callabl
         store.claim(job_id, "a-live-worker", lease_seconds=60)
     refused = cli.invoke(args=["jobs", "retry", job_id])  # under a live lease it is no worker's to take
     assert refused.exit_code == 1 and "is running; only failed jobs" in refused.output, refused.output
+
+
+def test_a_sweep_that_cannot_reach_the_broker_leaves_the_dead_worker_s_job_queued(
+        make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture) -> None:
+    """Not failed, as a request's job is when its task cannot be sent: Redis still holds the dead worker's
+    task, and delivers it again after the visibility timeout. One sweep takes each job once."""
+    from voiceforge.jobs import celery_backend, store
+    from voiceforge.jobs.orphans import OrphanSweeper
+
+    app = make_app(CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0", **SETTINGS)  # nothing listens
+    client = app.test_client()
+    dead_voice, live_voice = (client.post("/api/train-voice", json={
+        "modelName": name, "audioDataUri": recording(4.0)}).json["modelId"] for name in ("Dead", "Live"))
+    with app.app_context():
+        job_id = store.new_job(dead_voice, {"language": "en"}, epochs=1).id
+        store.claim(job_id, "a-worker-that-died", lease_seconds=-1)
+        live_id = store.new_job(live_voice, {"language": "en"}, epochs=1).id
+        store.claim(live_id, "a-live-worker", lease_seconds=60)
+    sweeper = OrphanSweeper(app, 1.0, lambda job_id: celery_backend.send_job(job_id, fail_unsent=False))
+    assert sweeper.sweep() == []  # the broker refused it
+    job = client.get(f"/api/jobs/{job_id}").json
+    assert job["state"] == "queued" and "resume from its checkpoint" in job["message"], job
+    assert client.get(f"/api/jobs/{live_id}").json["state"] == "running"  # a live lease is left alone
+    assert "the Celery broker did not take its task" in caplog.text
+    assert sweeper.sweep() == []  # queued now: not swept again

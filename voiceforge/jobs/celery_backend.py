@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery, Task, shared_task
-from celery.signals import setup_logging, worker_shutting_down
+from celery.signals import setup_logging, worker_ready, worker_shutting_down
 from flask import Flask, current_app
 from kombu.exceptions import OperationalError
 from sqlalchemy.exc import SQLAlchemyError
@@ -15,6 +15,7 @@ from voiceforge.config import ConfigError
 from voiceforge.db import db, schema_problem
 from voiceforge.errors import ServiceUnavailable
 from voiceforge.jobs import store
+from voiceforge.jobs.orphans import OrphanSweeper
 from voiceforge.jobs.runner import JobRunner
 from voiceforge.models import Job, JobState
 from voiceforge.runtime import get_runtime
@@ -26,6 +27,8 @@ QUEUE = "voiceforge"
 
 _runner: JobRunner | None = None  # this worker's runner, built by its first task
 _log_settings: tuple[str, str] | None = None  # (level, format) of a worker's app, set by make_celery
+_worker_app: Flask | None = None  # a worker's Flask app, set by make_celery
+_sweeper: OrphanSweeper | None = None  # a worker's sweep for jobs whose worker died
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -58,14 +61,17 @@ def celery_init_app(app: Flask) -> Celery:
     return celery_app
 
 
-def send_job(job_id: str) -> None:
-    """Send the task of a job whose row is committed; 503 (and the job failed, retryable) without a broker."""
+def send_job(job_id: str, *, fail_unsent: bool = True) -> None:
+    """Send the task of a job whose row is committed; 503 (and the job failed, retryable) without a broker.
+
+    `fail_unsent=False` leaves the job queued: a dead worker's job, whose first task Redis still holds.
+    """
     try:
         current_app.extensions["celery"].send_task(TASK_NAME, args=(job_id,))
     except OperationalError as error:
         log.error("job %s: the Celery broker did not take its task: %s", job_id, error)
         job = db.session.get(Job, job_id)
-        if job is not None and job.state == JobState.queued:
+        if fail_unsent and job is not None and job.state == JobState.queued:
             store.finish(job, JobState.failed, error=f"The job could not be queued: {error}",
                          message="Failed.")
         raise ServiceUnavailable("The job queue (VOICEFORGE_CELERY_BROKER_URL) is unreachable; try again "
@@ -111,9 +117,22 @@ def _claim_and_run(task: Task, runner: JobRunner, job_id: str) -> None:
         send_job(job_id)  # given back on shutdown: another worker resumes it from its checkpoint
 
 
+@worker_ready.connect
+def _start_sweeping(**_kwargs: Any) -> None:
+    """Each worker sends again, within a lease period, the jobs of workers that died (see OrphanSweeper)."""
+    global _sweeper
+    if _worker_app is not None and _sweeper is None:
+        lease = get_runtime(_worker_app).settings.job_lease_seconds
+        # A task the broker does not take leaves the job queued: Redis delivers its first task again later.
+        _sweeper = OrphanSweeper(_worker_app, lease, lambda job_id: send_job(job_id, fail_unsent=False))
+        _sweeper.start()
+
+
 @worker_shutting_down.connect
 def _stop_running_job(**_kwargs: Any) -> None:
     """Warm shutdown (SIGTERM, Ctrl-C): the running job checkpoints and is queued again, as a runner's is."""
+    if _sweeper is not None:
+        _sweeper.stop()
     if _runner is not None:
         _runner.stop()
 
@@ -134,8 +153,8 @@ def make_celery() -> Celery:
     """The Celery app of a worker: create_app() from the VOICEFORGE_* environment, and its Celery."""
     from voiceforge import create_app
 
-    global _log_settings
-    app = create_app()
+    global _log_settings, _worker_app
+    app = _worker_app = create_app()
     if "celery" not in app.extensions:
         raise ConfigError("JOB_BACKEND", app.config.get("JOB_BACKEND"), "celery, to run a Celery worker.")
     settings = get_runtime(app).settings

@@ -226,6 +226,16 @@ def release(job_id: str, owner: str, message: str) -> None:
     commit()
 
 
+def requeue_orphans() -> list[str]:
+    """Queue again the running jobs whose runner's lease ran out (it died), to resume from their checkpoint;
+    their ids. Each change holds only while the lease is still out, so of several callers one queues a job."""
+    now = utcnow()
+    orphans = db.session.scalars(select(Job.id).where(_runner_gone_at(now))).all()
+    return [job_id for job_id in orphans if _update_if(
+        job_id, _runner_gone_at(now), state=JobState.queued, lease_owner=None, lease_expires_at=None,
+        message="Its runner stopped; queued to resume from its checkpoint.", updated_at=now)]
+
+
 def owned_voice_ids() -> set[str]:
     """Voices a live job owns (queued, or running under an unexpired lease): reconcile leaves them."""
     now = utcnow()
