@@ -391,6 +391,8 @@ def test_rename_and_delete_a_voice(page: ConsolePage, keyed: Server) -> None:
     field.send_keys("New name\n")  # Enter submits
     page.wait(lambda: "New name" in page.voice_card(voice_id).text, 30, "the new name")
     page.wait(lambda: page.text("voices-status") == "Renamed to New name.", 10, "the announcement")
+    active = page.driver.switch_to.active_element  # the form went: the keyboard is back on Rename
+    assert active.text == "Rename" and active.get_attribute("aria-expanded") == "false"
     assert api(keyed, "GET", f"/api/voices/{voice_id}").json()["name"] == "New name"
     assert "New name" in page.script("return document.getElementById('speak-voice').selectedOptions[0].text")
 
@@ -417,6 +419,34 @@ def test_cancelling_a_rename_keeps_the_keyboard_on_the_card(page: ConsolePage, f
     page.wait(lambda: not page.all(f"#rename-{voice_id}"), 10, "the rename form to close")
     active = page.driver.switch_to.active_element
     assert active.text == "Rename" and active.get_attribute("aria-expanded") == "false"  # not lost to <body>
+
+
+@slow
+def test_a_voice_list_refresh_keeps_the_keyboard_on_its_control(page: ConsolePage, keyed: Server,
+                                                                files: dict) -> None:
+    # The page does not see the job end until the test has put the keyboard on the voice's card.
+    page.script(r"""
+        const original = window.fetch;
+        window.jobsDown = true;
+        window.fetch = (url, init) => window.jobsDown && /api\/jobs(\?|$)/.test(String(url))
+          ? Promise.reject(new TypeError('Failed to fetch')) : original(url, init);
+    """)
+    page.choose_files(files["samples"])
+    status = page.create_voice("Focused", transcripts=TEXTS, epochs=1)  # this checkpoint's job fails
+    assert status.startswith("Focused is ready to speak now, and fine-tuning is queued"), status
+    voice_id = page.by_id("speak-voice").get_attribute("value")
+    rename = page.voice_card(voice_id).find_element("xpath", ".//button[text()='Rename']")
+    page.script("arguments[0].focus()", rename)  # where a keyboard user has tabbed to
+    # Renamed in another tab meanwhile: the card the job's end brings is not the one on the page.
+    assert api(keyed, "PATCH", f"/api/voices/{voice_id}", json={"name": "Focused elsewhere"}).ok
+    page.script("window.jobsDown = false")
+    # The job's end refreshes the voice list (the voice may have become fine-tuned).
+    page.wait(lambda: "failed" in page.text("jobs-status"), 120, "the job to end")
+    heading = f"#voice-{voice_id}-name"
+    page.wait(lambda: page.all(heading)[0].text == "Focused elsewhere", 30, "the list to re-render")
+    focused = page.script("const e = document.activeElement;"
+                          "return [e.closest('#voice-list > li')?.dataset.voiceId, e.textContent]")
+    assert focused == [voice_id, "Rename"]  # it was dropped to <body>
 
 
 @slow

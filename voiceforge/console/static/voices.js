@@ -27,7 +27,7 @@ export function setupVoices({onChange}) {
     if (mine !== latest) return;
     voices = answer;
     const own = voices.filter((voice) => voice.kind !== 'builtin');
-    list.replaceChildren(...own.map(card));
+    showCards(own);
     say(status, own.length ? '' : 'No voices of your own yet: create one under New voice.');
     fillSelect(wanted);
     wanted = '';
@@ -45,16 +45,64 @@ export function setupVoices({onChange}) {
     if (chosen && voices.some((voice) => voice.id === chosen)) select.value = chosen;
   }
 
+  /** Show `own` voices, newest first as the API lists them, without losing the keyboard's place.
+   *
+   * The list re-renders on its own (a fine-tuning job ended, a voice was renamed or deleted): rebuilding
+   * every card dropped the focus of a keyboard user to <body>. A card whose voice looks the same stays as
+   * it is (with a rename form left open, and what was typed in it); a rebuilt card gets the focus back on
+   * the same control. */
+  function showCards(own) {
+    const place = focusedControl();
+    const cards = own.map((voice) => {
+      const shown = cardOf(voice.id);
+      return shown?.dataset.looks === looks(voice) ? shown : card(voice);
+    });
+    for (const item of [...list.children]) if (!cards.includes(item)) item.remove();
+    // Moved only where the order changed: moving an element out of the page takes its focus away.
+    cards.forEach((item, index) => {
+      if (list.children[index] !== item) list.insertBefore(item, list.children[index] || null);
+    });
+    restoreFocus(place);
+  }
+
+  /** What a card shows of its voice: a card is rebuilt only when this changes. */
+  function looks(voice) {
+    return JSON.stringify([voice.name, voice.status, voice.kind, voice.language, voice.error]);
+  }
+
+  function cardOf(voiceId) {
+    return list.querySelector(`:scope > [data-voice-id="${CSS.escape(voiceId)}"]`);
+  }
+
+  /** The card control that has the keyboard, as {voiceId, control} (its data-control), or null. */
+  function focusedControl() {
+    const control = document.activeElement?.closest?.('#voice-list [data-control]');
+    const item = control?.closest('[data-voice-id]');
+    return item ? {voiceId: item.dataset.voiceId, control: control.dataset.control} : null;
+  }
+
+  /** Put the keyboard back where focusedControl() found it, if a rebuilt card took it away: on the same
+   * control of the voice's new card, or on its Rename button for a control it no longer has (the
+   * fields of a rename form). */
+  function restoreFocus(place) {
+    const lost = !document.activeElement || document.activeElement === document.body;
+    const item = place && lost ? cardOf(place.voiceId) : null;
+    if (!item) return; // still where it was, or the voice has gone
+    (item.querySelector(`[data-control="${place.control}"]`) || item.querySelector('[data-control="rename"]'))
+      ?.focus();
+  }
+
   function card(voice) {
-    const item = el('li', {class: 'card', dataset: {voiceId: voice.id}});
+    const item = el('li', {class: 'card', dataset: {voiceId: voice.id, looks: looks(voice)}});
     const heading = el('h3', {id: `voice-${voice.id}-name`}, voice.name);
     const actions = el('div', {class: 'actions'},
       el('button', {type: 'button', disabled: voice.status !== 'ready', 'aria-describedby': heading.id,
-                    onclick: () => speakWith(voice)}, 'Speak with it'),
+                    dataset: {control: 'speak'}, onclick: () => speakWith(voice)}, 'Speak with it'),
       el('button', {type: 'button', 'aria-describedby': heading.id, 'aria-expanded': 'false',
+                    dataset: {control: 'rename'},
                     onclick: (event) => toggleRename(item, voice, event.currentTarget)}, 'Rename'),
       el('button', {type: 'button', class: 'danger', 'aria-describedby': heading.id,
-                    onclick: () => remove(voice)}, 'Delete'));
+                    dataset: {control: 'delete'}, onclick: () => remove(voice)}, 'Delete'));
     item.append(...[heading,
       facts([['Status', el('span', {class: `badge ${voice.status}`}, voice.status)],
              ['Kind', el('span', {class: `badge ${voice.kind}`}, voice.kind)],
@@ -80,20 +128,21 @@ export function setupVoices({onChange}) {
     }
     const inputId = `rename-${voice.id}`;
     const message = el('p', {class: 'status', role: 'status', 'aria-live': 'polite'});
-    const input = el('input', {id: inputId, value: voice.name, required: true, maxlength: 100});
+    const input = el('input', {id: inputId, value: voice.name, required: true, maxlength: 100,
+                               dataset: {control: 'new-name'}});
     const form = el('form', {class: 'rename'},
       el('label', {for: inputId}, `New name for ${voice.name}`), input,
-      el('div', {class: 'actions'}, el('button', {type: 'submit'}, 'Save'),
-         el('button', {type: 'button', onclick: () => toggleRename(item, voice, button)}, 'Cancel')),
+      el('div', {class: 'actions'}, el('button', {type: 'submit', dataset: {control: 'save'}}, 'Save'),
+         el('button', {type: 'button', dataset: {control: 'cancel'},
+                       onclick: () => toggleRename(item, voice, button)}, 'Cancel')),
       message);
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
       try {
         await api(`api/voices/${encodeURIComponent(voice.id)}`, {method: 'PATCH', body: {name: input.value}});
-        await refresh();
+        await refresh(); // the renamed card is rebuilt: the keyboard goes to its Rename button
         say(status, `Renamed to ${input.value.trim()}.`, 'ok');
         onChange();
-        list.querySelector(`[data-voice-id="${CSS.escape(voice.id)}"] button`)?.focus();
       } catch (error) {
         if (error.status === 404) await gone(voice);
         else say(message, explain(error), 'error');
