@@ -23,7 +23,7 @@ import requests
 from tests.support.browser import artifacts_on_failure, chromium, fake_microphone
 from tests.support.console import ConsolePage, microphone_wav, sample_wavs
 from tests.support.finetune import TEXTS, build_training_checkpoint
-from tests.support.server import Server, start_server, stop_server
+from tests.support.server import Server, never_answering, start_server, stop_server
 
 slow = pytest.mark.slow  # real gunicorns, a real browser, real training
 
@@ -220,6 +220,57 @@ def test_refresh_checks_readiness_again(driver, tmp_path: Path, checkpoint_dir: 
         server = start_server(tmp_path, checkpoint_dir, port=port)  # and comes back
         page.by_id("voices-refresh").click()
         page.wait(lambda: page.text("readiness").startswith("Ready"), 30, "the line to say it is back")
+    finally:
+        stop_server(server)
+
+
+@slow
+def test_readiness_gives_up_on_a_hung_server(driver, tmp_path: Path, checkpoint_dir: Path) -> None:
+    server = start_server(tmp_path, checkpoint_dir)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        page = ConsolePage(driver, server.url).open()
+        page.wait(lambda: page.text("readiness").startswith("Ready"), 30, "the service to be ready")
+        stop_server(server)
+        with never_answering(port):  # a hung worker or proxy: it accepts the request and says nothing
+            page.script("document.getElementById('readiness').dataset.timeoutMs = '1500'")  # not 5 s
+            page.by_id("voices-refresh").click()
+            readiness = page.wait(lambda: "not answer" in page.text("readiness") and page.text("readiness"),
+                                  30, "the line to say the server did not answer")  # "Checking…" for ever
+            assert readiness == "The service did not answer within 1.5 s: press Refresh to check again."
+        server = start_server(tmp_path, checkpoint_dir, port=port)
+        page.by_id("voices-refresh").click()
+        page.wait(lambda: page.text("readiness").startswith("Ready"), 30, "the line to say it is back")
+    finally:
+        stop_server(server)
+
+
+@slow
+def test_creating_a_voice_gives_up_on_a_hung_server(driver, tmp_path: Path, checkpoint_dir: Path,
+                                                     files: dict) -> None:
+    server = start_server(tmp_path, checkpoint_dir)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        page = ConsolePage(driver, server.url).open()
+        page.wait_for_voices()
+        page.choose_files(files["samples"][:1])
+        stop_server(server)
+        with never_answering(port):
+            page.script("document.getElementById('voice-form').dataset.timeoutMs = '2000'")  # not 5 min
+            page.by_id("voice-name").send_keys("Hung")
+            page.by_id("create-button").click()
+            status = page.wait_for_status("create-status", 30)  # it said "Cloning…" for ever
+            assert status == ("The server did not answer within 2 s. It may still make the voice: "
+                              "press Refresh under Voices before trying again."), status
+            assert page.by_id("create-button").is_enabled()
+            assert page.by_id("voice-form").get_attribute("aria-busy") is None
+            assert len(page.all("#takes li")) == 1  # kept for another try
+            assert page.by_id("voice-name").get_attribute("value") == "Hung"
+        server = start_server(tmp_path, checkpoint_dir, port=port)  # back: the same takes make the voice
+        page.script("delete document.getElementById('voice-form').dataset.timeoutMs")  # cloning takes time
+        page.by_id("create-button").click()
+        page.wait(lambda: page.text("create-status") == "Hung is ready: choose it under Speak.", 120,
+                  "the voice to be made")
     finally:
         stop_server(server)
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,3 +155,50 @@ def raw_request(server: Server, head: str, body_chunks: list[bytes]) -> tuple[in
             received += chunk
     status = int(received.split(b" ", 2)[1])
     return status, received.split(b"\r\n\r\n", 1)[1]
+
+
+
+class _Silent(socketserver.BaseRequestHandler):
+    """Read whatever the client sends and never answer, until the client gives up or the test ends."""
+
+    server: NeverAnswering
+
+    def handle(self) -> None:
+        self.request.settimeout(0.2)
+        while not self.server.ending.is_set():
+            try:
+                if not self.request.recv(65536):
+                    return  # the client closed the connection (a fetch() aborted)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+
+class NeverAnswering(socketserver.ThreadingTCPServer):
+    """A hung server on 127.0.0.1:`port` (a stuck worker, a dead proxy): it accepts and never replies."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _Silent)
+        self.ending = threading.Event()
+
+
+@contextmanager
+def never_answering(port: int) -> Iterator[None]:
+    """Run a NeverAnswering server on `port` for the block's duration.
+
+    Put it on the port of a stopped test server, and a page loaded from there talks to it from its own
+    origin, as it would to a server that hangs.
+    """
+    with NeverAnswering(port) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            server.ending.set()
+            server.shutdown()
+            thread.join()

@@ -37,23 +37,53 @@ export function apiHeaders(json = false) {
   return headers;
 }
 
-/** fetch() an API path (relative, so the console works under a path prefix too) with the key. */
-export async function apiFetch(path, {method = 'GET', body, signal} = {}) {
-  const init = {method, headers: apiHeaders(body !== undefined), cache: 'no-store', signal};
+/** `milliseconds` in words: '1.5 s', '5 min'. */
+export function duration(milliseconds) {
+  const seconds = milliseconds / 1000;
+  return seconds < 60 ? `${Number(seconds.toFixed(1))} s` : `${Number((seconds / 60).toFixed(1))} min`;
+}
+
+/** The signal to give fetch(): the caller's `signal` (a Stop button) and, when given, a `timeout` in ms. */
+function signalFor(signal, timeout) {
+  const signals = [signal, timeout && AbortSignal.timeout(timeout)].filter(Boolean);
+  return signals.length > 1 ? AbortSignal.any(signals) : signals[0];
+}
+
+/** The ApiError for a request that ran past its `timeout` (AbortSignal.timeout() threw TimeoutError). */
+function timedOut(timeout) {
+  return new ApiError(0, `The server did not answer within ${duration(timeout)}.`, 'timeout');
+}
+
+/** fetch() an API path (relative, so the console works under a path prefix too) with the key.
+ *
+ * `timeout` (ms) gives up on a server that hangs (a stuck worker, a proxy that lost the request): without
+ * it the page would wait for ever with its button busy. It covers the answer's body too, when read with
+ * the response this returns. */
+export async function apiFetch(path, {method = 'GET', body, signal, timeout} = {}) {
+  const init = {method, headers: apiHeaders(body !== undefined), cache: 'no-store',
+                signal: signalFor(signal, timeout)};
   if (body !== undefined) init.body = JSON.stringify(body);
   try {
     return await fetch(path, init);
   } catch (error) {
     if (error.name === 'AbortError') throw error;
+    if (error.name === 'TimeoutError') throw timedOut(timeout);
     throw new ApiError(0, `The server could not be reached (${error.message}).`, 'unreachable');
   }
 }
 
-/** Call the API and return its JSON (null for 204); throws ApiError with the server's detail. */
+/** Call the API and return its JSON (null for 204); throws ApiError with the server's detail, or with
+ * code 'timeout' when a `timeout` (ms) ran out first. */
 export async function api(path, options = {}) {
   const response = await apiFetch(path, options);
-  if (!response.ok) throw await errorFrom(response);
-  return response.status === 204 ? null : response.json();
+  try {
+    if (!response.ok) throw await errorFrom(response);
+    return response.status === 204 ? null : await response.json();
+  } catch (error) {
+    // The headers came in time but the body did not.
+    if (error.name === 'TimeoutError') throw timedOut(options.timeout);
+    throw error;
+  }
 }
 
 /** The ApiError for a failed response: the server's `detail` when it sent one. */

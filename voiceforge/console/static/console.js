@@ -1,11 +1,11 @@
 // The console page: the key, the service's readiness and the Speak form; voices, new voices and jobs
 // are wired by their own modules.
 
-import {apiKey, isSendableKey, setApiKey} from './api.js';
+import {apiKey, duration, isSendableKey, setApiKey} from './api.js';
 import {setupEnrolment} from './enrol.js';
 import {setupJobs} from './jobs.js';
 import {drawWaveform, EXTENSIONS, stopSpeech, streamSpeech} from './player.js';
-import {$, explain, LANGUAGES, notify, say} from './ui.js';
+import {$, explain, LANGUAGES, notify, say, timeoutOf} from './ui.js';
 import {setupVoices} from './voices.js';
 
 function fillLanguages(select, firstLabel) {
@@ -13,10 +13,18 @@ function fillLanguages(select, firstLabel) {
   for (const [code, name] of Object.entries(LANGUAGES)) select.append(new Option(`${name} (${code})`, code));
 }
 
+// /readyz answers at once (it only looks); a server that has not answered in this long hangs.
+const READINESS_TIMEOUT_MS = 5000;
+let readinessChecks = 0; // the newest check: an older one that answers (or gives up) after it is stale
+
 async function showReadiness() {
+  const mine = ++readinessChecks;
   const element = $('readiness');
+  const timeout = timeoutOf(element, READINESS_TIMEOUT_MS);
   try {
-    const body = await (await fetch('readyz', {cache: 'no-store'})).json();
+    const response = await fetch('readyz', {cache: 'no-store', signal: AbortSignal.timeout(timeout)});
+    const body = await response.json();
+    if (mine !== readinessChecks) return;
     showFineTuning(body.jobs);
     if (body.status === 'ready') {
       const model = body.model || {};
@@ -25,7 +33,10 @@ async function showReadiness() {
       say(element, `Unavailable: ${unreadiness(body)}`, 'error');
     }
   } catch (error) {
-    say(element, `The service could not be reached (${error.message}).`, 'error');
+    if (mine !== readinessChecks) return;
+    say(element, error.name === 'TimeoutError'
+      ? `The service did not answer within ${duration(timeout)}: press Refresh to check again.`
+      : `The service could not be reached (${error.message}).`, 'error');
   }
 }
 

@@ -3,7 +3,11 @@
 
 import {api, dataUri} from './api.js';
 import {Recorder, recordingUnavailable} from './recorder.js';
-import {$, el, explain, say} from './ui.js';
+import {$, el, explain, say, timeoutOf} from './ui.js';
+
+// Cloning takes seconds on a GPU but can take a minute or more on a CPU (and the upload of long takes
+// comes first): give up only on a server that has clearly hung, well inside gunicorn's own 10 minutes.
+const CREATE_TIMEOUT_MS = 5 * 60 * 1000;
 
 /** Wire the New voice form; created voices and jobs show in `voices` and `jobs`. */
 export function setupEnrolment({voices, jobs}) {
@@ -133,7 +137,8 @@ export function setupEnrolment({voices, jobs}) {
         Object.assign(body, {fineTune: true, epochs: Number($('voice-epochs').value), transcript: text(sent[0]),
                              samples: sent.slice(1).map((take, i) => ({audioDataUri: uris[i + 1], text: text(take)}))});
       }
-      const answer = await api('api/train-voice', {method: 'POST', body});
+      const answer = await api('api/train-voice', {method: 'POST', body,
+                                                   timeout: timeoutOf(form, CREATE_TIMEOUT_MS)});
       say(createStatus, answer.jobId
         ? `${body.modelName} is ready to speak now, and fine-tuning is queued (see Fine-tuning jobs).`
         : `${body.modelName} is ready: choose it under Speak.`, 'ok');
@@ -141,7 +146,10 @@ export function setupEnrolment({voices, jobs}) {
       if (answer.jobId) jobs.track(answer.jobId);
       clearForm(sent, body.modelName);
     } catch (error) {
-      say(createStatus, explain(error), 'error');
+      // The server may have made the voice all the same, only too late: look before making it twice.
+      say(createStatus, error.code === 'timeout'
+        ? `${error.message} It may still make the voice: press Refresh under Voices before trying again.`
+        : explain(error), 'error');
     } finally {
       button.disabled = false;
       form.removeAttribute('aria-busy');

@@ -11,6 +11,13 @@ export const LANGUAGES = {
 
 export const $ = (id) => document.getElementById(id);
 
+/** How long to wait for the server: `fallback` ms, unless `element` has a data-timeout-ms attribute.
+ * Only the tests set one (#readiness, #voice-form), so as not to wait minutes for a server that hangs. */
+export function timeoutOf(element, fallback) {
+  const override = Number(element.dataset.timeoutMs);
+  return override > 0 ? override : fallback;
+}
+
 /** Show `text` in a status element (an aria-live region reads it out); 'error' and 'ok' style it. */
 export function say(element, text, kind = '') {
   element.textContent = text;
