@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
@@ -760,6 +761,52 @@ def test_stop_silences_a_streaming_speech_and_frees_speak(page: ConsolePage) -> 
         assert page.script("return window.contexts.at(-1).state") == "closed"  # nothing sounds any more
         assert page.by_id("speak-button").is_enabled()  # without waiting for the rest of the text
         assert page.speak("Again.", fmt="wav").startswith("Done: ")
+
+
+def type_text(page: ConsolePage, field: object, text: str) -> None:
+    """Type `text` into `field` as a keyboard or an input method would (ChromeDriver's send_keys takes
+    no characters beyond the BMP, such as emoji; a script's `value =` would skip maxlength)."""
+    page.script("arguments[0].focus()", field)
+    page.driver.execute_cdp_cmd("Input.insertText", {"text": text})
+
+
+@slow
+def test_a_name_of_emoji_counts_as_the_server_counts(page: ConsolePage, keyed: Server, files: dict) -> None:
+    # The server allows 100 characters (code points, after NFC and trimming); 60 emoji are 120 UTF-16 units.
+    name = "\N{GRINNING FACE}" * 60
+    field = page.by_id("voice-name")
+    type_text(page, field, name)
+    assert page.script("return arguments[0].value", field) == name  # maxlength=100 stopped it at 50
+    page.choose_files(files["samples"][:1])
+    page.by_id("create-button").click()
+    assert page.wait_for_status("create-status") == f"{name} is ready: choose it under Speak."
+    voice_id = page.by_id("speak-voice").get_attribute("value")
+    assert api(keyed, "GET", f"/api/voices/{voice_id}").json()["name"] == name
+
+    # One over: the page says so, and sends nothing.
+    page.choose_files(files["samples"][:1])
+    type_text(page, field, "\N{GRINNING FACE}" * 101)
+    page.by_id("create-button").click()
+    too_long = "Voice name is 101 characters long; at most 100 are allowed."
+    assert page.wait_for_status("create-status") == too_long
+    assert len(page.all("#takes li")) == 1  # kept, with the name, for a shorter try
+
+    # Renaming counts the same way: 99 emoji and an e with its accent apart are 100 characters once
+    # composed (NFC), as the server counts them; 101 emoji are refused on the page.
+    page.click_on_card(voice_id, "Rename")
+    rename = page.by_id(f"rename-{voice_id}")
+    type_text(page, rename, "\N{GRINNING FACE}" * 101)  # replaces the selected old name
+    rename.send_keys("\n")
+    message = page.voice_card(voice_id).find_element("css selector", "form.rename .status")
+    page.wait(lambda: message.text, 10, "the rename's message")
+    assert message.text == too_long
+    page.script("arguments[0].select()", rename)
+    type_text(page, rename, "\N{GRINNING FACE}" * 99 + "e\N{COMBINING ACUTE ACCENT}")
+    rename.send_keys("\n")
+    renamed = "\N{GRINNING FACE}" * 99 + "\N{LATIN SMALL LETTER E WITH ACUTE}"
+    page.wait(lambda: page.all(f"#voice-{voice_id}-name")[0].text == renamed, 30, "the new name")  # as stored
+    assert unicodedata.normalize("NFC", page.text("voices-status")) == f"Renamed to {renamed}."  # as typed
+    assert api(keyed, "GET", f"/api/voices/{voice_id}").json()["name"] == renamed
 
 
 @slow

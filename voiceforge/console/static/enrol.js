@@ -3,7 +3,7 @@
 
 import {api, dataUri} from './api.js';
 import {Recorder, recordingUnavailable} from './recorder.js';
-import {$, el, explain, say, timeoutOf} from './ui.js';
+import {$, el, explain, nameTooLong, say, timeoutOf} from './ui.js';
 
 // Cloning takes seconds on a GPU but can take a minute or more on a CPU (and the upload of long takes
 // comes first): give up only on a server that has clearly hung, well inside gunicorn's own 10 minutes.
@@ -115,6 +115,12 @@ export function setupEnrolment({voices, jobs}) {
     if (recorder.recording) {
       say(createStatus, 'Stop the recording first.', 'error');
       recordButton.focus();
+      return;
+    }
+    const tooLong = nameTooLong($('voice-name').value);
+    if (tooLong) {
+      say(createStatus, tooLong, 'error');
+      $('voice-name').focus();
       return;
     }
     if (!takes.length) {

@@ -41,6 +41,21 @@ export function explain(error) {
   return error.message || String(error);
 }
 
+// A voice name's limit, counted as the server counts it (voices.clean_name): code points of the name after
+// NFC and Python's str.strip(). The inputs' maxlength counted UTF-16 units and stopped at 50 emoji.
+export const MAX_NAME_LENGTH = 100;
+// What str.strip() removes (str.isspace()): String.prototype.trim() differs, keeping U+001C–U+001F and
+// U+0085 and removing U+FEFF.
+const PYTHON_SPACE = '[\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]';
+const PYTHON_STRIP = new RegExp(`^${PYTHON_SPACE}+|${PYTHON_SPACE}+$`, 'g');
+
+/** Why the server would refuse `name` for its length, in words; '' when it would not. */
+export function nameTooLong(name) {
+  const length = [...name.normalize('NFC').replace(PYTHON_STRIP, '')].length; // code points, as len()
+  return length > MAX_NAME_LENGTH
+    ? `Voice name is ${length} characters long; at most ${MAX_NAME_LENGTH} are allowed.` : '';
+}
+
 /** An element with attributes and children: el('button', {type: 'button'}, 'Delete'). */
 export function el(tag, attributes = {}, ...children) {
   const element = document.createElement(tag);

@@ -1,7 +1,7 @@
 // The voice list: status, kind and language of each; rename, delete, speak with it; the Speak form's choices.
 
 import {api} from './api.js';
-import {$, el, explain, facts, languageName, say} from './ui.js';
+import {$, el, explain, facts, languageName, nameTooLong, say} from './ui.js';
 
 /** Wire the Voices section; `onChange` runs after a voice was renamed or deleted. */
 export function setupVoices({onChange}) {
@@ -128,8 +128,8 @@ export function setupVoices({onChange}) {
     }
     const inputId = `rename-${voice.id}`;
     const message = el('p', {class: 'status', role: 'status', 'aria-live': 'polite'});
-    const input = el('input', {id: inputId, value: voice.name, required: true, maxlength: 100,
-                               dataset: {control: 'new-name'}});
+    // No maxlength: it counts UTF-16 units, not characters as the server does (nameTooLong() does).
+    const input = el('input', {id: inputId, value: voice.name, required: true, dataset: {control: 'new-name'}});
     const form = el('form', {class: 'rename'},
       el('label', {for: inputId}, `New name for ${voice.name}`), input,
       el('div', {class: 'actions'}, el('button', {type: 'submit', dataset: {control: 'save'}}, 'Save'),
@@ -138,6 +138,11 @@ export function setupVoices({onChange}) {
       message);
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
+      const tooLong = nameTooLong(input.value);
+      if (tooLong) {
+        say(message, tooLong, 'error');
+        return;
+      }
       try {
         await api(`api/voices/${encodeURIComponent(voice.id)}`, {method: 'PATCH', body: {name: input.value}});
         await refresh(); // the renamed card is rebuilt: the keyboard goes to its Rename button
