@@ -185,7 +185,9 @@ def test_a_killed_worker_s_job_comes_back_and_resumes_from_its_checkpoint(
     second = start_worker("second")
     resumed = wait_until(client, job_id, lambda j: j["attempts"] == 2 and j["step"] > before["step"])
     assert resumed["state"] == "running" and resumed["attempts"] == 2, (resumed, second.text()[-4000:])
-    assert set(task_ids(second)) == set(task_ids(first))  # the same task, delivered again
+    # The same task, delivered again; the new worker's sweep may also have sent the job as a new task
+    # (whichever came first claimed the job, and the other only waits for it to end).
+    assert set(task_ids(first)) <= set(task_ids(second))
 
     # SIGTERM (docker stop, systemctl stop): the job checkpoints, is given back, and its task is sent again.
     second.process.send_signal(signal.SIGTERM)
@@ -199,7 +201,7 @@ def test_a_killed_worker_s_job_comes_back_and_resumes_from_its_checkpoint(
     assert done["attempts"] == 2 and done["step"] == done["steps"], done  # a graceful stop costs no attempt
     for worker in (second, third):
         assert "training resumed from checkpoint" in worker.text(), worker.text()[-4000:]
-    assert task_ids(third) and not set(task_ids(third)) & set(task_ids(first))  # sent again on SIGTERM
+    assert set(task_ids(third)) - set(task_ids(first)) - set(task_ids(second))  # sent again on SIGTERM
     assert client.get(f"/api/voices/{voice_id}").json["kind"] == "finetuned"
 
 
