@@ -370,6 +370,36 @@ def test_marks_inside_latin_words_are_no_sentence_ends() -> None:
         "Try example.com/?q=1;v=2 or Really?!Yes."]
 
 
+@pytest.mark.parametrize(("language", "sentence"), [
+    ("en", "Dr. Smith and Mr. Jones will meet you in front of the old church this evening."),
+    ("en", "Mrs. Smith and Ms. Jones will meet you in front of the old church this evening."),
+    ("en", "Prof. Smith will meet you in front of the old church this evening at eight."),
+    ("en", "St. Paul's is a cathedral that many visitors to the city of London like to see."),
+    ("en", "Some books, e.g. this one, are read again and again by many people over the years."),
+    ("en", "Old books, i.e. those out of print, are hard to find in the shops of a small town."),
+    ("en", "J. R. R. Tolkien wrote the book in the years between the two wars in England."),
+    ("de", "Hr. Müller und Fr. Schmidt treffen Sie heute Abend vor der alten Kirche am Markt."),
+    ("de", "Fr. Schmidt und Dr. Müller treffen Sie heute Abend vor der alten Kirche am Markt."),
+    ("de", "Manche Bücher, z.B. dieses hier, liest man immer wieder gern und mit viel Freude."),
+    ("fr", "M. Dupont et Mme. Martin vous attendent ce soir devant la vieille église du village."),
+    ("fr", "Mme. Martin et M. Dupont vous attendent ce soir devant la vieille église du village."),
+    ("es", "La Sra. García y el Dr. López le esperan esta noche delante de la vieja iglesia."),
+    ("es", "El Sr. García y la Dra. López le esperan esta noche delante de la vieja iglesia."),
+])
+def test_a_chunk_never_ends_on_a_title_or_an_initial(language: str, sentence: str) -> None:
+    """Cut after "Dr." at a chunk's end, the listener heard "Doctor", with a sentence's falling tune, then
+    a pause before "Smith": a title or an initial is no sentence end."""
+    before = "It was late. " * ((CHAR_LIMITS[language] - 10) // 13)  # room left for "Dr." but not the rest
+    assert split_text(before + sentence, language) == [before.strip(), sentence]
+
+
+@pytest.mark.parametrize("end", ["We had tea, cake, etc.", "It took 5 ms.", "He met Sammy Davis Jr."])
+def test_an_abbreviation_that_often_ends_a_sentence_still_ends_one(end: str) -> None:
+    before = "It was late. " * 16
+    after = "Then everybody went home and slept until late in the morning of the next day."
+    assert split_text(f"{before}{end} {after}", "en") == [before + end, after]
+
+
 def test_the_degree_sign_is_spoken_while_other_symbols_and_emoji_are_dropped(
         client, monkeypatch: pytest.MonkeyPatch) -> None:
     """XTTS reads ° as "degree" (grad, градус…): dropping it with the emoji made 25°C "twenty-five c"."""

@@ -18,6 +18,25 @@ _ENDS = ".!?…。！？；;।॥؟؛"
 _CLOSERS = "\"'”“’»)\\]"
 SENTENCE_END = re.compile(rf"(?:(?<=[{_ENDS}])|(?<=[{_ENDS}][{_CLOSERS}]))\s+|(?<=[。！？；])"
                           r"|(?<=[!?;])(?=[^\W\d_\x00-\x7f])")
+# Abbreviations that stand before a name or a phrase, and so essentially never end a sentence, per
+# language, as written and without their last dot. Cut after one at a chunk's end, "Dr." was spoken
+# alone with a sentence's falling tune and a pause before "Smith". XTTS spells most titles out itself
+# (coqui's tokenizer.py `_abbreviations`: "Dr." is "doctor", "Sra." "señora"), so the model reads
+# "doctor Smith" in one breath; the rest ("Prof.", "e.g.", "z.B.") reach it with their dot, read inside
+# a sentence rather than as its end. Not all of XTTS' table: "Co.", "Ltd.", "Esq." and names' suffixes
+# ("Jr.", English "Sr.") often end a sentence, as do "etc." and units ("ms.", "hr."), hence the case:
+# only a capital first letter is also taken for a small one ("E.g.").
+ABBREVIATIONS: dict[str, frozenset[str]] = {
+    "en": frozenset({"Mr", "Mrs", "Ms", "Dr", "Prof", "St", "Rev", "Capt", "Lt", "Sgt", "vs", "e.g", "i.e"}),
+    "de": frozenset({"Hr", "Hrn", "Fr", "Dr", "Prof", "St", "Nr", "z.B", "d.h", "bzw"}),
+    "fr": frozenset({"Mme", "Mlle", "Dr"}),  # and "M.", an initial's shape
+    "es": frozenset({"Sr", "Sra", "Srta", "Dr", "Dra"}),
+    "pt": frozenset({"Sr", "Sra", "Dr", "Dra"}),
+    "it": frozenset({"Sig", "Dott", "Prof", "Dr"}),
+    "nl": frozenset({"Dhr", "Mevr", "Dr"}),
+}
+# The word a sentence ends in, when it ends in a dot: "Dr" of "(Dr.", "z.B" of "z.B.", "J" of "J.".
+LAST_WORD = re.compile(r"(?<![\w.])([^\W\d_][\w.]*)\.$")
 # Clause ends, where an over-long sentence is cut (and rejoined with a space): a comma, colon or Arabic
 # comma before a space or, CJK's being ASCII after NFKC, before a letter of another script; never
 # between digits, where the space would make 1,234,567 three numbers and 10:30 two.
@@ -75,23 +94,24 @@ def split_text(text: str, language: str, too_long: Callable[[str], bool] | None 
     out can make a chunk many times longer): such a chunk is split again at half its length, so
     sentences the model reads one by one are never refused for having been merged.
     """
-    return _within_tokens(_chunks(text, CHAR_LIMITS[language]), too_long or (lambda chunk: False))
+    too_long = too_long or (lambda chunk: False)
+    return _within_tokens(_chunks(text, CHAR_LIMITS[language], language), too_long, language)
 
 
-def _within_tokens(chunks: list[str], too_long: Callable[[str], bool]) -> list[str]:
+def _within_tokens(chunks: list[str], too_long: Callable[[str], bool], language: str) -> list[str]:
     fitting: list[str] = []
     for chunk in chunks:
         if len(chunk) > 1 and too_long(chunk):
-            fitting.extend(_within_tokens(_chunks(chunk, len(chunk) // 2), too_long))
+            fitting.extend(_within_tokens(_chunks(chunk, len(chunk) // 2, language), too_long, language))
         else:
             fitting.append(chunk)
     return fitting
 
 
-def _chunks(text: str, limit: int) -> list[str]:
+def _chunks(text: str, limit: int, language: str) -> list[str]:
     """Whole sentences (cut only when one alone is over `limit`) merged while under `limit` characters."""
     pieces: list[str] = []
-    for sentence in SENTENCE_END.split(text):
+    for sentence in _sentences(text, language):
         pieces.extend(_fit(sentence.strip(), limit))
     chunks: list[str] = []
     for piece in pieces:
@@ -103,6 +123,28 @@ def _chunks(text: str, limit: int) -> list[str]:
             chunks.append(piece)
     # A chunk of punctuation alone would make XTTS babble: fold it into its neighbour.
     return [chunk for chunk in chunks if any(ch.isalnum() for ch in chunk)] or [text[:limit]]
+
+
+def _sentences(text: str, language: str) -> list[str]:
+    """The text cut at SENTENCE_END, but never after an initial ("J.") or a title ("Dr.")."""
+    sentences: list[str] = []
+    for piece in SENTENCE_END.split(text):
+        if sentences and _ends_in_abbreviation(sentences[-1], language):
+            sentences[-1] = f"{sentences[-1]} {piece}"
+        else:
+            sentences.append(piece)
+    return sentences
+
+
+def _ends_in_abbreviation(sentence: str, language: str) -> bool:
+    last = LAST_WORD.search(sentence)
+    if last is None:
+        return False
+    word = last[1]
+    known = ABBREVIATIONS.get(language, frozenset())
+    # A capital alone is an initial ("J. R. R. Tolkien", "M. Dupont", "А. С. Пушкин"); the rare sentence
+    # that ends in one ("vitamin C.") only loses a place where its chunk could end.
+    return (len(word) == 1 and word.isupper()) or word in known or word[0].lower() + word[1:] in known
 
 
 def _fit(sentence: str, limit: int) -> list[str]:
