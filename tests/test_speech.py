@@ -422,11 +422,33 @@ def test_numbers_in_other_scripts_digits_are_spelt_out(client, monkeypatch: pyte
 
 @pytest.mark.parametrize(("text", "cleaned"), [
     ("Chapter One\n\nIt was night.\r\n\r\nThe end", "Chapter One. It was night. The end"),
-    ("Shopping:\n\n- milk\n- eggs \n \n Done", "Shopping: - milk - eggs. Done"),
+    ("Shopping:\n\n- milk\n- eggs \n \n Done", "Shopping: milk. eggs. Done"),
     ("a hard-wrapped\nsentence goes on", "a hard-wrapped sentence goes on"),
     ("第一章\n\n夜晚", "第一章. 夜晚"), ("Emoji 🎉\n\nafter", "Emoji. after")])
 def test_a_blank_line_after_words_ends_a_sentence(text: str, cleaned: str) -> None:
     assert clean_text(text, max_chars=100) == cleaned
+
+
+@pytest.mark.parametrize(("text", "cleaned"), [
+    ("Buy:\n- apples\n- pears\n- milk", "Buy: apples. pears. milk"),
+    ("To do\n* wash\n  * dry (twice)\n• fold\n+ put away.", "To do. wash. dry (twice). fold. put away."),
+    ("Steps:\n1. Heat it\n2) Mix 2 eggs\n10. Bake", "Steps: 1, Heat it. 2, Mix 2 eggs. 10, Bake"),
+    ("- red,\n- green;\n- blue!", "red, green; blue!"),  # the item's own mark is kept
+    # no list: a minus, a rule, a year that a hard-wrapped line begins with
+    ("it was\n-5 degrees\n---\nin\n1984. Then", "it was -5 degrees --- in 1984. Then"),
+])
+def test_a_line_break_before_a_list_item_ends_the_item_before_it(text: str, cleaned: str) -> None:
+    """A list was read as one sentence, "apples pears milk", with no pause between items and the
+    markers left for the model to read."""
+    assert clean_text(text, max_chars=100) == cleaned
+
+
+def test_a_long_numbered_list_is_cut_between_its_items() -> None:
+    """A chunk ended on the next item's number ("… for the trip 2."), spoken apart from its item."""
+    items = "\n".join(f"{n}. Pack item number {n} for the trip" for n in range(1, 16))
+    chunks = split_text(clean_text(f"Before you go:\n{items}", max_chars=5000), "en")
+    assert len(chunks) > 1 and all(chunk.rstrip(".").endswith("for the trip") for chunk in chunks), chunks
+    assert all(chunk[0].isdigit() for chunk in chunks[1:]), chunks
 
 
 @pytest.mark.parametrize(("text", "cleaned"), [

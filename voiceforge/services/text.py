@@ -61,6 +61,16 @@ DIGITS = {**{ord(ch): str(unicodedata.decimal(ch)) for ch in map(chr, range(0x80
 # spoken run on, "Chapter One\n\nIt was night." had no pause and a heading's tune. A single line break
 # stays a space, since hard-wrapped prose breaks lines mid-sentence.
 PARAGRAPH_AFTER_WORD = re.compile(r"(?<=[^\W_])[^\S\n]*\n\s*\n")
+# A list item: a line that begins with a bullet ("- ", "* ", "+ ", "• ") or a number of one or two digits
+# and "." or ")" (a year that a hard-wrapped line begins with, "in\n1984. Then", is no item).
+_ITEM = r"[^\S\n]*(?:[-*+•‣⁃]|(\d{1,2})[.)])[^\S\n]+"
+# A line break before an item ends the line before it as a sentence would, unless that line ends in a
+# mark of its own ("Buy:", "red,"): "Buy:\n- apples\n- pears" was read "apples pears", in one breath.
+ITEM_AFTER_WORD = re.compile(rf"(?:(?<=[^\W_])|(?<=[)\]]))[^\S\n]*(?=\n{_ITEM})")
+# An item's marker. A bullet names no word: XTTS spells out only the symbols of its table (& % $ °…) and
+# handed "-", "*" or "•" to the model as they are. A number is kept, with a comma as one reads a list
+# out ("1, Heat it": "one, heat it"): with its dot, "1." ended a sentence, and a chunk could end on it.
+LIST_MARKER = re.compile(rf"^{_ITEM}", re.MULTILINE)
 
 
 def clean_text(text: str, *, max_chars: int | None) -> str:
@@ -74,13 +84,18 @@ def clean_text(text: str, *, max_chars: int | None) -> str:
     normalised = SELECTORS.sub("", unicodedata.normalize("NFKC", text)).translate(DIGITS)
     kept = "".join(ch if ch == "\n" else " " if ch.isspace() else ch
                    for ch in normalised if ch.isspace() or _speakable(ch))
-    cleaned = re.sub(r"\s+", " ", PARAGRAPH_AFTER_WORD.sub(". ", kept)).strip()
+    listed = LIST_MARKER.sub(_spoken_marker, ITEM_AFTER_WORD.sub(".", kept))
+    cleaned = re.sub(r"\s+", " ", PARAGRAPH_AFTER_WORD.sub(". ", listed)).strip()
     if not any(ch.isalnum() for ch in cleaned):
         raise Unprocessable("Text has nothing to speak: it needs at least one letter or digit.")
     if max_chars is not None and len(cleaned) > max_chars:
         raise Unprocessable(f"Text is {len(cleaned)} characters long once normalised (NFKC: ligatures and "
                             f"compatibility characters spelt out); the limit is {max_chars}.")
     return cleaned
+
+
+def _spoken_marker(marker: re.Match[str]) -> str:
+    return f"{marker[1]}, " if marker[1] else ""
 
 
 def _speakable(ch: str) -> bool:
