@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import re
 import shutil
+import time
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -680,6 +681,46 @@ def test_a_voice_deleted_elsewhere_leaves_the_list(page: ConsolePage, keyed: Ser
     page.wait(lambda: not page.all(f'#voice-list li[data-voice-id="{ids[1]}"]'), 30, "the card to go")
     assert page.text("voices-status") == "Deleted elsewhere is gone: it was deleted elsewhere."
     assert not set(ids) & set(page.voice_options())
+
+
+@slow
+def test_a_job_that_ends_later_leaves_the_voices_message_shown(page: ConsolePage, keyed: Server,
+                                                               files: dict) -> None:
+    """A job's end refreshes the voice list (its voice may now be fine-tuned): that refresh wiped the
+    message an action had just shown. The jobs API's answers are scripted here, to end a job on cue."""
+    page.choose_files(files["samples"][:1])
+    assert page.create_voice("Gone elsewhere") == "Gone elsewhere is ready: choose it under Speak."
+    voice_id = page.by_id("speak-voice").get_attribute("value")
+    page.script(r"""
+        const original = window.fetch;
+        window.jobState = 'running';
+        window.voiceLists = 0;
+        window.fetch = (url, init) => {
+          if (/api\/voices$/.test(String(url))) window.voiceLists += 1;
+          if (!/api\/jobs(\?|$)/.test(String(url))) return original(url, init);
+          const job = {id: 'j1', voiceId: 'another-voice', kind: 'finetune', state: window.jobState,
+                       progress: 0.5, epoch: 1, epochs: 2, step: 1, steps: 2, loss: null, message: '',
+                       error: window.jobState === 'failed' ? 'Scripted.' : null, attempts: 1,
+                       datasetSeconds: 20, createdAt: '2026-01-01T00:00:00+00:00', startedAt: null,
+                       finishedAt: null};
+          return Promise.resolve(new Response(JSON.stringify({jobs: [job]}),
+                                              {headers: {'Content-Type': 'application/json'}}));
+        };
+    """)
+    page.by_id("voices-refresh").click()  # the page now sees the job running, and polls it each second
+    page.wait(lambda: job_card_of(page, "another-voice"), 10, "the job's card")
+    assert api(keyed, "DELETE", f"/api/voices/{voice_id}").status_code == 204
+    page.click_on_card(voice_id, "Rename")
+    page.by_id(f"rename-{voice_id}").send_keys(" again\n")
+    gone = "Gone elsewhere is gone: it was deleted elsewhere."
+    page.wait(lambda: page.text("voices-status") == gone, 30, "the voice's message")
+    lists = page.script("return window.voiceLists")
+    page.script("window.jobState = 'failed'")
+    page.wait(lambda: "failed" in page.text("jobs-status"), 30, "the job to end")
+    page.wait(lambda: page.script("return window.voiceLists") > lists, 30, "the job's end to list voices")
+    for _ in range(20):  # for 2 s after that refresh began, long enough for its answer to be shown
+        assert page.text("voices-status") == gone  # it became ''
+        time.sleep(0.1)
 
 
 @slow

@@ -11,26 +11,37 @@ export function setupVoices({onChange}) {
   let voices = [];
   // The newest refresh: an older one answered after it (a slow 401 for a mistyped key) is stale.
   let latest = 0;
+  let listSaid = ''; // what a refresh last said in the status line (see sayOfList)
   let wanted = ''; // the voice to choose once the list comes, whichever refresh brings it
 
   async function refresh(selectId) {
     const mine = ++latest;
     if (selectId) wanted = selectId;
-    if (!voices.length) say(status, 'Loading voices…');
+    if (!voices.length) sayOfList('Loading voices…');
     let answer;
     try {
       answer = (await api('api/voices')).voices;
     } catch (error) {
-      if (mine === latest) say(status, explain(error), 'error');
+      if (mine === latest) sayOfList(explain(error), 'error');
       return;
     }
     if (mine !== latest) return;
     voices = answer;
     const own = voices.filter((voice) => voice.kind !== 'builtin');
     showCards(own);
-    say(status, own.length ? '' : 'No voices of your own yet: create one under New voice.');
+    // A refresh of its own (a job ended) replaces only what a refresh said, never an action's outcome
+    // ("… is gone: it was deleted elsewhere."), which it wiped a moment after it was shown.
+    if (!status.textContent || status.textContent === listSaid) {
+      sayOfList(own.length ? '' : 'No voices of your own yet: create one under New voice.');
+    }
     fillSelect(wanted);
     wanted = '';
+  }
+
+  /** Say something about the list itself (loading, unreachable, empty), which the next refresh replaces. */
+  function sayOfList(text, kind) {
+    say(status, text, kind);
+    listSaid = status.textContent;
   }
 
   function fillSelect(selectId) {
