@@ -20,7 +20,7 @@ ACTIVE = (JobState.queued, JobState.running)
 def new_job(voice_id: str, params: dict[str, Any], *, epochs: int, job_id: str | None = None,
             dataset_seconds: float | None = None) -> Job:
     """Queue a fine-tuning job for a voice (409 while one is queued or running for it)."""
-    _refuse_a_second_job(voice_id)
+    refuse_a_second_job(voice_id)
     job = Job(id=job_id or secrets.token_hex(16), voice_id=voice_id, kind="finetune", state=JobState.queued,
               params=params, epochs=epochs, message="Queued.", dataset_seconds=dataset_seconds)
     db.session.add(job)
@@ -28,7 +28,8 @@ def new_job(voice_id: str, params: dict[str, Any], *, epochs: int, job_id: str |
     return job
 
 
-def _refuse_a_second_job(voice_id: str) -> None:
+def refuse_a_second_job(voice_id: str) -> None:
+    """409 while the voice has a fine-tuning job queued or running."""
     if active_job(voice_id) is not None:
         raise Conflict(f"Voice {voice_id!r} already has a fine-tuning job queued or running.")
 
@@ -39,7 +40,7 @@ def _commit_unless_another_is_active(voice_id: str) -> None:
     try:
         commit()
     except IntegrityError:
-        _refuse_a_second_job(voice_id)
+        refuse_a_second_job(voice_id)
         raise  # another constraint: not a second job
 
 
@@ -126,7 +127,7 @@ def retry(job: Job) -> Job:
                        "fine-tuning job instead.")
     if job.state != JobState.failed:
         raise Conflict(f"Job {job.id} is {job.state.value}; only failed jobs can be retried.")
-    _refuse_a_second_job(job.voice_id)
+    refuse_a_second_job(job.voice_id)
     job.state, job.error, job.cancel_requested, job.attempts = JobState.queued, None, False, 0
     job.finished_at, job.message = None, "Queued again."
     # The failed run's figures would read as this run's: it starts again (from a checkpoint, which its

@@ -183,8 +183,7 @@ def finetunable_voice(voice_id: str) -> Voice:
     voice = voices.get_voice(voice_id)
     if voice.kind not in (VoiceKind.cloned, VoiceKind.finetuned) or voice.status != VoiceStatus.ready:
         raise Conflict(f"Voice {voice_id!r} is not a ready cloned voice (status: {voice.status.value}).")
-    if store.active_job(voice.id) is not None:
-        raise Conflict(f"Voice {voice_id!r} already has a fine-tuning job queued or running.")
+    store.refuse_a_second_job(voice.id)
     return voice
 
 
