@@ -33,7 +33,7 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Settings that shape the engine: an app that overrides one gets an engine of its own.
 ENGINE_SETTINGS = {"MODEL_DIR", "MODEL_NAME", "DEVICE", "INFERENCE_QUEUE_SIZE", "FINETUNED_CACHE",
-                   "MAX_BATCH", "DECODER_DTYPE", "VOCODER_DTYPE", "CPU_MATMUL", "CUDA_GRAPHS"}
+                   "MAX_BATCH", "DECODER_DTYPE", "VOCODER_DTYPE", "CPU_MATMUL", "CUDA_GRAPHS", "CUDA_STEP"}
 
 
 @pytest.fixture(scope="session")

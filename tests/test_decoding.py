@@ -585,10 +585,11 @@ def cuda_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @cuda
-@pytest.mark.parametrize("graphs", [True, False])
-def test_on_cuda_greedy_tokens_equal_stock(cuda_checkpoint: Path, graphs: bool) -> None:
+@pytest.mark.parametrize(("graphs", "step"), [(True, "torch"), (False, "torch"), (True, "triton"),
+                                              (False, "triton")])
+def test_on_cuda_greedy_tokens_equal_stock(cuda_checkpoint: Path, graphs: bool, step: str) -> None:
     engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
-                                   queue_size=8, max_batch=8, cuda_graphs=graphs))
+                                   queue_size=8, max_batch=8, cuda_graphs=graphs, cuda_step=step))
     voices = list(read_speakers(cuda_checkpoint).values())
     items = [(text, language, voices[n % len(voices)]) for n, (language, text) in enumerate(every_text())]
     spoken = [engine.speak([text], language, latents, GREEDY)[0] for text, language, latents in items]
@@ -599,9 +600,10 @@ def test_on_cuda_greedy_tokens_equal_stock(cuda_checkpoint: Path, graphs: bool) 
 
 
 @cuda
-def test_on_cuda_concurrent_streams_stay_apart(cuda_checkpoint: Path) -> None:
+@pytest.mark.parametrize("step", ["torch", "triton"])
+def test_on_cuda_concurrent_streams_stay_apart(cuda_checkpoint: Path, step: str) -> None:
     engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
-                                   queue_size=32, max_batch=32))
+                                   queue_size=32, max_batch=32, cuda_step=step))
     voices = list(read_speakers(cuda_checkpoint).values())
     results: dict[int, list[int]] = {}
 

@@ -60,7 +60,8 @@ def test_a_usable_checkpoint_is_ready_before_and_after_the_first_request_loads_i
     assert after.json["model"]["loaded"] is True and after.json["model"]["device"] == "cpu"
     assert "decoding" not in before.json["model"]  # nothing is built before the first synthesis
     assert after.json["model"]["decoding"] == {"rows": 8, "gptDtype": "float32", "vocoderDtype": "float32",
-                                               "matmul": "onednn", "cudaGraphs": False}
+                                               "matmul": "onednn", "cudaGraphs": False,
+                                               "stepKernels": "torch"}
 
 
 def test_licence_consent_without_a_download_yet_is_loadable(make_app,

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("MAX_BODY_BYTES", "-5", "at least 1"),
     ("DB_BUSY_TIMEOUT_MS", "-1", "at least 0"),
     ("CUDA_GRAPHS", "maybe", "true or false"),
+    ("CUDA_STEP", "cutlass", "triton"),
     ("JOB_RUNNER", "nah", "true or false"),
     ("API_KEYS_FILE", "/nonexistent/keys.txt", "a readable file"),
 ])

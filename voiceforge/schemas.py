@@ -218,6 +218,8 @@ class DecodingStateSchema(Schema):
     vocoderDtype = fields.String(required=True, metadata={"description": "HiFiGAN's precision in use."})
     matmul = fields.String(required=True, metadata={"enum": ["onednn", "reference"]})
     cudaGraphs = fields.Boolean(required=True, metadata={"description": "Steps replay CUDA graphs."})
+    stepKernels = fields.String(required=True, metadata={
+        "enum": ["torch", "triton"], "description": "A CUDA step in PyTorch's kernels or fused Triton ones."})
 
 
 class ModelStateSchema(Schema):

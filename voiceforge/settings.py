@@ -47,6 +47,7 @@ class Settings:
     vocoder_dtype: str
     cpu_matmul: str
     cuda_graphs: bool
+    cuda_step: str
     log_level: str
     log_format: str  # text | json (voiceforge/logs.py)
     finetune_min_speech_seconds: float
@@ -91,6 +92,7 @@ class Settings:
             vocoder_dtype=_half_or_full(config, "VOCODER_DTYPE"),
             cpu_matmul=_choice(config, "CPU_MATMUL", ("onednn", "reference")),
             cuda_graphs=_switch(config, "CUDA_GRAPHS"),
+            cuda_step=_choice(config, "CUDA_STEP", ("torch", "triton")),
             log_level=log_level(config.get("LOG_LEVEL")),
             log_format=_choice(config, "LOG_FORMAT", LOG_FORMATS),
             finetune_min_speech_seconds=_number(config, "FINETUNE_MIN_SPEECH_SECONDS", float, minimum=1.0),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -27,10 +28,14 @@ class GraphedStep:
     """`step()` with GptDecoder.step's signature, replaying captured graphs."""
 
     def __init__(self, decoder: GptDecoder, *, batch_buckets: tuple[int, ...] = BATCH_BUCKETS,
-                 length_buckets: tuple[int, ...] = LENGTH_BUCKETS) -> None:
+                 length_buckets: tuple[int, ...] = LENGTH_BUCKETS,
+                 step: Callable[..., StepOutput] | None = None) -> None:
+        """`step` is what is captured: the decoder's own step unless another is given (TritonStep.step,
+        which reads each row's length from its position, so it needs no length buckets: pass ())."""
         if decoder.device.type != "cuda":
             raise ValueError("CUDA graphs need the decoder on a CUDA device")
         self.decoder = decoder
+        self._eager_step = step or decoder.step
         self.batches = tuple(b for b in batch_buckets if b <= decoder.rows) or (decoder.rows,)
         if self.batches[-1] < decoder.rows:
             self.batches += (decoder.rows,)
@@ -57,11 +62,11 @@ class GraphedStep:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream), torch.inference_mode():
                 for _ in range(2):  # warm-up: lazy initialisation must not happen inside the capture
-                    self.decoder.step(*args)
+                    self._eager_step(*args)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
-                output = self.decoder.step(*args)
+                output = self._eager_step(*args)
             self.graphs[key] = (graph, output)
             log.debug("captured the decoding step for batch %d, length %d", batch, length)
         return self.graphs[key]

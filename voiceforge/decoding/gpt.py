@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,8 @@ class GptDecoder:
         self.prefill_together = not self.exact
         self._finish_step = self._finish_block if self.exact else self._finish_step_block
         self.matmul = cpu_matmul(cpu_matmul_kind, self._weighted()) if self.exact else ReferenceMatmul()
+        # What else keeps a copy of the weights (triton_step.TritonStep) and refreshes it with ours.
+        self.on_refresh: list[Callable[[], None]] = []
 
     def _weighted(self) -> list[nn.Module]:
         """Every module whose weight a step multiplies by: four per block, then the audio token head."""
@@ -114,6 +117,8 @@ class GptDecoder:
         if self.parts is not self._source:
             self.parts.load_state_dict(self._source.state_dict())
         self.matmul.refresh()
+        for refresh in self.on_refresh:
+            refresh()
 
     # -- prefix ---------------------------------------------------------------------------------
     def prefix_embeddings(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:

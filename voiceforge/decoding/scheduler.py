@@ -101,7 +101,9 @@ class BatchScheduler:
     other users of the model (conditioning latents, weight swaps) interleave between steps;
     `use_weights(path)` puts a fine-tuned GPT (or the checkpoint's, for None) in place under it.
     `decoder` defaults to a GptDecoder of `rows` rows in the model's dtype; `step_runner` replaces
-    its step (CUDA graphs: cuda_graphs.GraphedStep.step). `decoder_has_base_weights` says the decoder
+    its step (CUDA graphs: cuda_graphs.GraphedStep.step; fused kernels: triton_step.TritonStep.step), and
+    `step_kernels` says whose kernels it runs ("torch" or "triton") and `cuda_graphs` whether it replays
+    graphs (by default: whether a runner was given). `decoder_has_base_weights` says the decoder
     was built while the model held its base weights, so that its copies (oneDNN's packing, another
     dtype's weights) need no refresh before the first step: about 0.7-5 s on a CPU for XTTS-v2.
     `vocoder_dtype` runs HiFiGAN in bfloat16 or float16 (hifigan.TrimmedGenerator).
@@ -109,12 +111,15 @@ class BatchScheduler:
 
     def __init__(self, model: Any, model_lock: threading.Lock, use_weights: Callable[[str | None], None], *,
                  rows: int = 8, decoder: GptDecoder | None = None,
-                 step_runner: Callable[..., StepOutput] | None = None,
-                 decoder_has_base_weights: bool = False, vocoder_dtype: torch.dtype | None = None) -> None:
+                 step_runner: Callable[..., StepOutput] | None = None, step_kernels: str = "torch",
+                 cuda_graphs: bool | None = None, decoder_has_base_weights: bool = False,
+                 vocoder_dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.decoder = decoder or GptDecoder(model, rows)
         self.rows = self.decoder.rows
         self._step_runner = step_runner or self.decoder.step
+        self._described_step = {"cudaGraphs": step_runner is not None if cuda_graphs is None else cuda_graphs,
+                                "stepKernels": step_kernels}
         self.vocoder = TrimmedGenerator(model.hifigan_decoder.waveform_decoder, vocoder_dtype)
         # The weights the decoder's copies were last refreshed from; None: unknown, refresh before a step.
         self._decoder_weights: tuple[str | None] | None = (None,) if decoder_has_base_weights else None
@@ -143,7 +148,7 @@ class BatchScheduler:
         """How this decoder runs, after any fallback: what /readyz reports once it is built."""
         return {"rows": self.rows, "gptDtype": _dtype_name(self.decoder.dtype),
                 "vocoderDtype": _dtype_name(self.vocoder.dtype), "matmul": self.decoder.matmul.name,
-                "cudaGraphs": self._step_runner != self.decoder.step}
+                **self._described_step}
 
     def submit(self, utterance: Utterance) -> Utterance:
         """Queue an utterance; its pieces arrive as it is decoded.

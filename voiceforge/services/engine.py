@@ -89,6 +89,7 @@ class EngineSettings:
     vocoder_dtype: str = "float32"  # HiFiGAN's dtype while decoding (the same choices)
     cpu_matmul: str = "onednn"  # how a CPU decoder multiplies by the GPT's weights (decoding/matmul.py)
     cuda_graphs: bool = True  # capture the decoding step in CUDA graphs (CUDA only)
+    cuda_step: str = "torch"  # a CUDA step in PyTorch's kernels or fused Triton ones (triton_step.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineSettings:
@@ -96,7 +97,7 @@ class EngineSettings:
                    queue_size=settings.inference_queue_size, finetuned_cache=settings.finetuned_cache,
                    max_batch=settings.max_batch, decoder_dtype=settings.decoder_dtype,
                    vocoder_dtype=settings.vocoder_dtype, cpu_matmul=settings.cpu_matmul,
-                   cuda_graphs=settings.cuda_graphs)
+                   cuda_graphs=settings.cuda_graphs, cuda_step=settings.cuda_step)
 
 
 class Engine:
@@ -394,18 +395,30 @@ class Engine:
             self.use_weights(model, None)  # built from the base weights: no refresh before a first step
             gpt = GptDecoder(model, self.settings.max_batch, dtype=dtype,
                              cpu_matmul_kind=self.settings.cpu_matmul)
-            step_runner = None
-            if gpt.device.type == "cuda" and self.settings.cuda_graphs:
-                from voiceforge.decoding.cuda_graphs import GraphedStep
-
-                graphed = GraphedStep(gpt)
-                graphed.capture()  # under the model lock: nothing else may launch work during a capture
-                step_runner = graphed.step
+            on_cuda = gpt.device.type == "cuda"
+            step_runner = self._cuda_step(gpt) if on_cuda else None
         scheduler = BatchScheduler(model, self._model_lock, lambda weights: self.use_weights(model, weights),
-                                   decoder=gpt, step_runner=step_runner, decoder_has_base_weights=True,
-                                   vocoder_dtype=vocoder_dtype)
+                                   decoder=gpt, step_runner=step_runner,
+                                   step_kernels=self.settings.cuda_step if on_cuda else "torch",
+                                   cuda_graphs=on_cuda and self.settings.cuda_graphs,
+                                   decoder_has_base_weights=True, vocoder_dtype=vocoder_dtype)
         log.info("decoder ready in %.1f s: %s", time.perf_counter() - started, scheduler.describe())
         return scheduler
+
+    def _cuda_step(self, gpt: Any) -> Any:
+        """How a CUDA decoder steps: PyTorch's kernels or fused Triton ones, replayed from CUDA graphs."""
+        from voiceforge.decoding.cuda_graphs import LENGTH_BUCKETS, GraphedStep
+
+        step, lengths = gpt.step, LENGTH_BUCKETS
+        if self.settings.cuda_step == "triton":
+            from voiceforge.decoding.triton_step import TritonStep
+
+            step, lengths = TritonStep(gpt).step, ()  # it reads each row's own length: one length bucket
+        if not self.settings.cuda_graphs:
+            return step
+        graphed = GraphedStep(gpt, step=step, length_buckets=lengths)
+        graphed.capture()  # under the model lock: nothing else may launch work during a capture
+        return graphed.step
 
     def _fast_dtype(self, setting: str, name: str) -> Any:
         """The torch dtype a precision setting asks for; None (float32) where it would not be faster."""

@@ -1,0 +1,121 @@
+"""TritonStep's step against GptDecoder's own, and each kernel against PyTorch's formulas in float64.
+
+On a CPU it runs in Triton's interpreter (`TRITON_INTERPRET=1 python -m tests.support.triton_compare
+CHECKPOINT`, which prints the result as JSON), on CUDA in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def compare(model: Any, dtype: torch.dtype | None = None, rows: int = 4) -> dict[str, Any]:
+    """Prefill `rows` cache rows with prefixes of different lengths, then step 1 row and all of them with
+    both steps. Returns, per row count, the largest logit and latent differences, whether every
+    argmax agrees, and the largest difference between the keys and values each step wrote."""
+    from voiceforge.decoding.gpt import GptDecoder
+    from voiceforge.decoding.triton_step import TritonStep
+
+    device = next(model.gpt.parameters()).device
+    results: dict[str, Any] = {}
+    with torch.inference_mode():
+        decoder = GptDecoder(model, rows, dtype=dtype, cpu_matmul_kind="reference")
+        lengths = [10 + 7 * row for row in range(rows)]
+        for row, length in enumerate(lengths):
+            prefix = torch.randn(length, decoder.dim, generator=torch.Generator().manual_seed(row))
+            decoder.prefill(row, prefix.to(device, decoder.dtype))
+        fused = TritonStep(decoder)
+        for n in (1, rows):
+            args = (torch.arange(n, device=device) + 3, torch.arange(n, device=device) + 1,
+                    torch.tensor(lengths[:n], device=device), max(lengths[:n]) + 1)
+            expected = decoder.step(*args)
+            cache = decoder.cache.clone()
+            got = fused.step(*args)
+            results[str(n)] = {
+                "logits": (got.logits - expected.logits).abs().max().item(),
+                "scale": expected.logits.abs().max().item(),
+                "latents": (got.latents.float() - expected.latents.float()).abs().max().item(),
+                "argmax_same": bool((got.logits.argmax(-1) == expected.logits.argmax(-1)).all()),
+                "cache": (decoder.cache.float() - cache.float()).abs().max().item(),
+            }
+    return results
+
+
+def kernels(model: Any, rows: int = 3) -> dict[str, float]:
+    """Each kernel on random inputs of a few units (a random model's activations are too small to show a
+    wrong cubic term or scale) against PyTorch's formulas in float64: ||got - ref|| / ||ref|| by kernel."""
+    import torch.nn.functional as F
+
+    from voiceforge.decoding.gpt import GptDecoder
+    from voiceforge.decoding.triton_step import TritonStep
+
+    generator = torch.Generator().manual_seed(7)
+
+    def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * scale
+
+    def error(got: torch.Tensor, ref: torch.Tensor) -> float:
+        return ((got.double() - ref).norm() / ref.norm()).item()
+
+    with torch.inference_mode():
+        decoder = GptDecoder(model, rows, cpu_matmul_kind="reference")
+        fused = TritonStep(decoder)
+        dim, heads, head_dim = decoder.dim, decoder.heads, decoder.head_dim
+        x, gamma, beta = rand(rows, dim, scale=3.0), 1 + rand(dim, scale=0.3), rand(dim, scale=0.3)
+        weight, bias = rand(4 * dim, dim, scale=dim ** -0.5 * 2), rand(4 * dim)
+        normed = F.layer_norm(x.double(), (dim,), gamma.double(), beta.double(), 1e-5)
+        hidden = torch.empty(rows, 4 * dim)
+        fused._linear(x, (weight, bias), hidden, rows, norm=(gamma, beta, 1e-5), gelu=True)
+        results = {"ln_linear_gelu": error(hidden, F.gelu(normed @ weight.double().T + bias.double(),
+                                                          approximate="tanh"))}
+        down, residual = rand(dim, 4 * dim, scale=(4 * dim) ** -0.5), rand(rows, dim)
+        out = residual.clone()
+        fused._linear(hidden, (down, bias[:dim]), out, rows, residual=True)
+        results["linear_residual"] = error(out, residual.double() + hidden.double() @ down.double().T
+                                           + bias[:dim].double())
+        # Keys and values written at each row's position; attention over positions 0..position.
+        qkv_weight, qkv_bias = rand(3 * dim, dim, scale=dim ** -0.5), rand(3 * dim)
+        cache = torch.zeros_like(decoder.cache[0])
+        cache.copy_(rand(*cache.shape))
+        positions = torch.tensor([5, 17, 2][:rows])
+        query = torch.empty(rows, dim)
+        fused._linear(x, (qkv_weight, qkv_bias), query, rows, norm=(gamma, beta, 1e-5), cache=cache,
+                      positions=positions)
+        qkv = normed @ qkv_weight.double().T + qkv_bias.double()
+        # (rows, keys/values, heads, head_dim) at each row's position
+        written = torch.stack([cache[:, row, :, positions[row]] for row in range(rows)])
+        results["qkv_query"] = error(query, qkv[:, :dim])
+        results["qkv_cache"] = error(written.reshape(rows, 2 * dim), qkv[:, dim:])
+        attended = torch.empty(rows, dim)
+        from voiceforge.decoding.triton_step import BLOCK_T, _attention_kernel
+
+        stride = cache.stride()
+        _attention_kernel[(rows, heads)](query, cache, positions, attended, head_dim ** -0.5, *stride[:4],
+                                         HEADS=heads, HEAD_DIM=head_dim, LENGTH=decoder.max_len,
+                                         BLOCK_T=BLOCK_T)
+        expected = []
+        for row in range(rows):
+            keys = cache[0, row, :, :positions[row] + 1].double()  # (heads, length, hd)
+            values = cache[1, row, :, :positions[row] + 1].double()
+            q = query[row].double().view(heads, 1, head_dim)
+            weights = (q @ keys.transpose(1, 2) * head_dim ** -0.5).softmax(-1)
+            expected.append((weights @ values).reshape(dim))
+        results["attention"] = error(attended, torch.stack(expected))
+    return results
+
+
+def main() -> None:
+    from voiceforge.services.engine import load_xtts
+
+    model, _device = load_xtts(Path(sys.argv[1]), "cpu")
+    errors = {f"{name}@{rows}": value for rows in (1, 3) for name, value in kernels(model, rows).items()}
+    sys.stdout.write(json.dumps({"step": compare(model), "kernels": errors}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

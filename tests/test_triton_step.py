@@ -1,0 +1,68 @@
+"""The decoding step in fused Triton kernels (voiceforge/decoding/triton_step.py) against PyTorch's.
+
+On a CPU the kernels run in Triton's interpreter (in a subprocess: the interpreter is chosen when
+Triton is imported); on CUDA, compiled, in float32 and bf16. The engine's use of them on CUDA
+(tokens equal stock's) is in test_decoding.py's CUDA tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support.checkpoint import build_checkpoint
+from tests.support.triton_compare import compare
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_same_step(results: dict, tolerance: float) -> None:
+    for rows, result in results.items():
+        assert result["logits"] <= tolerance * result["scale"], (rows, result)
+        assert result["latents"] <= tolerance * 10, (rows, result)
+        assert result["cache"] <= tolerance * 10, (rows, result)
+
+
+def test_the_fused_kernels_give_the_steps_logits_and_cache_in_the_interpreter(checkpoint_dir: Path) -> None:
+    """One row (a dot product per column) and several (the matrix-unit path), rows of different lengths."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-m", "tests.support.triton_compare", str(checkpoint_dir)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(results["step"]) == {"1", "4"}
+    assert_same_step(results["step"], 1e-5)
+    assert all(result["argmax_same"] for result in results["step"].values())
+    # Each kernel on inputs of a few units against float64 PyTorch: float32's rounding, no more.
+    assert len(results["kernels"]) == 10
+    assert all(error < 1e-6 for error in results["kernels"].values()), results["kernels"]
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def cuda_model(tmp_path_factory: pytest.TempPathFactory):
+    from voiceforge.services.engine import load_xtts
+
+    model, _device = load_xtts(build_checkpoint(tmp_path_factory.mktemp("triton") / "xtts"), "cuda")
+    return model
+
+
+@cuda
+def test_on_cuda_the_fused_kernels_give_the_steps_logits_in_float32(cuda_model) -> None:
+    results = compare(cuda_model, rows=8)
+    assert_same_step(results, 1e-5)
+    assert all(result["argmax_same"] for result in results.values())
+
+
+@cuda
+def test_on_cuda_the_fused_kernels_in_bfloat16_stay_near_the_bfloat16_step(cuda_model) -> None:
+    assert_same_step(compare(cuda_model, dtype=torch.bfloat16, rows=8), 5e-2)
