@@ -5,7 +5,8 @@ Builds a random-weight XTTS-v2 checkpoint in the release layout (no download). R
 emit the stop token, so every sentence runs to the token cap (--max-tokens - 3 tokens): the figures
 are per token and per second of audio produced (1,024 samples at 22.05 kHz per token, 46 ms).
 Prints: ms per token at batch 1 (stock, ours; on CUDA also ours with CUDA graphs, in fp32, with the
-GPT in bf16, and with the GPT and the vocoder in bf16; on a CPU also ours with transformers' addmm
+GPT in bf16, and with the GPT and the vocoder in bf16, and the same three with the step in fused
+Triton kernels (decoding/triton_step.py); on a CPU also ours with transformers' addmm
 instead of oneDNN, and, where the CPU has bf16 natively, ours with the GPT, the vocoder or both in
 bf16; --only picks some of them), the aggregate real-time factor at 1, 4, 8 and 32 concurrent
 requests against stock serial decoding, a 10-sentence text at once against sentence by sentence,
@@ -230,12 +231,17 @@ def main() -> None:
         return lambda: BatchScheduler(model, lock, lambda _weights: None, vocoder_dtype=vocoder_dtype,
                                       decoder=GptDecoder(model, rows, dtype=dtype, cpu_matmul_kind=matmul))
 
-    def graphed(name: str, dtype, vocoder_dtype) -> Callable[[], BatchScheduler]:
+    def graphed(name: str, dtype, vocoder_dtype, triton: bool = False) -> Callable[[], BatchScheduler]:
         def build() -> BatchScheduler:
             from voiceforge.decoding.cuda_graphs import GraphedStep
 
             decoder = GptDecoder(model, rows, dtype=dtype)
-            runner = GraphedStep(decoder)
+            if triton:  # fused Triton kernels (decoding/triton_step.py): each row's own length, one bucket
+                from voiceforge.decoding.triton_step import TritonStep
+
+                runner = GraphedStep(decoder, step=TritonStep(decoder).step, length_buckets=())
+            else:
+                runner = GraphedStep(decoder)
             started = time.perf_counter()
             runner.capture()
             figures[f"{name} capture_s"] = time.perf_counter() - started
@@ -253,6 +259,9 @@ def main() -> None:
         for name, dtype, vocoder_dtype in (("ours+graphs", None, None), ("ours+graphs bf16", bf16, None),
                                            ("ours+graphs bf16 both", bf16, bf16)):
             variants[name] = graphed(name, dtype, vocoder_dtype)
+        for name, dtype, vocoder_dtype in (("ours+triton", None, None), ("ours+triton bf16", bf16, None),
+                                           ("ours+triton bf16 both", bf16, bf16)):
+            variants[name] = graphed(name, dtype, vocoder_dtype, triton=True)
     else:
         # "ours" multiplies by oneDNN-prepacked weights (the default); "ours addmm" is transformers'
         # own arithmetic (VOICEFORGE_CPU_MATMUL=reference), the one bit-identical to stock.

@@ -5,11 +5,13 @@
 # to $OUT (the device tool sets it; default /tmp/voiceforge-gpu).
 #
 # The machine has Python and PyTorch but not our other packages: carry them as wheels in .whl/
-# (git-ignored; see the device tool's README for the pip download line) and run, from the repo root:
+# (git-ignored; `bash bench/gpu-wheels.sh` downloads them here) and run, from the repo root:
 #   bash bench/gpu.sh                   # CUDA when present
 #   DEVICE=cpu SIZE=tiny MAX_TOKENS=24 bash bench/gpu.sh   # a dry run of the same steps on a CPU
 # CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs further (tests/test_bench.py);
-# ONLY names the variants of bench/decode.py to run (its --only; default: all).
+# ONLY names the variants of bench/decode.py to run (its --only; default: all); STEPS the steps below
+# to run (default: all); TRITON_CONFIGS the configs of bench/triton_step.py; PHASES=1 times decode.py's
+# phases, NO_TEN=1 skips its 10-sentence text.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/voiceforge-gpu}
@@ -21,6 +23,8 @@ AGREEMENT=${AGREEMENT:-16}
 REPEATS=${REPEATS:-2}
 VOCODER_TOKENS=${VOCODER_TOKENS:-96}
 ONLY=${ONLY:-}
+STEPS=${STEPS:-cuda-tests,triton-step,decode,vocoder,compile}
+TRITON_CONFIGS=${TRITON_CONFIGS:-16/8/4,16/4/4}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ "$DEVICE" = cpu ]; then
@@ -37,16 +41,25 @@ fi
 step() {  # step SECONDS NAME COMMAND...: run, log to $OUT/NAME.txt, note the status and the time taken
   local limit=$1 name=$2 started=$SECONDS
   shift 2
+  [[ ",$STEPS," == *",$name,"* ]] || return 0
   timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
   echo "$name: exit $? after $((SECONDS - started)) s" | tee -a "$OUT/steps.txt"
 }
 
 # The CUDA tests (CUDA graphs: tokens equal stock's; bf16 GPT and vocoder speak). --noconftest: the
 # suite's conftest builds the app's fixtures, which these tests do not need.
-step 150 cuda-tests "$PY" -m pytest --noconftest -q -k cuda tests/test_decoding.py
-step 330 decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
-  --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" --phases \
-  ${ONLY:+--only "$ONLY"} --json "$OUT/decode-$SIZE-$DEVICE.json"
+step 170 cuda-tests "$PY" -m pytest --noconftest -v -k cuda tests/test_triton_step.py tests/test_decoding.py
+# One checkpoint for the benchmarks below (building the full one takes tens of seconds).
+CHECKPOINT=/tmp/voiceforge-bench-$SIZE
+"$PY" -c "import sys; sys.path.insert(0, '.'); from tests.support.checkpoint import build_checkpoint as b; \
+b(__import__('pathlib').Path('$CHECKPOINT'), size='$SIZE', max_audio_tokens=$MAX_TOKENS, speakers=('Ana Florence', 'Claribel Dervla', 'Damien Black', 'Zoe Z'))" >"$OUT/checkpoint.txt" 2>&1
+echo "checkpoint: exit $? after $SECONDS s" | tee -a "$OUT/steps.txt"
+# The step in fused Triton kernels against PyTorch's, graph replay (CUDA only).
+[ "$DEVICE" = cpu ] || step 110 triton-step "$PY" bench/triton_step.py --checkpoint "$CHECKPOINT" \
+  --configs "$TRITON_CONFIGS" --repeats 100
+step "${DECODE_S:-330}" decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
+  --checkpoint "$CHECKPOINT" --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" \
+  ${PHASES:+--phases} ${NO_TEN:+--no-ten-sentences} ${ONLY:+--only "$ONLY"} --json "$OUT/decode-$SIZE-$DEVICE.json"
 step 60 vocoder "$PY" bench/vocoder.py --device "$DEVICE" --tokens "$VOCODER_TOKENS"
 # Last, as it may be cut by the command's 600 s: does compiling a layer's halves (kernel fusion) make
 # the step, replayed from CUDA graphs as the engine runs it, faster? Not yet used by the engine.

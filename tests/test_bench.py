@@ -68,7 +68,8 @@ def test_the_gpu_command_dry_runs_every_step_on_a_cpu(tmp_path: Path) -> None:
                             env={**os.environ, **settings})
     assert result.returncode == 0, result.stderr
     steps = (tmp_path / "steps.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in steps] == ["cuda-tests", "decode", "vocoder", "compile"]
+    names = [line.split(":")[0] for line in steps]
+    assert names == ["cuda-tests", "checkpoint", "decode", "vocoder", "compile"]
     assert all(": exit 0 after" in line for line in steps), steps
     figures = json.loads((tmp_path / "decode-tiny-cpu.json").read_text())
     assert figures["ours agreement"][:2] == [1, 1]  # greedy, fp32: the one sequence equals stock's

@@ -1,0 +1,102 @@
+"""The decoding step in fused Triton kernels against PyTorch's, replayed from CUDA graphs side by side.
+
+Run: python bench/triton_step.py [--size tiny|full] [--batches 1,8,32] [--configs 16/8/4,16/4/4]
+Builds a random-weight XTTS-v2 (or loads --checkpoint), fills every cache row with a --prefix-position
+prefix, and for each dtype prints the engine's PyTorch step (GptDecoder.step) and TritonStep with each
+config (block_n/single_row_block_n/num_warps): ms per graph replay at each batch size, the kernels one
+eager step launches, the largest logit difference from PyTorch's step in the same dtype and in
+float32, and whether every row's argmax (its greedy token) is the same. CUDA only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.step_variants import kernels, replay_ms  # noqa: E402
+from tests.support.checkpoint import build_checkpoint  # noqa: E402
+from voiceforge.decoding.gpt import GptDecoder  # noqa: E402
+from voiceforge.services.engine import load_xtts  # noqa: E402
+
+
+def graphed(step, step_args) -> torch.cuda.CUDAGraph:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        step(*step_args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        step(*step_args)
+    return graph
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("tiny", "full"), default="full")
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--prefix", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--configs", default="16/8/4",
+                        help="block_n/single_row_block_n/num_warps, comma-separated")
+    args = parser.parse_args()
+    from voiceforge.decoding.triton_step import TritonStep
+
+    torch.manual_seed(0)
+    batches = [int(n) for n in args.batches.split(",")]
+    scratch = tempfile.TemporaryDirectory(prefix="voiceforge-bench-")
+    directory = args.checkpoint or Path(scratch.name) / "xtts"
+    if not args.checkpoint:
+        build_checkpoint(directory, size=args.size, speakers=("Ana Florence",))
+    model, device = load_xtts(directory, "cuda")
+    print(f"{args.size} architecture on {torch.cuda.get_device_name()}, torch {torch.__version__}, attention "
+          f"over {args.prefix + 1} positions", flush=True)
+    prefix = torch.randn(args.prefix, model.gpt.model_dim, device=device)
+    float32_logits: dict[int, torch.Tensor] = {}
+    for dtype_name in args.dtypes.split(","):
+        dtype = getattr(torch, dtype_name)
+        with torch.inference_mode():
+            decoder = GptDecoder(model, max(batches), dtype=dtype)
+            for row in range(decoder.rows):
+                decoder.prefill(row, prefix.to(dtype))
+        steps = {"torch": decoder.step}
+        for config in args.configs.split(","):
+            block_n, single, warps = (int(part) for part in config.split("/"))
+            steps[f"triton {config}"] = TritonStep(decoder, block_n=block_n, single_row_block_n=single,
+                                                   num_warps=warps).step
+        same_dtype: dict[int, torch.Tensor] = {}
+        for name, step in steps.items():
+            row_text = []
+            for n in batches:
+                step_args = (torch.arange(n, device=device) + 7, torch.full((n,), 5, device=device),
+                             torch.full((n,), args.prefix, device=device), args.prefix + 1)
+                with torch.inference_mode():
+                    logits = step(*step_args).logits.clone()
+                same_dtype.setdefault(n, logits)
+                float32_logits.setdefault(n, logits)
+                drift = (logits - same_dtype[n]).abs().max().item()
+                drift32 = (logits - float32_logits[n]).abs().max().item()
+                argmax = bool((logits.argmax(-1) == float32_logits[n].argmax(-1)).all())
+                ms = replay_ms(graphed(step, step_args).replay, "cuda", args.repeats)
+                if n == batches[0]:
+                    with torch.inference_mode():
+                        print(f"  {dtype_name} {name}: eager step at batch {n}: "
+                              f"{kernels(step, step_args, 'cuda')}", flush=True)
+                row_text.append(f"batch {n}: {ms:.3f} ms (vs torch {drift:.1e}, vs fp32 {drift32:.1e}, "
+                                f"argmax {'same' if argmax else 'DIFFERS'})")
+            print(f"{dtype_name:>9} {name:<16} " + "; ".join(row_text), flush=True)
+        del decoder, steps
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
