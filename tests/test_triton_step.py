@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def assert_same_step(results: dict, tolerance: float) -> None:
+    """Every step compared (1 row, all rows, all rows after other weights were refreshed in) is the
+    same to `tolerance`, and the other weights did change the logits."""
+    assert results.pop("moved") > 100 * tolerance
     for rows, result in results.items():
         assert result["logits"] <= tolerance * result["scale"], (rows, result)
         assert result["latents"] <= tolerance * 10, (rows, result)
@@ -37,7 +40,7 @@ def test_the_fused_kernels_give_the_steps_logits_and_cache_in_the_interpreter(ch
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(results["step"]) == {"1", "4"}
+    assert set(results["step"]) == {"1", "4", "refreshed", "moved"}
     assert_same_step(results["step"], 1e-5)
     assert all(result["argmax_same"] for result in results["step"].values())
     # Each kernel on inputs of a few units against float64 PyTorch: float32's rounding, no more.

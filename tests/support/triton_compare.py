@@ -17,7 +17,10 @@ import torch
 def compare(model: Any, dtype: torch.dtype | None = None, rows: int = 4) -> dict[str, Any]:
     """Prefill `rows` cache rows with prefixes of different lengths, then step 1 row and all of them with
     both steps. Returns, per row count, the largest logit and latent differences, whether every
-    argmax agrees, and the largest difference between the keys and values each step wrote."""
+    argmax agrees, and the largest difference between the keys and values each step wrote; then the
+    same for all rows ("refreshed") after other GPT weights are put in place (as a fine-tuned voice's
+    are) and the decoder refreshed, with how far that moved the logits ("moved"). The model's weights
+    are restored after."""
     from voiceforge.decoding.gpt import GptDecoder
     from voiceforge.decoding.triton_step import TritonStep
 
@@ -30,20 +33,45 @@ def compare(model: Any, dtype: torch.dtype | None = None, rows: int = 4) -> dict
             prefix = torch.randn(length, decoder.dim, generator=torch.Generator().manual_seed(row))
             decoder.prefill(row, prefix.to(device, decoder.dtype))
         fused = TritonStep(decoder)
-        for n in (1, rows):
+
+        def both_steps(n: int) -> tuple[dict[str, Any], torch.Tensor]:
             args = (torch.arange(n, device=device) + 3, torch.arange(n, device=device) + 1,
                     torch.tensor(lengths[:n], device=device), max(lengths[:n]) + 1)
             expected = decoder.step(*args)
             cache = decoder.cache.clone()
             got = fused.step(*args)
-            results[str(n)] = {
+            return {
                 "logits": (got.logits - expected.logits).abs().max().item(),
                 "scale": expected.logits.abs().max().item(),
                 "latents": (got.latents.float() - expected.latents.float()).abs().max().item(),
                 "argmax_same": bool((got.logits.argmax(-1) == expected.logits.argmax(-1)).all()),
                 "cache": (decoder.cache.float() - cache.float()).abs().max().item(),
-            }
+            }, expected.logits.clone()
+
+        results["1"], _logits = both_steps(1)
+        results[str(rows)], before = both_steps(rows)
+        originals = _swap_weights(model)
+        decoder.refresh()
+        results["refreshed"], after = both_steps(rows)
+        results["moved"] = (after - before).abs().max().item()
+        with torch.no_grad():
+            for tensor, original in originals:
+                tensor.copy_(original)
     return results
+
+
+def _swap_weights(model: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Change every block's projections and LayerNorms in place, as GptWeights.activate puts a fine-tuned
+    voice's weights in; returns (tensor, original) pairs to put back."""
+    changed = []
+    with torch.no_grad():
+        for block in model.gpt.gpt.h:
+            for module in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj, block.ln_1,
+                           block.ln_2):
+                for tensor in (module.weight, module.bias):
+                    changed.append((tensor, tensor.detach().clone()))
+                    tensor.mul_(1.5).add_(0.01)
+    return changed
 
 
 def kernels(model: Any, rows: int = 3) -> dict[str, float]:
