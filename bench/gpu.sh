@@ -24,7 +24,8 @@ REPEATS=${REPEATS:-2}
 VOCODER_TOKENS=${VOCODER_TOKENS:-96}
 ONLY=${ONLY:-}
 STEPS=${STEPS:-cuda-tests,triton-step,decode,vocoder,compile}
-TRITON_CONFIGS=${TRITON_CONFIGS:-16/8/4,16/4/4}
+# the defaults, the first tiling written (a single row's loads 128 columns at a time), more warps
+TRITON_CONFIGS=${TRITON_CONFIGS:-default single_row_block_k=128,block_t=64 num_warps=8,num_stages=4}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ "$DEVICE" = cpu ]; then

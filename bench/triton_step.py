@@ -1,11 +1,12 @@
 """The decoding step in fused Triton kernels against PyTorch's, replayed from CUDA graphs side by side.
 
-Run: python bench/triton_step.py [--size tiny|full] [--batches 1,8,32] [--configs 16/8/4,16/4/4]
+Run: python bench/triton_step.py [--size tiny|full] [--batches 1,8,32] [--configs "default block_k=256"]
 Builds a random-weight XTTS-v2 (or loads --checkpoint), fills every cache row with a --prefix-position
 prefix, and for each dtype prints the engine's PyTorch step (GptDecoder.step) and TritonStep with each
-config (block_n/single_row_block_n/num_warps): ms per graph replay at each batch size, the kernels one
-eager step launches, the largest logit difference from PyTorch's step in the same dtype and in
-float32, and whether every row's argmax (its greedy token) is the same. CUDA only.
+tiling (--configs: space-separated, each "default" or a comma-separated list of triton_step.Tiling
+fields to change): ms per graph replay at each batch size, the kernels one eager step launches, the
+largest logit difference from PyTorch's step in the same dtype and in float32, and whether every
+row's argmax (its greedy token) is the same. CUDA only.
 """
 
 from __future__ import annotations
@@ -46,10 +47,9 @@ def main() -> None:
     parser.add_argument("--prefix", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--configs", default="16/8/4",
-                        help="block_n/single_row_block_n/num_warps, comma-separated")
+    parser.add_argument("--configs", default="default", help="tilings, space-separated (default num_warps=8)")
     args = parser.parse_args()
-    from voiceforge.decoding.triton_step import TritonStep
+    from voiceforge.decoding.triton_step import Tiling, TritonStep
 
     torch.manual_seed(0)
     batches = [int(n) for n in args.batches.split(",")]
@@ -69,10 +69,9 @@ def main() -> None:
             for row in range(decoder.rows):
                 decoder.prefill(row, prefix.to(dtype))
         steps = {"torch": decoder.step}
-        for config in args.configs.split(","):
-            block_n, single, warps = (int(part) for part in config.split("/"))
-            steps[f"triton {config}"] = TritonStep(decoder, block_n=block_n, single_row_block_n=single,
-                                                   num_warps=warps).step
+        for config in args.configs.split(" "):
+            tiling = Tiling() if config == "default" else Tiling.parse(config)
+            steps[f"triton {config}"] = TritonStep(decoder, tiling).step
         same_dtype: dict[int, torch.Tensor] = {}
         for name, step in steps.items():
             row_text = []

@@ -74,9 +74,10 @@ def _swap_weights(model: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return changed
 
 
-def kernels(model: Any, rows: int = 3) -> dict[str, float]:
+def kernels(model: Any, rows: int = 3, tiling: Any = None) -> dict[str, float]:
     """Each kernel on random inputs of a few units (a random model's activations are too small to show a
-    wrong cubic term or scale) against PyTorch's formulas in float64: ||got - ref|| / ||ref|| by kernel."""
+    wrong cubic term or scale) against PyTorch's formulas in float64: ||got - ref|| / ||ref|| by kernel.
+    `tiling` (triton_step.Tiling) lets small blocks make every loop run several times at a tiny width."""
     import torch.nn.functional as F
 
     from voiceforge.decoding.gpt import GptDecoder
@@ -92,7 +93,7 @@ def kernels(model: Any, rows: int = 3) -> dict[str, float]:
 
     with torch.inference_mode():
         decoder = GptDecoder(model, rows, cpu_matmul_kind="reference")
-        fused = TritonStep(decoder)
+        fused = TritonStep(decoder, tiling)
         dim, heads, head_dim = decoder.dim, decoder.heads, decoder.head_dim
         x, gamma, beta = rand(rows, dim, scale=3.0), 1 + rand(dim, scale=0.3), rand(dim, scale=0.3)
         weight, bias = rand(4 * dim, dim, scale=dim ** -0.5 * 2), rand(4 * dim)
@@ -120,12 +121,12 @@ def kernels(model: Any, rows: int = 3) -> dict[str, float]:
         results["qkv_query"] = error(query, qkv[:, :dim])
         results["qkv_cache"] = error(written.reshape(rows, 2 * dim), qkv[:, dim:])
         attended = torch.empty(rows, dim)
-        from voiceforge.decoding.triton_step import BLOCK_T, _attention_kernel
+        from voiceforge.decoding.triton_step import _attention_kernel
 
         stride = cache.stride()
         _attention_kernel[(rows, heads)](query, cache, positions, attended, head_dim ** -0.5, *stride[:4],
                                          HEADS=heads, HEAD_DIM=head_dim, LENGTH=decoder.max_len,
-                                         BLOCK_T=BLOCK_T)
+                                         BLOCK_T=fused.tiling.block_t)
         expected = []
         for row in range(rows):
             keys = cache[0, row, :, :positions[row] + 1].double()  # (heads, length, hd)
@@ -141,7 +142,11 @@ def main() -> None:
     from voiceforge.services.engine import load_xtts
 
     model, _device = load_xtts(Path(sys.argv[1]), "cpu")
-    errors = {f"{name}@{rows}": value for rows in (1, 3) for name, value in kernels(model, rows).items()}
+    from voiceforge.decoding.triton_step import Tiling
+
+    tilings = {"default": Tiling(), "small": Tiling(block_k=32, single_row_block_k=16, block_t=8)}
+    errors = {f"{name}@{rows} {label}": value for rows in (1, 3) for label, tiling in tilings.items()
+              for name, value in kernels(model, rows, tiling).items()}
     sys.stdout.write(json.dumps({"step": compare(model), "kernels": errors}) + "\n")
 
 

@@ -18,7 +18,7 @@ weights in after GptWeights swaps them, in place, as CUDA graphs need. Triton's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import triton
@@ -26,8 +26,36 @@ import triton.language as tl
 
 from voiceforge.decoding.gpt import GptDecoder, StepOutput
 
-BLOCK_K = 128  # weight columns a program reads per iteration: 256 contiguous bytes a row in bf16
-BLOCK_T = 64  # cached positions a program attends over per iteration
+
+@dataclass(frozen=True)
+class Tiling:
+    """How the kernels cut their work; the defaults are reasoned, not yet tuned on a GPU.
+
+    A step reads every weight once, so what matters is how many bytes are in flight at once: one
+    row's matrix-vector product loads a program's whole slice of K at once (single_row_block_k) rather
+    than waiting on memory once per 128 columns; more rows go through the matrix units (tl.dot, at
+    least 16 rows, padded) over tiles of block_k, pipelined num_stages deep. Attention reads
+    block_t cached positions an iteration. bench/triton_step.py times other tilings side by side.
+    """
+
+    block_n: int = 16  # output columns a program computes with the matrix units (their least: 16)
+    block_k: int = 128  # weight columns a program reads per iteration with the matrix units
+    single_row_block_n: int = 8  # output columns a program computes for one row
+    single_row_block_k: int = 1024  # weight columns it reads per iteration (all of K up to 1024)
+    block_t: int = 128  # cached positions an attention program reads per iteration
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Tiling:
+        """'block_k=256,num_warps=8' -> a Tiling with those fields changed (benchmarks' --configs)."""
+        names = {field.name for field in fields(cls)}
+        changes = dict(part.split("=") for part in text.split(",") if part)
+        unknown = changes.keys() - names
+        if unknown:
+            msg = f"unknown tiling fields {sorted(unknown)}: {sorted(names)}"
+            raise ValueError(msg)
+        return cls(**{name: int(value) for name, value in changes.items()})
 
 
 @triton.jit
@@ -143,11 +171,9 @@ class _Layer:
 class TritonStep:
     """`step()` with GptDecoder.step's signature, in fused Triton kernels over the decoder's own cache."""
 
-    def __init__(self, decoder: GptDecoder, *, block_n: int = 16, single_row_block_n: int = 8,
-                 num_warps: int = 4) -> None:
+    def __init__(self, decoder: GptDecoder, tiling: Tiling | None = None) -> None:
         self.decoder = decoder
-        self.block_n, self.single_row_block_n, self.num_warps = block_n, single_row_block_n, num_warps
-        self.block_k = min(BLOCK_K, decoder.dim)
+        self.tiling = tiling or Tiling()
         self.layers = [self._layer(block) for block in decoder._source.blocks]
         decoder.on_refresh.append(self.refresh)
 
@@ -194,7 +220,7 @@ class TritonStep:
             _attention_kernel[(n, decoder.heads)](
                 query, cache, positions, attended, decoder.head_dim ** -0.5, stride[0], stride[1], stride[2],
                 stride[3], HEADS=decoder.heads, HEAD_DIM=decoder.head_dim, LENGTH=decoder.max_len,
-                BLOCK_T=BLOCK_T, num_warps=self.num_warps)
+                BLOCK_T=self.tiling.block_t, num_warps=self.tiling.num_warps)
             self._linear(attended, layer.proj, x, n, residual=True)
             self._linear(x, layer.fc, hidden, n, norm=layer.ln_2, gelu=True)
             self._linear(hidden, layer.out, x, n, residual=True)
@@ -206,14 +232,16 @@ class TritonStep:
                 positions: torch.Tensor | None = None) -> None:
         weight, bias = weights
         n_out, k = weight.shape
-        block_n = self.single_row_block_n if rows == 1 else self.block_n
+        tiling = self.tiling
+        block_n, block_k = ((tiling.single_row_block_n, tiling.single_row_block_k) if rows == 1
+                            else (tiling.block_n, tiling.block_k))
         padded = 1 if rows == 1 else max(16, triton.next_power_of_2(rows))  # the matrix units' least
         ln_w, ln_b, eps = norm if norm is not None else (bias, bias, 0.0)
         stride = cache.stride() if cache is not None else (0, 0, 0, 0)
         _linear_kernel[(n_out // block_n,)](
             x, weight, bias, out, ln_w, ln_b, cache if cache is not None else out,
             positions if positions is not None else out, rows, eps, *stride[:4],
-            K=k, N=n_out, ROWS=padded, BLOCK_N=block_n, BLOCK_K=min(self.block_k, k),
+            K=k, N=n_out, ROWS=padded, BLOCK_N=block_n, BLOCK_K=min(block_k, k),
             LAYER_NORM=norm is not None, GELU=gelu, RESIDUAL=residual, QKV=cache is not None,
             DIM=self.decoder.dim, HEAD_DIM=self.decoder.head_dim, IEEE=weight.dtype == torch.float32,
-            num_warps=self.num_warps)
+            num_warps=tiling.num_warps, num_stages=tiling.num_stages)
