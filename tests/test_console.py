@@ -248,6 +248,38 @@ def test_readiness_gives_up_on_a_hung_server(driver, tmp_path: Path, checkpoint_
 
 
 @slow
+def test_the_voice_list_and_the_jobs_give_up_on_a_hung_server(driver, tmp_path: Path,
+                                                             checkpoint_dir: Path) -> None:
+    """Before, Refresh on a hung server never reached the jobs, and a hung poll stopped the polling."""
+    server = start_server(tmp_path, checkpoint_dir)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        page = ConsolePage(driver, server.url).open()
+        page.wait_for_voices()
+        stop_server(server)
+        with never_answering(port):
+            page.script("document.getElementById('voice-list').dataset.timeoutMs = '1500';"
+                        "document.getElementById('job-list').dataset.timeoutMs = '1500'")  # not 10 s
+            page.by_id("voices-refresh").click()
+            voices = page.wait(lambda: "answer" in page.text("voices-status") and page.text("voices-status"),
+                               30, "the voices to say the server did not answer")
+            assert voices == "The server did not answer within 1.5 s. Press Refresh to try again."
+            jobs = page.wait(lambda: "answer" in page.text("jobs-status") and page.text("jobs-status"),
+                             30, "the jobs to say the server did not answer")
+            assert jobs == "The server did not answer within 1.5 s."
+        server = start_server(tmp_path, checkpoint_dir, port=port)
+        # A new worker's first answers can take longer than 1.5 s.
+        page.script("delete document.getElementById('voice-list').dataset.timeoutMs;"
+                    "delete document.getElementById('job-list').dataset.timeoutMs")
+        page.by_id("voices-refresh").click()  # back: both lines say so
+        page.wait(lambda: page.text("voices-status").startswith("No voices of your own yet"), 30,
+                  "the voice list to be back")
+        page.wait(lambda: page.text("jobs-status") == "No fine-tuning jobs yet.", 30, "the jobs to be back")
+    finally:
+        stop_server(server)
+
+
+@slow
 def test_creating_a_voice_gives_up_on_a_hung_server(driver, tmp_path: Path, checkpoint_dir: Path,
                                                      files: dict) -> None:
     server = start_server(tmp_path, checkpoint_dir)

@@ -4,9 +4,12 @@
 // that jobs started elsewhere (the API, the CLI, another tab) get a card too.
 
 import {api} from './api.js';
-import {$, el, explain, facts, say} from './ui.js';
+import {$, el, explain, facts, say, timeoutOf} from './ui.js';
 
 const POLL_MS = 1000;
+// A poll unanswered this long failed: without a limit a hung server stopped the polling for good, the
+// bars frozen with no word; as a failure it is said and retried with the others' back-off.
+const POLL_TIMEOUT_MS = 10000;
 const IDLE_POLL_MS = 15000; // no job active, or the server keeps failing
 const SHOWN = 20; // newest jobs listed
 const ACTIVE = new Set(['queued', 'running']);
@@ -34,7 +37,7 @@ export function setupJobs({onFinished, voiceName = (id) => id}) {
     timer = null;
     let jobs;
     try {
-      jobs = (await api(`api/jobs?limit=${SHOWN}`)).jobs;
+      jobs = (await api(`api/jobs?limit=${SHOWN}`, {timeout: timeoutOf(list, POLL_TIMEOUT_MS)})).jobs;
     } catch (error) {
       if (mine !== latest) return;
       say(status, explain(error), 'error');

@@ -1,7 +1,10 @@
 // The voice list: status, kind and language of each; rename, delete, speak with it; the Speak form's choices.
 
 import {api} from './api.js';
-import {$, el, explain, facts, languageName, nameTooLong, say} from './ui.js';
+import {$, el, explain, facts, languageName, nameTooLong, say, timeoutOf} from './ui.js';
+
+// The list is one database read: a server silent this long hangs (a stuck worker, a proxy that lost it).
+const LIST_TIMEOUT_MS = 10000;
 
 /** Wire the Voices section; `onChange` runs after a voice was renamed or deleted. */
 export function setupVoices({onChange}) {
@@ -20,9 +23,13 @@ export function setupVoices({onChange}) {
     if (!voices.length) sayOfList('Loading voices…');
     let answer;
     try {
-      answer = (await api('api/voices')).voices;
+      answer = (await api('api/voices', {timeout: timeoutOf(list, LIST_TIMEOUT_MS)})).voices;
     } catch (error) {
-      if (mine === latest) sayOfList(explain(error), 'error');
+      if (mine !== latest) return;
+      // Without a timeout a hung server left "Loading voices…" (or the old list) for ever, and Refresh
+      // never reached the jobs.
+      sayOfList(error.code === 'timeout' ? `${explain(error)} Press Refresh to try again.` : explain(error),
+                'error');
       return;
     }
     if (mine !== latest) return;
