@@ -12,7 +12,6 @@ import base64
 import re
 import shutil
 import time
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
@@ -878,7 +877,7 @@ def test_a_name_of_emoji_counts_as_the_server_counts(page: ConsolePage, keyed: S
     rename.send_keys("\n")
     renamed = "\N{GRINNING FACE}" * 99 + "\N{LATIN SMALL LETTER E WITH ACUTE}"
     page.wait(lambda: page.all(f"#voice-{voice_id}-name")[0].text == renamed, 30, "the new name")  # as stored
-    assert unicodedata.normalize("NFC", page.text("voices-status")) == f"Renamed to {renamed}."  # as typed
+    assert page.text("voices-status") == f"Renamed to {renamed}."  # as stored, not as typed
     assert api(keyed, "GET", f"/api/voices/{voice_id}").json()["name"] == renamed
 
 

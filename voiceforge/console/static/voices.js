@@ -162,9 +162,10 @@ export function setupVoices({onChange}) {
         return;
       }
       try {
-        await api(`api/voices/${encodeURIComponent(voice.id)}`, {method: 'PATCH', body: {name: input.value}});
+        const renamed = await api(`api/voices/${encodeURIComponent(voice.id)}`,
+                                  {method: 'PATCH', body: {name: input.value}});
         await refresh(); // the renamed card is rebuilt: the keyboard goes to its Rename button
-        say(status, `Renamed to ${input.value.trim()}.`, 'ok');
+        say(status, `Renamed to ${renamed.name}.`, 'ok'); // as stored (NFC, stripped), as the card shows it
         onChange();
       } catch (error) {
         if (error.status === 404) await gone(voice);
