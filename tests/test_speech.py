@@ -436,6 +436,9 @@ def test_a_blank_line_after_words_ends_a_sentence(text: str, cleaned: str) -> No
     ("- red,\n- green;\n- blue!", "red, green; blue!"),  # the item's own mark is kept
     # no list: a minus, a rule, a year that a hard-wrapped line begins with
     ("it was\n-5 degrees\n---\nin\n1984. Then", "it was -5 degrees --- in 1984. Then"),
+    # no list either: a date that a hard-wrapped line begins with (was "am. 1, Mai im Park")
+    ("Wir treffen uns am\n1. Mai im Park.", "Wir treffen uns am 1. Mai im Park."),
+    ("Ready:\n1. Go", "Ready: 1, Go"),  # one item after a colon is one
 ])
 def test_a_line_break_before_a_list_item_ends_the_item_before_it(text: str, cleaned: str) -> None:
     """A list was read as one sentence, "apples pears milk", with no pause between items and the

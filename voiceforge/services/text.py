@@ -62,15 +62,13 @@ DIGITS = {**{ord(ch): str(unicodedata.decimal(ch)) for ch in map(chr, range(0x80
 # stays a space, since hard-wrapped prose breaks lines mid-sentence.
 PARAGRAPH_AFTER_WORD = re.compile(r"(?<=[^\W_])[^\S\n]*\n\s*\n")
 # A list item: a line that begins with a bullet ("- ", "* ", "+ ", "• ") or a number of one or two digits
-# and "." or ")" (a year that a hard-wrapped line begins with, "in\n1984. Then", is no item).
-_ITEM = r"[^\S\n]*(?:[-*+•‣⁃]|(\d{1,2})[.)])[^\S\n]+"
+# and "." or ")" (a year that a hard-wrapped line begins with, "in\n1984. Then", is no item). A numbered
+# line is an item only beside another item or after a line ending in ":": hard-wrapped prose breaks
+# before dates too ("Wir treffen uns am\n1. Mai"), which read as "am. 1, Mai".
+ITEM = re.compile(r"[^\S\n]*(?:[-*+•‣⁃]|(\d{1,2})[.)])[^\S\n]+")
 # A line break before an item ends the line before it as a sentence would, unless that line ends in a
 # mark of its own ("Buy:", "red,"): "Buy:\n- apples\n- pears" was read "apples pears", in one breath.
-ITEM_AFTER_WORD = re.compile(rf"(?:(?<=[^\W_])|(?<=[)\]]))[^\S\n]*(?=\n{_ITEM})")
-# An item's marker. A bullet names no word: XTTS spells out only the symbols of its table (& % $ °…) and
-# handed "-", "*" or "•" to the model as they are. A number is kept, with a comma as one reads a list
-# out ("1, Heat it": "one, heat it"): with its dot, "1." ended a sentence, and a chunk could end on it.
-LIST_MARKER = re.compile(rf"^{_ITEM}", re.MULTILINE)
+ENDS_IN_WORD = re.compile(r"(?:[^\W_]|[)\]])[^\S\n]*$")
 
 
 def clean_text(text: str, *, max_chars: int | None) -> str:
@@ -84,7 +82,7 @@ def clean_text(text: str, *, max_chars: int | None) -> str:
     normalised = SELECTORS.sub("", unicodedata.normalize("NFKC", text)).translate(DIGITS)
     kept = "".join(ch if ch == "\n" else " " if ch.isspace() else ch
                    for ch in normalised if ch.isspace() or _speakable(ch))
-    listed = LIST_MARKER.sub(_spoken_marker, ITEM_AFTER_WORD.sub(".", kept))
+    listed = _read_lists(kept)
     cleaned = re.sub(r"\s+", " ", PARAGRAPH_AFTER_WORD.sub(". ", listed)).strip()
     if not any(ch.isalnum() for ch in cleaned):
         raise Unprocessable("Text has nothing to speak: it needs at least one letter or digit.")
@@ -94,8 +92,24 @@ def clean_text(text: str, *, max_chars: int | None) -> str:
     return cleaned
 
 
-def _spoken_marker(marker: re.Match[str]) -> str:
-    return f"{marker[1]}, " if marker[1] else ""
+def _read_lists(text: str) -> str:
+    """End each list item's line before the next item, and speak its marker: a bullet names no word (XTTS
+    spells out only the symbols of its table, & % $ °…, and handed "-", "*" or "•" to the model as they
+    are); a number is kept with a comma, as one reads a list out ("1, Heat it": with its dot, "1." ended a
+    sentence, and a chunk could end on it)."""
+    lines = text.split("\n")
+    markers = [ITEM.match(line) for line in lines]
+    for index, marker in enumerate(markers):
+        if marker is None:
+            continue
+        before = lines[index - 1] if index else ""
+        beside = (index and markers[index - 1]) or (index + 1 < len(lines) and markers[index + 1])
+        if marker[1] and not beside and not before.rstrip().endswith(":"):
+            continue  # a number at the start of a hard-wrapped line, not an item
+        if index and ENDS_IN_WORD.search(before):
+            lines[index - 1] = before.rstrip() + "."
+        lines[index] = (f"{marker[1]}, " if marker[1] else "") + lines[index][marker.end():]
+    return "\n".join(lines)
 
 
 def _speakable(ch: str) -> bool:
