@@ -378,6 +378,9 @@ def test_marks_inside_latin_words_are_no_sentence_ends() -> None:
     ("en", "Some books, e.g. this one, are read again and again by many people over the years."),
     ("en", "Old books, i.e. those out of print, are hard to find in the shops of a small town."),
     ("en", "J. R. R. Tolkien wrote the book in the years between the two wars in England."),
+    ("en", "DR. SMITH AND MRS. JONES WILL MEET YOU IN FRONT OF THE OLD CHURCH TONIGHT."),
+    ("en", "See Fig. 3 and table No. 5 on p. 12 for the figures that the team measured."),
+    ("de", "Siehe Abb. 3 und Nr. 5 auf S. 12 für die Zahlen, die das Team gemessen hat."),
     ("de", "Hr. Müller und Fr. Schmidt treffen Sie heute Abend vor der alten Kirche am Markt."),
     ("de", "Fr. Schmidt und Dr. Müller treffen Sie heute Abend vor der alten Kirche am Markt."),
     ("de", "Manche Bücher, z.B. dieses hier, liest man immer wieder gern und mit viel Freude."),
@@ -393,7 +396,8 @@ def test_a_chunk_never_ends_on_a_title_or_an_initial(language: str, sentence: st
     assert split_text(before + sentence, language) == [before.strip(), sentence]
 
 
-@pytest.mark.parametrize("end", ["We had tea, cake, etc.", "It took 5 ms.", "He met Sammy Davis Jr."])
+@pytest.mark.parametrize("end", ["We had tea, cake, etc.", "It took 5 ms.", "He met Sammy Davis Jr.",
+                                 "The answer was no.", "See the last Fig."])
 def test_an_abbreviation_that_often_ends_a_sentence_still_ends_one(end: str) -> None:
     before = "It was late. " * 16
     after = "Then everybody went home and slept until late in the morning of the next day."

@@ -35,6 +35,17 @@ ABBREVIATIONS: dict[str, frozenset[str]] = {
     "it": frozenset({"Sig", "Dott", "Prof", "Dr"}),
     "nl": frozenset({"Dhr", "Mevr", "Dr"}),
 }
+# Abbreviations that stand before a number ("No. 5", "Fig. 3", "S. 12"): a sentence end only when no
+# digit follows ("I said no. Then", "Er sah S. Müller").
+BEFORE_A_NUMBER: dict[str, frozenset[str]] = {
+    "en": frozenset({"No", "Nos", "Fig", "Figs", "Vol", "p", "pp", "Ch", "Art"}),
+    "de": frozenset({"Nr", "Abb", "Bd", "S", "Art"}),
+    "fr": frozenset({"No", "Fig", "Vol", "p", "Art"}),
+    "es": frozenset({"No", "Fig", "Vol", "Art", "Núm"}),
+    "pt": frozenset({"No", "Fig", "Vol", "Art"}),
+    "it": frozenset({"No", "Fig", "Vol", "Art"}),
+    "nl": frozenset({"No", "Nr", "Fig", "Vol", "Art", "Blz"}),
+}
 # The word a sentence ends in, when it ends in a dot: "Dr" of "(Dr.", "z.B" of "z.B.", "J" of "J.".
 LAST_WORD = re.compile(r"(?<![\w.])([^\W\d_][\w.]*)\.$")
 # Clause ends, where an over-long sentence is cut (and rejoined with a space): a comma, colon or Arabic
@@ -158,22 +169,28 @@ def _sentences(text: str, language: str) -> list[str]:
     """The text cut at SENTENCE_END, but never after an initial ("J.") or a title ("Dr.")."""
     sentences: list[str] = []
     for piece in SENTENCE_END.split(text):
-        if sentences and _ends_in_abbreviation(sentences[-1], language):
+        if sentences and _ends_in_abbreviation(sentences[-1], language, piece):
             sentences[-1] = f"{sentences[-1]} {piece}"
         else:
             sentences.append(piece)
     return sentences
 
 
-def _ends_in_abbreviation(sentence: str, language: str) -> bool:
+def _ends_in_abbreviation(sentence: str, language: str, following: str = "") -> bool:
+    """Whether `sentence` ends in an initial, a title (also in capitals: "DR. SMITH") or, before a
+    `following` number, an abbreviation that stands before one ("No. 5")."""
     last = LAST_WORD.search(sentence)
     if last is None:
         return False
     word = last[1]
     known = ABBREVIATIONS.get(language, frozenset())
+    if following[:1].isdigit() and word in BEFORE_A_NUMBER.get(language, frozenset()):
+        return True
     # A capital alone is an initial ("J. R. R. Tolkien", "M. Dupont", "А. С. Пушкин"); the rare sentence
-    # that ends in one ("vitamin C.") only loses a place where its chunk could end.
-    return (len(word) == 1 and word.isupper()) or word in known or word[0].lower() + word[1:] in known
+    # that ends in one ("vitamin C.") only loses a place where its chunk could end. Capitals are matched
+    # only as a whole ("MRS."): lowered, "ms" would be a title, and "It took 5 ms." no sentence end.
+    return ((len(word) == 1 and word.isupper()) or word in known or word[0].lower() + word[1:] in known
+            or (word.isupper() and any(title.upper() == word for title in known)))
 
 
 def _fit(sentence: str, limit: int) -> list[str]:
