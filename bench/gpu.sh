@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Every GPU check of the decoding engine in one command, for a lent GPU machine (at most 10 minutes a
 # command there, 15 minutes of device time a session): the CUDA tests, then the benchmarks, each
-# capped so a slow one cannot eat the others' time (540 s for the first three). Figures and logs go
-# to $OUT (the device tool sets it; default /tmp/voiceforge-gpu).
+# capped so a slow one cannot eat the others' time. The default steps fit one 600 s command: about
+# 20 s of installing, then 170 + 40 + 110 + 230 s at most. Figures and logs go to $OUT (the device tool
+# sets it; default /tmp/voiceforge-gpu).
 #
 # The machine has Python and PyTorch but not our other packages: carry them as wheels in .whl/
 # (git-ignored; `bash bench/gpu-wheels.sh` downloads them here) and run, from the repo root:
 #   bash bench/gpu.sh                   # CUDA when present
 #   DEVICE=cpu SIZE=tiny MAX_TOKENS=24 bash bench/gpu.sh   # a dry run of the same steps on a CPU
-# CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs further (tests/test_bench.py);
-# ONLY names the variants of bench/decode.py to run (its --only; default: all); STEPS the steps below
-# to run (default: all); TRITON_CONFIGS the configs of bench/triton_step.py; PHASES=1 times decode.py's
-# phases, NO_TEN=1 skips its 10-sentence text.
+# It stops at once when an import fails (a wheel missing), rather than spend minutes on failing steps.
+# STEPS picks steps (default: cuda-tests,triton-step,decode; vocoder and compile are the others);
+# ONLY the variants of bench/decode.py (its --only; default: the fp32 graphs against the Triton step);
+# CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs (tests/test_bench.py);
+# TRITON_CONFIGS the tilings of bench/triton_step.py; DECODE_S decode's cap in seconds; PHASES=1 times
+# decode.py's phases; TEN=1 adds its 10-sentence text (stock takes about 40 s of it on a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/voiceforge-gpu}
@@ -19,11 +22,16 @@ DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-full}
 MAX_TOKENS=${MAX_TOKENS:-218}  # 215 tokens per sentence (10 s of audio), as the README's H200 table
 CONCURRENCY=${CONCURRENCY:-1,8,32}
-AGREEMENT=${AGREEMENT:-16}
+AGREEMENT=${AGREEMENT:-6}
 REPEATS=${REPEATS:-2}
 VOCODER_TOKENS=${VOCODER_TOKENS:-96}
-ONLY=${ONLY:-}
-STEPS=${STEPS:-cuda-tests,triton-step,decode,vocoder,compile}
+STEPS=${STEPS:-cuda-tests,triton-step,decode}
+DECODE_S=${DECODE_S:-230}
+if [ "$DEVICE" = cpu ]; then
+  ONLY=${ONLY-}
+else
+  ONLY=${ONLY-ours+graphs,ours+triton,ours+triton bf16 both}
+fi
 # the defaults, the first tiling written (a single row's loads 128 columns at a time), more warps
 TRITON_CONFIGS=${TRITON_CONFIGS:-default single_row_block_k=128,block_t=64 num_warps=8,num_stages=4}
 mkdir -p "$OUT"
@@ -38,6 +46,14 @@ else
 fi
 { nvidia-smi || true; "$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available())"; } \
   >"$OUT/machine.txt" 2>&1
+# Everything the steps import, at once: a missing package ends the run here, in seconds.
+if ! "$PY" -c "import sys; sys.path.insert(0, '.'); import flask, sqlalchemy, TTS.tts.models.xtts, \
+voiceforge.services.engine, voiceforge.decoding.scheduler, voiceforge.decoding.triton_step, tests.support.checkpoint" \
+    >"$OUT/imports.txt" 2>&1; then
+  echo "imports failed (a wheel missing from bench/gpu-wheels.sh?):"
+  tail -5 "$OUT/imports.txt"
+  exit 1
+fi
 
 step() {  # step SECONDS NAME COMMAND...: run, log to $OUT/NAME.txt, note the status and the time taken
   local limit=$1 name=$2 started=$SECONDS
@@ -47,23 +63,28 @@ step() {  # step SECONDS NAME COMMAND...: run, log to $OUT/NAME.txt, note the st
   echo "$name: exit $? after $((SECONDS - started)) s" | tee -a "$OUT/steps.txt"
 }
 
-# The CUDA tests (CUDA graphs: tokens equal stock's; bf16 GPT and vocoder speak). --noconftest: the
-# suite's conftest builds the app's fixtures, which these tests do not need.
+# The CUDA tests (CUDA graphs and the Triton step: tokens equal stock's; the Triton kernels against
+# PyTorch's step in fp32 and bf16; bf16 GPT and vocoder speak). --noconftest: the suite's conftest
+# builds the app's fixtures, which these tests do not need. -v: a cut run still names what passed.
 step 170 cuda-tests "$PY" -m pytest --noconftest -v -k cuda tests/test_triton_step.py tests/test_decoding.py
-# One checkpoint for the benchmarks below (building the full one takes tens of seconds).
+# One checkpoint for the benchmarks below (building the full one takes tens of seconds), with the
+# speakers bench/decode.py builds its own with.
 CHECKPOINT=/tmp/voiceforge-bench-$SIZE
-"$PY" -c "import sys; sys.path.insert(0, '.'); from tests.support.checkpoint import build_checkpoint as b; \
-b(__import__('pathlib').Path('$CHECKPOINT'), size='$SIZE', max_audio_tokens=$MAX_TOKENS, speakers=('Ana Florence', 'Claribel Dervla', 'Damien Black', 'Zoe Z'))" >"$OUT/checkpoint.txt" 2>&1
-echo "checkpoint: exit $? after $SECONDS s" | tee -a "$OUT/steps.txt"
+step 60 checkpoint "$PY" -c "import sys, pathlib; sys.path.insert(0, '.'); \
+from tests.support.checkpoint import build_checkpoint; \
+build_checkpoint(pathlib.Path('$CHECKPOINT'), size='$SIZE', max_audio_tokens=$MAX_TOKENS, \
+speakers=('Ana Florence', 'Claribel Dervla', 'Damien Black', 'Zoe Z'))"
 # The step in fused Triton kernels against PyTorch's, graph replay (CUDA only).
 [ "$DEVICE" = cpu ] || step 110 triton-step "$PY" bench/triton_step.py --checkpoint "$CHECKPOINT" \
   --configs "$TRITON_CONFIGS" --repeats 100
-step "${DECODE_S:-330}" decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
+ten=--no-ten-sentences
+[ -n "${TEN:-}" ] && ten=--ten-sentences
+step "$DECODE_S" decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
   --checkpoint "$CHECKPOINT" --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" \
-  ${PHASES:+--phases} ${NO_TEN:+--no-ten-sentences} ${ONLY:+--only "$ONLY"} --json "$OUT/decode-$SIZE-$DEVICE.json"
+  ${PHASES:+--phases} "$ten" ${ONLY:+--only "$ONLY"} --json "$OUT/decode-$SIZE-$DEVICE.json"
 step 60 vocoder "$PY" bench/vocoder.py --device "$DEVICE" --tokens "$VOCODER_TOKENS"
-# Last, as it may be cut by the command's 600 s: does compiling a layer's halves (kernel fusion) make
-# the step, replayed from CUDA graphs as the engine runs it, faster? Not yet used by the engine.
+# Does compiling a layer's halves (kernel fusion) make the step, replayed from CUDA graphs as the
+# engine runs it, faster? Not used by the engine.
 graphs=--graphs
 [ "$DEVICE" = cpu ] && graphs=  # no CUDA graphs on a CPU
 step 60 compile "$PY" bench/compile_step.py --size "$SIZE" --device "$DEVICE" --batches "$CONCURRENCY" \

@@ -63,13 +63,14 @@ def test_a_benchmark_runs_and_prints_its_figures(name: str) -> None:
 def test_the_gpu_command_dry_runs_every_step_on_a_cpu(tmp_path: Path) -> None:
     """bench/gpu.sh's steps all end with status 0, and the decoding figures land in $OUT as JSON."""
     settings = {"DEVICE": "cpu", "SIZE": "tiny", "MAX_TOKENS": "12", "CONCURRENCY": "1,2", "AGREEMENT": "1",
-                "REPEATS": "1", "VOCODER_TOKENS": "8", "OUT": str(tmp_path)}
+                "REPEATS": "1", "VOCODER_TOKENS": "8", "OUT": str(tmp_path), "TEN": "1",
+                "STEPS": "cuda-tests,triton-step,checkpoint,decode,vocoder,compile"}
     result = subprocess.run(["bash", "bench/gpu.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, **settings})
     assert result.returncode == 0, result.stderr
     steps = (tmp_path / "steps.txt").read_text().splitlines()
     names = [line.split(":")[0] for line in steps]
-    assert names == ["cuda-tests", "checkpoint", "decode", "vocoder", "compile"]
+    assert names == ["cuda-tests", "checkpoint", "decode", "vocoder", "compile"]  # triton-step: CUDA only
     assert all(": exit 0 after" in line for line in steps), steps
     figures = json.loads((tmp_path / "decode-tiny-cpu.json").read_text())
     assert figures["ours agreement"][:2] == [1, 1]  # greedy, fp32: the one sequence equals stock's
