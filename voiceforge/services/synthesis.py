@@ -21,6 +21,7 @@ from voiceforge.services.engine import OUTPUT_RATE, Sampling, first_line, out_of
 
 if TYPE_CHECKING:
     from voiceforge.decoding.scheduler import Utterance
+from voiceforge.services.abbreviations import spell_out
 from voiceforge.services.languages import normalise_language
 from voiceforge.services.text import clean_text, split_text
 
@@ -187,7 +188,8 @@ def prepare(runtime: Runtime, text: str, voice_id: str, *, speed: float = 1.0, v
     requested = normalise_language(language) if language else None
     voice = runtime.catalogue.handle(voice_id)
     lang = requested or voice.language or settings.default_language
-    chunks = split_text(cleaned, lang, too_long=lambda chunk: runtime.engine.too_long(chunk, lang))
+    spoken = spell_out(cleaned, lang)
+    chunks = split_text(spoken, lang, too_long=lambda chunk: runtime.engine.too_long(chunk, lang))
     for chunk in chunks:
         runtime.engine.check_text(chunk, lang)
     place = ExitStack()
