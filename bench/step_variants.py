@@ -93,6 +93,17 @@ def kernels(step, args, device: str) -> str:
     return "\n".join(lines)
 
 
+def bench_model(args: argparse.Namespace, device: str) -> tuple[Any, str, tempfile.TemporaryDirectory]:
+    """The model of --checkpoint, or of a random --size checkpoint built in a scratch directory (kept
+    until the returned directory object is gone); loaded on `device`."""
+    scratch = tempfile.TemporaryDirectory(prefix="voiceforge-bench-")
+    directory = args.checkpoint or Path(scratch.name) / "xtts"
+    if not args.checkpoint:
+        build_checkpoint(directory, size=args.size, speakers=("Ana Florence",))
+    model, device = load_xtts(directory, device)
+    return model, device, scratch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("tiny", "full"), default="full")
@@ -106,11 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     batches = [int(n) for n in args.batches.split(",")]
-    scratch = tempfile.TemporaryDirectory(prefix="voiceforge-bench-")
-    directory = args.checkpoint or Path(scratch.name) / "xtts"
-    if not args.checkpoint:
-        build_checkpoint(directory, size=args.size, speakers=("Ana Florence",))
-    model, device = load_xtts(directory, args.device)
+    model, device, _scratch = bench_model(args, args.device)
     kv_len = args.prefix + 1
     print(f"{args.size} architecture on {torch.cuda.get_device_name() if device == 'cuda' else device}, "
           f"torch {torch.__version__}, attention over {kv_len} positions", flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,10 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.step_variants import kernels, replay_ms  # noqa: E402
-from tests.support.checkpoint import build_checkpoint  # noqa: E402
+from bench.step_variants import bench_model, kernels, replay_ms  # noqa: E402
 from voiceforge.decoding.gpt import GptDecoder  # noqa: E402
-from voiceforge.services.engine import load_xtts  # noqa: E402
 
 
 def graphed(step, step_args) -> torch.cuda.CUDAGraph:
@@ -53,11 +50,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     batches = [int(n) for n in args.batches.split(",")]
-    scratch = tempfile.TemporaryDirectory(prefix="voiceforge-bench-")
-    directory = args.checkpoint or Path(scratch.name) / "xtts"
-    if not args.checkpoint:
-        build_checkpoint(directory, size=args.size, speakers=("Ana Florence",))
-    model, device = load_xtts(directory, "cuda")
+    model, device, _scratch = bench_model(args, "cuda")
     print(f"{args.size} architecture on {torch.cuda.get_device_name()}, torch {torch.__version__}, attention "
           f"over {args.prefix + 1} positions", flush=True)
     prefix = torch.randn(args.prefix, model.gpt.model_dim, device=device)
