@@ -175,7 +175,11 @@ def test_builtin_voices_can_be_shown_but_not_changed(client) -> None:
     assert shown.status_code == 200
     assert shown.json["kind"] == "builtin" and shown.json["name"] == "Ana Florence"
     assert client.get("/api/voices/default-male").json["name"] == "Damien Black (default-male)"
-    assert client.get("/api/voices/default-nobody").status_code == 404
+    # Any other default-… id speaks with the default speaker (/api/tts), and is shown so, not 404.
+    other = client.get("/api/voices/default-nobody")
+    assert other.status_code == 200, other.json
+    assert other.json["speaker"] == "Ana Florence" and other.json["name"] == "Ana Florence (default-nobody)"
+    assert other.json["id"] == "default-nobody" and other.json["kind"] == "builtin"
     for response in (client.patch("/api/voices/default-ana-florence", json={"name": "Mine"}),
                      client.delete("/api/voices/default-ana-florence")):
         assert response.status_code == 409 and "built-in" in response.json["detail"]

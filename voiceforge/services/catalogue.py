@@ -192,10 +192,15 @@ class VoiceCatalogue:
         return aliases + [BuiltinVoice(id=builtin_id(name), name=name, speaker=name) for name in speakers]
 
     def describe(self, voice_id: str) -> Voice | BuiltinVoice:
-        """A registry voice, or a listed built-in speaker or alias; 404 otherwise."""
+        """A registry voice, or a built-in one: a listed speaker or alias, or any other `default-…` id,
+        shown with the speaker that speaks for it as /api/tts would (it 404'd while /api/tts spoke it).
+        404 for an unknown registry id, or a built-in one where the checkpoint has no speakers."""
         if voice_id.startswith(BUILTIN_PREFIX):
             for voice in self.builtin_voices():
                 if voice.id == voice_id:
                     return voice
-            raise NotFound(f"Voice {voice_id[:80]!r} not found.")
+            speaker = self.speaker_for(voice_id, self.engine.speaker_names(load=False))
+            if speaker is None:
+                raise NotFound(f"Voice {voice_id[:80]!r} not found: this model has no built-in speakers.")
+            return BuiltinVoice(id=voice_id, name=f"{speaker} ({voice_id})", speaker=speaker)
         return voices.get_voice(voice_id)
