@@ -93,6 +93,19 @@ def kernels(step, args, device: str) -> str:
     return "\n".join(lines)
 
 
+def captured(step, step_args) -> torch.cuda.CUDAGraph:
+    """`step(*step_args)` captured in a CUDA graph, after one warm-up run on a side stream."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        step(*step_args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        step(*step_args)
+    return graph
+
+
 def bench_model(args: argparse.Namespace, device: str) -> tuple[Any, str, tempfile.TemporaryDirectory]:
     """The model of --checkpoint, or of a random --size checkpoint built in a scratch directory (kept
     until the returned directory object is gone); loaded on `device`."""
@@ -141,15 +154,7 @@ def main() -> None:
                         reference[n] = logits
                     drift = (logits - reference[n]).abs().max().item()
                     if device == "cuda":
-                        graph = torch.cuda.CUDAGraph()
-                        stream = torch.cuda.Stream()
-                        stream.wait_stream(torch.cuda.current_stream())
-                        with torch.cuda.stream(stream):
-                            decoder.step(*step_args)
-                        torch.cuda.current_stream().wait_stream(stream)
-                        with torch.cuda.graph(graph):
-                            decoder.step(*step_args)
-                        ms = replay_ms(graph.replay, device, args.repeats)
+                        ms = replay_ms(captured(decoder.step, step_args).replay, device, args.repeats)
                     else:
                         ms = replay_ms(functools.partial(decoder.step, *step_args), device, 3)
                     if n == batches[0]:

@@ -20,20 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.step_variants import bench_model, kernels, replay_ms  # noqa: E402
+from bench.step_variants import bench_model, captured, kernels, replay_ms  # noqa: E402
 from voiceforge.decoding.gpt import GptDecoder  # noqa: E402
-
-
-def graphed(step, step_args) -> torch.cuda.CUDAGraph:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.inference_mode():
-        step(*step_args)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.inference_mode():
-        step(*step_args)
-    return graph
 
 
 def main() -> None:
@@ -78,7 +66,7 @@ def main() -> None:
                 drift = (logits - same_dtype[n]).abs().max().item()
                 drift32 = (logits - float32_logits[n]).abs().max().item()
                 argmax = bool((logits.argmax(-1) == float32_logits[n].argmax(-1)).all())
-                ms = replay_ms(graphed(step, step_args).replay, "cuda", args.repeats)
+                ms = replay_ms(captured(step, step_args).replay, "cuda", args.repeats)
                 if n == batches[0]:
                     with torch.inference_mode():
                         print(f"  {dtype_name} {name}: eager step at batch {n}: "
