@@ -145,10 +145,11 @@ export function setupEnrolment({voices, jobs}) {
       }
       const answer = await api('api/train-voice', {method: 'POST', body,
                                                    timeout: timeoutOf(form, CREATE_TIMEOUT_MS)});
+      // The list first: "choose it under Speak" said before the list held the voice was not yet true.
+      await voices.refresh(answer.modelId);
       say(createStatus, answer.jobId
         ? `${body.modelName} is ready to speak now, and fine-tuning is queued (see Fine-tuning jobs).`
         : `${body.modelName} is ready: choose it under Speak.`, 'ok');
-      await voices.refresh(answer.modelId);
       if (answer.jobId) jobs.track(answer.jobId);
       clearForm(sent, body.modelName);
     } catch (error) {
