@@ -24,8 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def assert_same_step(results: dict, tolerance: float) -> None:
     """Every step compared (1 row, all rows, all rows after other weights were refreshed in) is the
-    same to `tolerance`, and the other weights did change the logits."""
-    assert results.pop("moved") > 100 * tolerance
+    same to `tolerance`, and the other weights moved the logits far more than the fused step strays
+    (so a refresh that copied nothing would show)."""
+    moved = results.pop("moved")
+    assert moved > 5 * results["refreshed"]["logits"], (moved, results["refreshed"])
     for rows, result in results.items():
         assert result["logits"] <= tolerance * result["scale"], (rows, result)
         assert result["latents"] <= tolerance * 10, (rows, result)
