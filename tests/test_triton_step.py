@@ -1,8 +1,8 @@
 """The decoding step in fused Triton kernels (voiceforge/decoding/triton_step.py) against PyTorch's.
 
 On a CPU the kernels run in Triton's interpreter (in a subprocess: the interpreter is chosen when
-Triton is imported); on CUDA, compiled, in float32 and bf16. The engine's use of them on CUDA
-(tokens equal stock's) is in test_decoding.py's CUDA tests.
+Triton is imported) and are compiled for GPUs without running; on CUDA, compiled, in float32 and
+bf16. The engine's use of them on CUDA (tokens equal stock's) is in test_decoding.py's CUDA tests.
 """
 
 from __future__ import annotations
@@ -46,8 +46,31 @@ def test_the_fused_kernels_give_the_steps_logits_and_cache_in_the_interpreter(ch
     assert_same_step(results["step"], 1e-5)
     assert all(result["argmax_same"] for result in results["step"].values())
     # Each kernel on inputs of a few units against float64 PyTorch: float32's rounding, no more.
-    assert len(results["kernels"]) == 20  # five kernels, one row and three, default and small tiles
+    # five kernels, one row and three; default tiles, small ones, small ones with attention's loop
+    # bounded by each row's length instead of the cache's
+    assert len(results["kernels"]) == 30
     assert all(error < 1e-6 for error in results["kernels"].values()), results["kernels"]
+
+
+def test_every_kernel_launch_compiles_for_ampere_and_hopper_gpus(checkpoint_dir: Path) -> None:
+    """What the interpreter cannot show: that the GPU compiler builds each launch of a step (float32 and
+    bf16; one row and four; attention's loop over the cache or over each row's length), for A100s
+    (compute capability 8.0) and H100s/H200s (9.0), with the ptxas Triton ships."""
+    from tests.support.triton_compile import compile_launch, distinct, launches
+    from voiceforge.decoding.triton_step import Tiling
+    from voiceforge.services.engine import load_xtts
+
+    model, _device = load_xtts(checkpoint_dir, "cpu")
+    kinds = {}
+    for dtype in (None, torch.bfloat16):
+        for rows in (1, 4):
+            for tiling in (Tiling(), Tiling(to_row_length=1)):
+                kinds.update(distinct(launches(model, dtype, rows, tiling)))
+    # a step's four linear kernels at one row and at four, in two dtypes; attention's two loops in two
+    assert len(kinds) == 20
+    for capability in (80, 90):
+        for kernel, arguments in kinds.values():
+            assert compile_launch(kernel, arguments, capability)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

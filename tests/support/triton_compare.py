@@ -126,7 +126,8 @@ def kernels(model: Any, rows: int = 3, tiling: Any = None) -> dict[str, float]:
         stride = cache.stride()
         _attention_kernel[(rows, heads)](query, cache, positions, attended, head_dim ** -0.5, *stride[:4],
                                          HEADS=heads, HEAD_DIM=head_dim, LENGTH=decoder.max_len,
-                                         BLOCK_T=fused.tiling.block_t)
+                                         BLOCK_T=fused.tiling.block_t,
+                                         TO_ROW_LENGTH=bool(fused.tiling.to_row_length))
         expected = []
         for row in range(rows):
             keys = cache[0, row, :, :positions[row] + 1].double()  # (heads, length, hd)
@@ -144,7 +145,9 @@ def main() -> None:
     model, _device = load_xtts(Path(sys.argv[1]), "cpu")
     from voiceforge.decoding.triton_step import Tiling
 
-    tilings = {"default": Tiling(), "small": Tiling(block_k=32, single_row_block_k=16, block_t=8)}
+    small = {"block_k": 32, "single_row_block_k": 16, "block_t": 8}  # every loop turns several times
+    tilings = {"default": Tiling(), "small": Tiling(**small), "small, to the row's length":
+               Tiling(**small, to_row_length=1)}
     errors = {f"{name}@{rows} {label}": value for rows in (1, 3) for label, tiling in tilings.items()
               for name, value in kernels(model, rows, tiling).items()}
     sys.stdout.write(json.dumps({"step": compare(model), "kernels": errors}) + "\n")

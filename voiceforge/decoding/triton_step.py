@@ -29,7 +29,7 @@ from voiceforge.decoding.gpt import GptDecoder, StepOutput
 
 @dataclass(frozen=True)
 class Tiling:
-    """How the kernels cut their work; the defaults are reasoned, not yet tuned on a GPU.
+    """How the kernels cut their work; the defaults are reasoned, one row's warps and stages timed on an H200.
 
     A step reads every weight once, so what matters is how many bytes are in flight at once: one
     row's matrix-vector product loads a program's whole slice of K at once (single_row_block_k) rather
@@ -43,8 +43,16 @@ class Tiling:
     single_row_block_n: int = 8  # output columns a program computes for one row
     single_row_block_k: int = 1024  # weight columns it reads per iteration (all of K up to 1024)
     block_t: int = 128  # cached positions an attention program reads per iteration
+    # 1: attention loops over each row's own positions (a while loop), 0: over the cache's whole length
+    # (up to about 1,000 positions for XTTS-v2), masked past the row's; 0 is what an H200 has timed.
+    to_row_length: int = 0
     num_warps: int = 4
     num_stages: int = 3
+    # One row's matrix-vector products: more warps keep more loads in flight. On an H200 (graph replay,
+    # full size) 8 warps and 4 stages took the fp32 step at one row from 1.45 to 1.31 ms (bf16: 1.03
+    # either way), and the 8-row step from 6.5 to 10.9 ms: so for one row only.
+    single_row_warps: int = 8
+    single_row_stages: int = 4
 
     @classmethod
     def parse(cls, text: str) -> Tiling:
@@ -129,31 +137,47 @@ def _linear_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ln_w_ptr, ln_b_ptr, cache_pt
 @triton.jit
 def _attention_kernel(q_ptr, cache_ptr, pos_ptr, out_ptr, scale, stride_kv, stride_row, stride_head,
                       stride_pos, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LENGTH: tl.constexpr,
-                      BLOCK_T: tl.constexpr):
-    """One row's and head's query over its cached keys 0..pos (the row's own length), online softmax."""
+                      BLOCK_T: tl.constexpr, TO_ROW_LENGTH: tl.constexpr):
+    """One row's and head's query over its cached keys 0..pos (the row's own length), online softmax.
+    TO_ROW_LENGTH: loop over those positions only; otherwise over the cache's whole length, masked."""
     row = tl.program_id(0)
     head = tl.program_id(1)
     d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + row * HEADS * HEAD_DIM + head * HEAD_DIM + d)
     pos = tl.load(pos_ptr + row)
     keys = cache_ptr + row * stride_row + head * stride_head
-    values = keys + stride_kv
     best = tl.full((1,), float("-inf"), tl.float32)
     total = tl.zeros((1,), tl.float32)
     acc = tl.zeros((HEAD_DIM,), tl.float32)
-    for t0 in range(0, LENGTH, BLOCK_T):  # positions past pos are masked, and their loads skipped
-        t = t0 + tl.arange(0, BLOCK_T)
-        visible = (t <= pos) & (t < LENGTH)
-        k = tl.load(keys + t[:, None] * stride_pos + d[None, :], mask=visible[:, None], other=0.0)
-        scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], 1) * scale, float("-inf"))
-        new_best = tl.maximum(best, tl.max(scores, 0))
-        weights = tl.exp(scores - new_best)
-        rescale = tl.exp(best - new_best)
-        v = tl.load(values + t[:, None] * stride_pos + d[None, :], mask=visible[:, None], other=0.0)
-        acc = acc * rescale + tl.sum(weights[:, None] * v.to(tl.float32), 0)
-        total = total * rescale + tl.sum(weights, 0)
-        best = new_best
+    if TO_ROW_LENGTH:
+        t0 = 0
+        while t0 <= pos:  # a while loop: `range` needs a bound Triton's interpreter can read
+            best, total, acc = _attend(q, keys, stride_kv, stride_pos, pos, t0, best, total, acc, scale,
+                                       HEAD_DIM, LENGTH, BLOCK_T)
+            t0 += BLOCK_T
+    else:
+        for t0 in range(0, LENGTH, BLOCK_T):  # positions past pos are masked, and their loads skipped
+            best, total, acc = _attend(q, keys, stride_kv, stride_pos, pos, t0, best, total, acc, scale,
+                                       HEAD_DIM, LENGTH, BLOCK_T)
     tl.store(out_ptr + row * HEADS * HEAD_DIM + head * HEAD_DIM + d, acc / total)
+
+
+@triton.jit
+def _attend(q, keys, stride_kv, stride_pos, pos, t0, best, total, acc, scale, HEAD_DIM: tl.constexpr,
+            LENGTH: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The online softmax over positions t0..t0 + BLOCK_T - 1: the running maximum, sum and output."""
+    d = tl.arange(0, HEAD_DIM)
+    t = t0 + tl.arange(0, BLOCK_T)
+    visible = (t <= pos) & (t < LENGTH)
+    k = tl.load(keys + t[:, None] * stride_pos + d[None, :], mask=visible[:, None], other=0.0)
+    scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], 1) * scale, float("-inf"))
+    new_best = tl.maximum(best, tl.max(scores, 0))
+    weights = tl.exp(scores - new_best)
+    rescale = tl.exp(best - new_best)
+    v = tl.load(keys + stride_kv + t[:, None] * stride_pos + d[None, :], mask=visible[:, None], other=0.0)
+    acc = acc * rescale + tl.sum(weights[:, None] * v.to(tl.float32), 0)
+    total = total * rescale + tl.sum(weights, 0)
+    return new_best, total, acc
 
 
 @dataclass
@@ -220,7 +244,8 @@ class TritonStep:
             _attention_kernel[(n, decoder.heads)](
                 query, cache, positions, attended, decoder.head_dim ** -0.5, stride[0], stride[1], stride[2],
                 stride[3], HEADS=decoder.heads, HEAD_DIM=decoder.head_dim, LENGTH=decoder.max_len,
-                BLOCK_T=self.tiling.block_t, num_warps=self.tiling.num_warps)
+                BLOCK_T=self.tiling.block_t, TO_ROW_LENGTH=bool(self.tiling.to_row_length),
+                num_warps=self.tiling.num_warps)
             self._linear(attended, layer.proj, x, n, residual=True)
             self._linear(x, layer.fc, hidden, n, norm=layer.ln_2, gelu=True)
             self._linear(hidden, layer.out, x, n, residual=True)
@@ -233,8 +258,12 @@ class TritonStep:
         weight, bias = weights
         n_out, k = weight.shape
         tiling = self.tiling
-        block_n, block_k = ((tiling.single_row_block_n, tiling.single_row_block_k) if rows == 1
-                            else (tiling.block_n, tiling.block_k))
+        if rows == 1:
+            block_n, block_k = tiling.single_row_block_n, tiling.single_row_block_k
+            warps, stages = tiling.single_row_warps, tiling.single_row_stages
+        else:
+            block_n, block_k = tiling.block_n, tiling.block_k
+            warps, stages = tiling.num_warps, tiling.num_stages
         padded = 1 if rows == 1 else max(16, triton.next_power_of_2(rows))  # the matrix units' least
         ln_w, ln_b, eps = norm if norm is not None else (bias, bias, 0.0)
         stride = cache.stride() if cache is not None else (0, 0, 0, 0)
@@ -244,4 +273,4 @@ class TritonStep:
             K=k, N=n_out, ROWS=padded, BLOCK_N=block_n, BLOCK_K=min(block_k, k),
             LAYER_NORM=norm is not None, GELU=gelu, RESIDUAL=residual, QKV=cache is not None,
             DIM=self.decoder.dim, HEAD_DIM=self.decoder.head_dim, IEEE=weight.dtype == torch.float32,
-            num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+            num_warps=warps, num_stages=stages)
