@@ -6,7 +6,8 @@ emit the stop token, so every sentence runs to the token cap (--max-tokens - 3 t
 are per token and per second of audio produced (1,024 samples at 22.05 kHz per token, 46 ms).
 Prints: ms per token at batch 1 (stock, ours; on CUDA also ours with CUDA graphs, in fp32, with the
 GPT in bf16, and with the GPT and the vocoder in bf16, and the same three with the step in fused
-Triton kernels (decoding/triton_step.py); on a CPU also ours with transformers' addmm
+Triton kernels (decoding/triton_step.py), and with those for one row only (VOICEFORGE_CUDA_STEP=auto,
+decoding/cuda_step.py); "ours+graphs" is PyTorch's kernels; on a CPU also ours with transformers' addmm
 instead of oneDNN, and, where the CPU has bf16 natively, ours with the GPT, the vocoder or both in
 bf16; --only picks some of them), the aggregate real-time factor at 1, 4, 8 and 32 concurrent
 requests against stock serial decoding, a 10-sentence text at once against sentence by sentence,
@@ -231,17 +232,14 @@ def main() -> None:
         return lambda: BatchScheduler(model, lock, lambda _weights: None, vocoder_dtype=vocoder_dtype,
                                       decoder=GptDecoder(model, rows, dtype=dtype, cpu_matmul_kind=matmul))
 
-    def graphed(name: str, dtype, vocoder_dtype, triton: bool = False) -> Callable[[], BatchScheduler]:
+    def graphed(name: str, dtype, vocoder_dtype, kernels: str = "torch") -> Callable[[], BatchScheduler]:
         def build() -> BatchScheduler:
             from voiceforge.decoding.cuda_graphs import GraphedStep
+            from voiceforge.decoding.cuda_step import choose_step
 
             decoder = GptDecoder(model, rows, dtype=dtype)
-            if triton:  # fused Triton kernels (decoding/triton_step.py): each row's own length, one bucket
-                from voiceforge.decoding.triton_step import TritonStep
-
-                runner = GraphedStep(decoder, step=TritonStep(decoder).step, length_buckets=())
-            else:
-                runner = GraphedStep(decoder)
+            step, lengths, _kernels = choose_step(decoder, kernels)  # as the engine builds it
+            runner = GraphedStep(decoder, step=step, length_buckets=lengths)
             started = time.perf_counter()
             runner.capture()
             figures[f"{name} capture_s"] = time.perf_counter() - started
@@ -256,12 +254,12 @@ def main() -> None:
     variants: dict[str, Callable[[], BatchScheduler]] = {"ours": plain()}
     bf16 = torch.bfloat16
     if device.startswith("cuda"):
-        for name, dtype, vocoder_dtype in (("ours+graphs", None, None), ("ours+graphs bf16", bf16, None),
-                                           ("ours+graphs bf16 both", bf16, bf16)):
-            variants[name] = graphed(name, dtype, vocoder_dtype)
-        for name, dtype, vocoder_dtype in (("ours+triton", None, None), ("ours+triton bf16", bf16, None),
-                                           ("ours+triton bf16 both", bf16, bf16)):
-            variants[name] = graphed(name, dtype, vocoder_dtype, triton=True)
+        precisions = (("", None, None), (" bf16", bf16, None), (" bf16 both", bf16, bf16))
+        # PyTorch's kernels; fused Triton ones at every batch size; those for one row only (auto)
+        for label, kernels in (("graphs", "torch"), ("triton", "triton"), ("auto", "auto")):
+            for suffix, dtype, vocoder_dtype in precisions:
+                name = f"ours+{label}{suffix}"
+                variants[name] = graphed(name, dtype, vocoder_dtype, kernels)
     else:
         # "ours" multiplies by oneDNN-prepacked weights (the default); "ours addmm" is transformers'
         # own arithmetic (VOICEFORGE_CPU_MATMUL=reference), the one bit-identical to stock.

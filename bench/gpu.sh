@@ -2,8 +2,8 @@
 # Every GPU check of the decoding engine in one command, for a lent GPU machine (at most 10 minutes a
 # command there, 15 minutes of device time a session): the CUDA tests, then the benchmarks, each
 # capped so a slow one cannot eat the others' time. The default steps fit one 600 s command: about
-# 20 s of installing, then 170 + 40 + 110 + 230 s at most. Figures and logs go to $OUT (the device tool
-# sets it; default /tmp/voiceforge-gpu).
+# 20 s of installing, then 120 + 60 + 130 + 230 s at most (an H200 took 56, 22, 74 and 108 s with
+# fewer variants). Figures and logs go to $OUT (the device tool sets it; default /tmp/voiceforge-gpu).
 #
 # The machine has Python and PyTorch but not our other packages: carry them as wheels in .whl/
 # (git-ignored; `bash bench/gpu-wheels.sh` downloads them here) and run, from the repo root:
@@ -11,7 +11,7 @@
 #   DEVICE=cpu SIZE=tiny MAX_TOKENS=24 bash bench/gpu.sh   # a dry run of the same steps on a CPU
 # It stops at once when an import fails (a wheel missing), rather than spend minutes on failing steps.
 # STEPS picks steps (default: cuda-tests,triton-step,decode; vocoder and compile are the others);
-# ONLY the variants of bench/decode.py (its --only; default: the fp32 graphs against the Triton step);
+# ONLY the variants of bench/decode.py (its --only; default: PyTorch's step against auto's, fp32 and bf16);
 # CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs (tests/test_bench.py);
 # TRITON_CONFIGS the tilings of bench/triton_step.py; DECODE_S decode's cap in seconds; PHASES=1 times
 # decode.py's phases; TEN=1 adds its 10-sentence text (stock takes about 40 s of it on a GPU).
@@ -30,10 +30,12 @@ DECODE_S=${DECODE_S:-230}
 if [ "$DEVICE" = cpu ]; then
   ONLY=${ONLY-}
 else
-  ONLY=${ONLY-ours+graphs,ours+triton,ours+triton bf16 both}
+  ONLY=${ONLY-ours+graphs,ours+auto,ours+graphs bf16 both,ours+auto bf16 both}
 fi
-# the defaults, the first tiling written (a single row's loads 128 columns at a time), more warps
-TRITON_CONFIGS=${TRITON_CONFIGS:-default single_row_block_k=128,block_t=64 num_warps=8,num_stages=4}
+# the defaults; attention's loop to each row's length; one row with the warps and stages of more rows
+# (the defaults before an H200 preferred 8 and 4); twice the output columns a one-row program computes
+TRITON_CONFIGS=${TRITON_CONFIGS:-default to_row_length=1 single_row_warps=4,single_row_stages=3 \
+single_row_block_n=16}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ "$DEVICE" = cpu ]; then
@@ -48,7 +50,8 @@ fi
   >"$OUT/machine.txt" 2>&1
 # Everything the steps import, at once: a missing package ends the run here, in seconds.
 if ! "$PY" -c "import sys; sys.path.insert(0, '.'); import flask, sqlalchemy, TTS.tts.models.xtts, \
-voiceforge.services.engine, voiceforge.decoding.scheduler, voiceforge.decoding.triton_step, tests.support.checkpoint" \
+voiceforge.services.engine, voiceforge.decoding.scheduler, voiceforge.decoding.cuda_step, \
+voiceforge.decoding.triton_step, tests.support.checkpoint" \
     >"$OUT/imports.txt" 2>&1; then
   echo "imports failed (a wheel missing from bench/gpu-wheels.sh?):"
   tail -5 "$OUT/imports.txt"
@@ -66,7 +69,7 @@ step() {  # step SECONDS NAME COMMAND...: run, log to $OUT/NAME.txt, note the st
 # The CUDA tests (CUDA graphs and the Triton step: tokens equal stock's; the Triton kernels against
 # PyTorch's step in fp32 and bf16; bf16 GPT and vocoder speak). --noconftest: the suite's conftest
 # builds the app's fixtures, which these tests do not need. -v: a cut run still names what passed.
-step 170 cuda-tests "$PY" -m pytest --noconftest -v -k cuda tests/test_triton_step.py tests/test_decoding.py
+step 120 cuda-tests "$PY" -m pytest --noconftest -v -k cuda tests/test_triton_step.py tests/test_decoding.py
 # One checkpoint for the benchmarks below (building the full one takes tens of seconds), with the
 # speakers bench/decode.py builds its own with.
 CHECKPOINT=/tmp/voiceforge-bench-$SIZE
@@ -75,7 +78,7 @@ from tests.support.checkpoint import build_checkpoint; \
 build_checkpoint(pathlib.Path('$CHECKPOINT'), size='$SIZE', max_audio_tokens=$MAX_TOKENS, \
 speakers=('Ana Florence', 'Claribel Dervla', 'Damien Black', 'Zoe Z'))"
 # The step in fused Triton kernels against PyTorch's, graph replay (CUDA only).
-[ "$DEVICE" = cpu ] || step 110 triton-step "$PY" bench/triton_step.py --checkpoint "$CHECKPOINT" \
+[ "$DEVICE" = cpu ] || step 130 triton-step "$PY" bench/triton_step.py --checkpoint "$CHECKPOINT" \
   --configs "$TRITON_CONFIGS" --repeats 100
 ten=--no-ten-sentences
 [ -n "${TEN:-}" ] && ten=--ten-sentences

@@ -586,10 +586,12 @@ def cuda_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @cuda
 @pytest.mark.parametrize(("graphs", "step"), [(True, "torch"), (False, "torch"), (True, "triton"),
-                                              (False, "triton")])
+                                              (False, "triton"), (True, "auto")])
 def test_on_cuda_greedy_tokens_equal_stock(cuda_checkpoint: Path, graphs: bool, step: str) -> None:
     engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
                                    queue_size=8, max_batch=8, cuda_graphs=graphs, cuda_step=step))
+    # auto: the fused kernels for one row (each request here decodes alone), PyTorch's for more
+    assert engine.decoder().describe()["stepKernels"] == {"auto": "triton-one-row"}.get(step, step)
     voices = list(read_speakers(cuda_checkpoint).values())
     items = [(text, language, voices[n % len(voices)]) for n, (language, text) in enumerate(every_text())]
     spoken = [engine.speak([text], language, latents, GREEDY)[0] for text, language, latents in items]
@@ -600,7 +602,7 @@ def test_on_cuda_greedy_tokens_equal_stock(cuda_checkpoint: Path, graphs: bool, 
 
 
 @cuda
-@pytest.mark.parametrize("step", ["torch", "triton"])
+@pytest.mark.parametrize("step", ["torch", "triton", "auto"])  # auto: rows come and go, 16 to 1
 def test_on_cuda_concurrent_streams_stay_apart(cuda_checkpoint: Path, step: str) -> None:
     engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
                                    queue_size=32, max_batch=32, cuda_step=step))

@@ -50,6 +50,11 @@ def test_the_fused_kernels_give_the_steps_logits_and_cache_in_the_interpreter(ch
     # bounded by each row's length instead of the cache's
     assert len(results["kernels"]) == 30
     assert all(error < 1e-6 for error in results["kernels"].values()), results["kernels"]
+    # "auto": the fused kernels for one row, PyTorch's for more, over one cache as rows come and go.
+    switching = results["switching"]
+    assert switching["kernels"] == "triton-one-row"
+    assert switching["logits"] <= 1e-5 * switching["scale"] and switching["argmax_same"], switching
+    assert switching["cache"] <= 1e-5, switching
 
 
 def test_every_kernel_launch_compiles_for_ampere_and_hopper_gpus(checkpoint_dir: Path) -> None:

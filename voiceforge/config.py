@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "VOCODER_DTYPE": "float32",
     "CPU_MATMUL": "onednn",
     "CUDA_GRAPHS": True,
-    "CUDA_STEP": "torch",  # torch | triton: a CUDA step as PyTorch's kernels or fused Triton ones
+    "CUDA_STEP": "auto",  # auto | torch | triton: fused Triton kernels for one row, PyTorch's for more
     "DB_BUSY_TIMEOUT_MS": 5000,
     "API_KEYS": [],
     "API_KEYS_FILE": None,

@@ -219,7 +219,8 @@ class DecodingStateSchema(Schema):
     matmul = fields.String(required=True, metadata={"enum": ["onednn", "reference"]})
     cudaGraphs = fields.Boolean(required=True, metadata={"description": "Steps replay CUDA graphs."})
     stepKernels = fields.String(required=True, metadata={
-        "enum": ["torch", "triton"], "description": "A CUDA step in PyTorch's kernels or fused Triton ones."})
+        "enum": ["torch", "triton", "triton-one-row"],
+        "description": "A CUDA step in PyTorch's kernels, fused Triton ones, or Triton's for one row only."})
 
 
 class ModelStateSchema(Schema):

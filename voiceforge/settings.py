@@ -92,7 +92,7 @@ class Settings:
             vocoder_dtype=_half_or_full(config, "VOCODER_DTYPE"),
             cpu_matmul=_choice(config, "CPU_MATMUL", ("onednn", "reference")),
             cuda_graphs=_switch(config, "CUDA_GRAPHS"),
-            cuda_step=_choice(config, "CUDA_STEP", ("torch", "triton")),
+            cuda_step=_choice(config, "CUDA_STEP", ("auto", "torch", "triton")),
             log_level=log_level(config.get("LOG_LEVEL")),
             log_format=_choice(config, "LOG_FORMAT", LOG_FORMATS),
             finetune_min_speech_seconds=_number(config, "FINETUNE_MIN_SPEECH_SECONDS", float, minimum=1.0),

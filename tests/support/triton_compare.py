@@ -60,6 +60,36 @@ def compare(model: Any, dtype: torch.dtype | None = None, rows: int = 4) -> dict
     return results
 
 
+def switching(model: Any, rows: int = 3) -> dict[str, Any]:
+    """cuda_step's "auto" (fused kernels for one row, PyTorch's for more) over steps whose row count
+    goes 3, 1, 1, 3, 1, 3, each step's keys and values read by the next, whichever kernels wrote them,
+    against GptDecoder's own step on a second decoder prefilled alike: the largest logit difference,
+    whether every argmax agrees, the caches' largest difference at the end, and the kernels named."""
+    from voiceforge.decoding.cuda_step import choose_step
+    from voiceforge.decoding.gpt import GptDecoder
+
+    device = next(model.gpt.parameters()).device
+    with torch.inference_mode():
+        reference, tested = (GptDecoder(model, rows, cpu_matmul_kind="reference") for _ in range(2))
+        step, _lengths, kernels = choose_step(tested, "auto")  # as the engine does: before any prefill
+        lengths = [10 + 7 * row for row in range(rows)]
+        for row, length in enumerate(lengths):
+            prefix = torch.randn(length, reference.dim, generator=torch.Generator().manual_seed(row))
+            for decoder in (reference, tested):
+                decoder.prefill(row, prefix.to(device))
+        logits, argmax_same = 0.0, True
+        for n in (rows, 1, 1, rows, 1, rows):
+            args = (torch.arange(n, device=device) + 3, torch.arange(n, device=device) + lengths[0],
+                    torch.tensor(lengths[:n], device=device), max(lengths[:n]) + 1)
+            expected, got = reference.step(*args), step(*args)
+            logits = max(logits, (got.logits - expected.logits).abs().max().item())
+            argmax_same &= bool((got.logits.argmax(-1) == expected.logits.argmax(-1)).all())
+            lengths[:n] = [length + 1 for length in lengths[:n]]
+        cache = (tested.cache - reference.cache).abs().max().item()
+    return {"kernels": kernels, "logits": logits, "argmax_same": argmax_same, "cache": cache,
+            "scale": expected.logits.abs().max().item()}
+
+
 def _swap_weights(model: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Change every block's projections and LayerNorms in place, as GptWeights.activate puts a fine-tuned
     voice's weights in; returns (tensor, original) pairs to put back."""
@@ -150,7 +180,8 @@ def main() -> None:
                Tiling(**small, to_row_length=1)}
     errors = {f"{name}@{rows} {label}": value for rows in (1, 3) for label, tiling in tilings.items()
               for name, value in kernels(model, rows, tiling).items()}
-    sys.stdout.write(json.dumps({"step": compare(model), "kernels": errors}) + "\n")
+    sys.stdout.write(json.dumps({"step": compare(model), "kernels": errors, "switching": switching(model)})
+                     + "\n")
 
 
 if __name__ == "__main__":

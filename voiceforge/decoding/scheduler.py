@@ -101,8 +101,8 @@ class BatchScheduler:
     other users of the model (conditioning latents, weight swaps) interleave between steps;
     `use_weights(path)` puts a fine-tuned GPT (or the checkpoint's, for None) in place under it.
     `decoder` defaults to a GptDecoder of `rows` rows in the model's dtype; `step_runner` replaces
-    its step (CUDA graphs: cuda_graphs.GraphedStep.step; fused kernels: triton_step.TritonStep.step), and
-    `step_kernels` says whose kernels it runs ("torch" or "triton") and `cuda_graphs` whether it replays
+    its step (CUDA graphs: cuda_graphs.GraphedStep.step; fused kernels: cuda_step.choose_step), and
+    `step_kernels` names whose kernels it runs (as choose_step does) and `cuda_graphs` whether it replays
     graphs (by default: whether a runner was given). `decoder_has_base_weights` says the decoder
     was built while the model held its base weights, so that its copies (oneDNN's packing, another
     dtype's weights) need no refresh before the first step: about 0.7-5 s on a CPU for XTTS-v2.

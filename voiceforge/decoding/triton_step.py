@@ -14,6 +14,7 @@ greedy tokens can differ at a near-tie (bench/decode.py measures the agreement).
 are kept transposed (out, in), so a program reads whole rows of them; `refresh()` copies a voice's
 weights in after GptWeights swaps them, in place, as CUDA graphs need. Triton's interpreter
 (TRITON_INTERPRET=1) runs the same kernels on a CPU, which is how the tests check them without a GPU.
+The engine runs this step for one row and PyTorch's for more by default (cuda_step.py says why).
 """
 
 from __future__ import annotations

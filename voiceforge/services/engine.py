@@ -89,7 +89,7 @@ class EngineSettings:
     vocoder_dtype: str = "float32"  # HiFiGAN's dtype while decoding (the same choices)
     cpu_matmul: str = "onednn"  # how a CPU decoder multiplies by the GPT's weights (decoding/matmul.py)
     cuda_graphs: bool = True  # capture the decoding step in CUDA graphs (CUDA only)
-    cuda_step: str = "torch"  # a CUDA step in PyTorch's kernels or fused Triton ones (triton_step.py)
+    cuda_step: str = "auto"  # a CUDA step in PyTorch's kernels, fused Triton ones, or both (cuda_step.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineSettings:
@@ -396,29 +396,25 @@ class Engine:
             gpt = GptDecoder(model, self.settings.max_batch, dtype=dtype,
                              cpu_matmul_kind=self.settings.cpu_matmul)
             on_cuda = gpt.device.type == "cuda"
-            step_runner = self._cuda_step(gpt) if on_cuda else None
+            step_runner, kernels = self._cuda_step(gpt) if on_cuda else (None, "torch")
         scheduler = BatchScheduler(model, self._model_lock, lambda weights: self.use_weights(model, weights),
-                                   decoder=gpt, step_runner=step_runner,
-                                   step_kernels=self.settings.cuda_step if on_cuda else "torch",
+                                   decoder=gpt, step_runner=step_runner, step_kernels=kernels,
                                    cuda_graphs=on_cuda and self.settings.cuda_graphs,
                                    decoder_has_base_weights=True, vocoder_dtype=vocoder_dtype)
         log.info("decoder ready in %.1f s: %s", time.perf_counter() - started, scheduler.describe())
         return scheduler
 
-    def _cuda_step(self, gpt: Any) -> Any:
-        """How a CUDA decoder steps: PyTorch's kernels or fused Triton ones, replayed from CUDA graphs."""
-        from voiceforge.decoding.cuda_graphs import LENGTH_BUCKETS, GraphedStep
+    def _cuda_step(self, gpt: Any) -> tuple[Any, str]:
+        """How a CUDA decoder steps (decoding/cuda_step.py), replayed from CUDA graphs; and whose kernels."""
+        from voiceforge.decoding.cuda_graphs import GraphedStep
+        from voiceforge.decoding.cuda_step import choose_step
 
-        step, lengths = gpt.step, LENGTH_BUCKETS
-        if self.settings.cuda_step == "triton":
-            from voiceforge.decoding.triton_step import TritonStep
-
-            step, lengths = TritonStep(gpt).step, ()  # it reads each row's own length: one length bucket
+        step, lengths, kernels = choose_step(gpt, self.settings.cuda_step)
         if not self.settings.cuda_graphs:
-            return step
+            return step, kernels
         graphed = GraphedStep(gpt, step=step, length_buckets=lengths)
         graphed.capture()  # under the model lock: nothing else may launch work during a capture
-        return graphed.step
+        return graphed.step, kernels
 
     def _fast_dtype(self, setting: str, name: str) -> Any:
         """The torch dtype a precision setting asks for; None (float32) where it would not be faster."""
