@@ -10,9 +10,11 @@ FROM python:3.11-slim AS base-cpu
 
 FROM ${CUDA_IMAGE} AS base-cuda
 # Ubuntu 22.04 ships Python 3.10; 3.11 (the version this project pins against) comes from its universe.
+# gcc, libc6-dev and python3.11-dev: Triton builds a small C launcher (against Python.h) the first time it
+# runs the fused decoding step (VOICEFORGE_CUDA_STEP=auto); without them the step falls back to PyTorch's.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3.11 python3.11-venv ca-certificates \
+      python3.11 python3.11-venv python3.11-dev gcc libc6-dev ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
