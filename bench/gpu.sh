@@ -32,10 +32,11 @@ if [ "$DEVICE" = cpu ]; then
 else
   ONLY=${ONLY-ours+graphs,ours+auto,ours+graphs bf16 both,ours+auto bf16 both}
 fi
-# the defaults; attention's loop to each row's length; one row with the warps and stages of more rows
-# (the defaults before an H200 preferred 8 and 4); twice the output columns a one-row program computes
-TRITON_CONFIGS=${TRITON_CONFIGS:-default to_row_length=1 single_row_warps=4,single_row_stages=3 \
-single_row_block_n=16}
+# the defaults; attention's loop to each row's length; with it, half the output columns a one-row
+# program computes (twice the programs: the output projection and the MLP's second, 1,024 columns,
+# run only 128 programs of 8 on a GPU of 132 SMs), and those reading 512 weight columns at a time
+TRITON_CONFIGS=${TRITON_CONFIGS:-default to_row_length=1 single_row_block_n=4,to_row_length=1 \
+single_row_block_n=4,single_row_block_k=512,to_row_length=1}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ "$DEVICE" = cpu ]; then
