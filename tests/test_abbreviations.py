@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_speech import speak, spoken_chunks
+from tests.support.speech import speak, spoken_chunks
 from voiceforge.services.abbreviations import spell_out
 
 

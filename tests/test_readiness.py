@@ -158,7 +158,7 @@ def test_a_data_directory_gone_under_registered_voices_is_unready_and_not_a_reas
         make_app, tmp_path: Path) -> None:
     """An unmounted volume (or a wrong VOICEFORGE_DATA_DIR) is the operator's to fix: readiness fails,
     and a cloned voice answers 503 saying so, not 409 telling its user to enrol it again."""
-    from tests.test_speech import enrol, recording
+    from tests.support.speech import enrol, recording
 
     data_dir = tmp_path / "volume"
     client = make_app(DATA_DIR=str(data_dir)).test_client()

@@ -42,7 +42,7 @@ def test_names_are_trimmed_and_validated() -> None:
     "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f Scotland",  # a tag flag
 ])
 def test_names_of_up_to_100_characters_with_emoji_are_accepted_by_the_api(client, name: str) -> None:
-    from tests.test_speech import recording
+    from tests.support.speech import recording
 
     enrolled = client.post("/api/train-voice", json={"modelName": name, "audioDataUri": recording()})
     assert enrolled.status_code == 200, enrolled.json

@@ -14,6 +14,7 @@ import torch
 
 from tests.support.audio import FORMATS, data_uri, encode_audio, voice
 from tests.support.registry import files_under
+from tests.support.speech import enrol, recording, speak, spoken_chunks
 from voiceforge.errors import Conflict
 from voiceforge.models import Voice, VoiceStatus
 from voiceforge.services import engine as engine_module
@@ -33,23 +34,6 @@ def read_wav(audio_data_uri: str) -> tuple[wave._wave_params, np.ndarray]:
         params = wav.getparams()
         frames = wav.readframes(params.nframes)
     return params, np.frombuffer(frames, dtype="<i2")
-
-
-def recording(fmt: str = "wav", seconds: float = 4.0) -> str:
-    data, mime = encode_audio(voice(seconds, rate=48000), 48000, fmt)
-    return data_uri(data, mime)
-
-
-def enrol(client, name: str = "Test Voice", fmt: str = "wav", **extra: object) -> str:
-    response = client.post("/api/train-voice", json={"modelName": name, "audioDataUri": recording(fmt),
-                                                     **extra})
-    assert response.status_code == 200, response.json
-    assert response.json["trainingStatus"] == "completed"
-    return response.json["modelId"]
-
-
-def speak(client, voice_id: str, text: str = "Hello there, this is a test.", **extra: object):
-    return client.post("/api/tts", json={"text": text, "voiceId": voice_id, "variability": 0, **extra})
 
 
 @pytest.mark.parametrize("weights", [b"not a torch file", "another model"])
@@ -246,19 +230,6 @@ def test_variability_zero_repeats_exactly_and_sampling_varies(client) -> None:
     assert speak(client, "default-female").json["audioDataUri"] == first
     varied = {speak(client, "default-female", variability=1.0).json["audioDataUri"] for _ in range(3)}
     assert len(varied) > 1
-
-
-def spoken_chunks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The chunks of text handed to the decoder from now on."""
-    spoken: list[str] = []
-    original = Engine.speak
-
-    def recording_speak(self: Engine, texts: list[str], *args: object, **kwargs: object) -> list:
-        spoken.extend(texts)
-        return original(self, texts, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "speak", recording_speak)
-    return spoken
 
 
 def test_long_text_is_split_into_sentences_and_joined(client, monkeypatch: pytest.MonkeyPatch) -> None:
