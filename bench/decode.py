@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--phases", action="store_true",
                         help="time a run of the most concurrent requests phase by phase")
     parser.add_argument("--only", help="comma-separated variants of ours to run (stock always runs)")
+    parser.add_argument("--tiling", default="", help="the fused Triton kernels' tiling for the triton and "
+                        "auto variants, as bench/triton_step.py's --configs (default: triton_step.Tiling())")
     parser.add_argument("--ten-sentences", action=argparse.BooleanOptionalAction, default=True,
                         help="time a 10-sentence text (stock takes about 40 s of it on a GPU at full size)")
     args = parser.parse_args()
@@ -236,9 +238,11 @@ def main() -> None:
         def build() -> BatchScheduler:
             from voiceforge.decoding.cuda_graphs import GraphedStep
             from voiceforge.decoding.cuda_step import choose_step
+            from voiceforge.decoding.triton_step import Tiling
 
             decoder = GptDecoder(model, rows, dtype=dtype)
-            step, lengths, _kernels = choose_step(decoder, kernels)  # as the engine builds it
+            tiling = Tiling.parse(args.tiling) if args.tiling else None
+            step, lengths, _kernels = choose_step(decoder, kernels, tiling)  # as the engine builds it
             runner = GraphedStep(decoder, step=step, length_buckets=lengths)
             started = time.perf_counter()
             runner.capture()

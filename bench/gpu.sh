@@ -13,8 +13,9 @@
 # STEPS picks steps (default: cuda-tests,triton-step,decode; vocoder and compile are the others);
 # ONLY the variants of bench/decode.py (its --only; default: PyTorch's step against auto's, fp32 and bf16);
 # CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs (tests/test_bench.py);
-# TRITON_CONFIGS the tilings of bench/triton_step.py; DECODE_S decode's cap in seconds; PHASES=1 times
-# decode.py's phases; TEN=1 adds its 10-sentence text (stock takes about 40 s of it on a GPU).
+# TRITON_CONFIGS the tilings of bench/triton_step.py, TILING the one decode's fused variants use
+# (say, the best of those: STEPS=decode TILING=to_row_length=1); DECODE_S decode's cap in seconds;
+# PHASES=1 times decode.py's phases; TEN=1 adds its 10-sentence text (stock takes about 40 s on a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/voiceforge-gpu}
@@ -85,7 +86,8 @@ ten=--no-ten-sentences
 [ -n "${TEN:-}" ] && ten=--ten-sentences
 step "$DECODE_S" decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \
   --checkpoint "$CHECKPOINT" --concurrency "$CONCURRENCY" --agreement "$AGREEMENT" --repeats "$REPEATS" \
-  ${PHASES:+--phases} "$ten" ${ONLY:+--only "$ONLY"} --json "$OUT/decode-$SIZE-$DEVICE.json"
+  ${PHASES:+--phases} "$ten" ${ONLY:+--only "$ONLY"} ${TILING:+--tiling "$TILING"} \
+  --json "$OUT/decode-$SIZE-$DEVICE.json"
 step 60 vocoder "$PY" bench/vocoder.py --device "$DEVICE" --tokens "$VOCODER_TOKENS"
 # Does compiling a layer's halves (kernel fusion) make the step, replayed from CUDA graphs as the
 # engine runs it, faster? Not used by the engine.

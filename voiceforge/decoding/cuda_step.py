@@ -21,7 +21,7 @@ from voiceforge.decoding.cuda_graphs import LENGTH_BUCKETS
 from voiceforge.decoding.gpt import GptDecoder, StepOutput
 
 if TYPE_CHECKING:
-    from voiceforge.decoding.triton_step import TritonStep
+    from voiceforge.decoding.triton_step import Tiling, TritonStep
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +30,20 @@ KERNELS = ("auto", "torch", "triton")  # VOICEFORGE_CUDA_STEP's choices
 StepFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], StepOutput]
 
 
-def choose_step(decoder: GptDecoder, kernels: str) -> tuple[StepFunction, tuple[int, ...], str]:
+def choose_step(decoder: GptDecoder, kernels: str,
+                tiling: Tiling | None = None) -> tuple[StepFunction, tuple[int, ...], str]:
     """The step for `kernels` ("auto", "torch" or "triton"), the attention lengths to capture it at, and
     the kernels it really runs: "torch", "triton", or "triton-one-row" (auto). Auto falls back to
     PyTorch's kernels, with a warning, where Triton cannot build its kernels (no C compiler, a GPU it
-    does not support); "triton" asked for by name fails instead."""
+    does not support); "triton" asked for by name fails instead. `tiling` is the fused kernels'
+    (benchmarks try others; the engine uses the default)."""
     if kernels not in KERNELS:
         msg = f"unknown CUDA step kernels {kernels!r}: one of {KERNELS}"
         raise ValueError(msg)
     if kernels == "torch":
         return decoder.step, LENGTH_BUCKETS, "torch"
     try:
-        fused = _built_triton_step(decoder)
+        fused = _built_triton_step(decoder, tiling)
     except Exception as error:
         if kernels == "triton":
             raise
@@ -65,10 +67,10 @@ def fused_for_one_row(one_row: StepFunction, several: StepFunction) -> StepFunct
     return step
 
 
-def _built_triton_step(decoder: GptDecoder) -> TritonStep:
+def _built_triton_step(decoder: GptDecoder, tiling: Tiling | None) -> TritonStep:
     from voiceforge.decoding.triton_step import TritonStep
 
-    fused = TritonStep(decoder)
+    fused = TritonStep(decoder, tiling)
     try:
         # One step of one row now builds the one-row kernels: a machine where Triton cannot fails here,
         # at start-up, not at a request. It writes row 0's position 0, which admitting a sequence rewrites.
