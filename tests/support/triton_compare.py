@@ -28,10 +28,7 @@ def compare(model: Any, dtype: torch.dtype | None = None, rows: int = 4) -> dict
     results: dict[str, Any] = {}
     with torch.inference_mode():
         decoder = GptDecoder(model, rows, dtype=dtype, cpu_matmul_kind="reference")
-        lengths = [10 + 7 * row for row in range(rows)]
-        for row, length in enumerate(lengths):
-            prefix = torch.randn(length, decoder.dim, generator=torch.Generator().manual_seed(row))
-            decoder.prefill(row, prefix.to(device, decoder.dtype))
+        lengths = _prefill([decoder], rows, device)
         fused = TritonStep(decoder)
 
         def both_steps(n: int) -> tuple[dict[str, Any], torch.Tensor]:
@@ -72,11 +69,7 @@ def switching(model: Any, rows: int = 3) -> dict[str, Any]:
     with torch.inference_mode():
         reference, tested = (GptDecoder(model, rows, cpu_matmul_kind="reference") for _ in range(2))
         step, _lengths, kernels = choose_step(tested, "auto")  # as the engine does: before any prefill
-        lengths = [10 + 7 * row for row in range(rows)]
-        for row, length in enumerate(lengths):
-            prefix = torch.randn(length, reference.dim, generator=torch.Generator().manual_seed(row))
-            for decoder in (reference, tested):
-                decoder.prefill(row, prefix.to(device))
+        lengths = _prefill([reference, tested], rows, device)
         logits, argmax_same = 0.0, True
         for n in (rows, 1, 1, rows, 1, rows):
             args = (torch.arange(n, device=device) + 3, torch.arange(n, device=device) + lengths[0],
@@ -88,6 +81,17 @@ def switching(model: Any, rows: int = 3) -> dict[str, Any]:
         cache = (tested.cache - reference.cache).abs().max().item()
     return {"kernels": kernels, "logits": logits, "argmax_same": argmax_same, "cache": cache,
             "scale": expected.logits.abs().max().item()}
+
+
+def _prefill(decoders: list[Any], rows: int, device: torch.device) -> list[int]:
+    """Prefill rows 0..rows-1 of every decoder with the same random prefixes, of different lengths; the
+    lengths."""
+    lengths = [10 + 7 * row for row in range(rows)]
+    for row, length in enumerate(lengths):
+        prefix = torch.randn(length, decoders[0].dim, generator=torch.Generator().manual_seed(row))
+        for decoder in decoders:
+            decoder.prefill(row, prefix.to(device, decoder.dtype))
+    return lengths
 
 
 def _swap_weights(model: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
