@@ -7,14 +7,16 @@ are per token and per second of audio produced (1,024 samples at 22.05 kHz per t
 Prints: ms per token at batch 1 (stock, ours; on CUDA also ours with CUDA graphs, in fp32, with the
 GPT in bf16, and with the GPT and the vocoder in bf16, and the same three with the step in fused
 Triton kernels (decoding/triton_step.py), and with those for one row only (VOICEFORGE_CUDA_STEP=auto,
-decoding/cuda_step.py); "ours+graphs" is PyTorch's kernels; on a CPU also ours with transformers' addmm
-instead of oneDNN, and, where the CPU has bf16 natively, ours with the GPT, the vocoder or both in
-bf16; --only picks some of them), the aggregate real-time factor at 1, 4, 8 and 32 concurrent
-requests against stock serial decoding, a 10-sentence text at once against sentence by sentence,
-time to first audio, and greedy-token agreement with stock over --agreement sequences. --phases adds
-a run of the least and of the most concurrent requests, timed phase by phase (bench/phases.py: prefill, GPT
-step, sampling, vocoder, bookkeeping). --json writes the figures to a file. Stock is timed first, then each
-variant of ours in turn, one decoder alive at a time (voiceforge/decoding/threads.py says why).
+decoding/cuda_step.py); "ours+graphs" is PyTorch's kernels; each of those also as "... sync", which
+reads every step back before queueing the next, as the engine did before it queued one ahead; on a
+CPU also ours with transformers' addmm instead of oneDNN, and, where the CPU has bf16 natively, ours
+with the GPT, the vocoder or both in bf16; --only picks some of them), the aggregate real-time factor
+at 1, 4, 8 and 32 concurrent requests against stock serial decoding, a 10-sentence text at once
+against sentence by sentence, time to first audio, and greedy-token agreement with stock over
+--agreement sequences. --phases adds a run of the least and of the most concurrent requests, timed
+phase by phase (bench/phases.py: prefill, GPT step, sampling, vocoder, bookkeeping). --json writes the
+figures to a file. Stock is timed first, then each variant of ours in turn, one decoder alive at a
+time (voiceforge/decoding/threads.py says why).
 """
 
 from __future__ import annotations
@@ -234,7 +236,8 @@ def main() -> None:
         return lambda: BatchScheduler(model, lock, lambda _weights: None, vocoder_dtype=vocoder_dtype,
                                       decoder=GptDecoder(model, rows, dtype=dtype, cpu_matmul_kind=matmul))
 
-    def graphed(name: str, dtype, vocoder_dtype, kernels: str = "torch") -> Callable[[], BatchScheduler]:
+    def graphed(name: str, dtype, vocoder_dtype, kernels: str = "torch",
+                lookahead: int | None = None) -> Callable[[], BatchScheduler]:
         def build() -> BatchScheduler:
             from voiceforge.decoding.cuda_graphs import GraphedStep
             from voiceforge.decoding.cuda_step import choose_step
@@ -251,19 +254,25 @@ def main() -> None:
                 step_ms = replay_ms(runner, batch, 256)
                 figures[f"{name} step_ms@{batch}"] = step_ms
                 show(f"{name}, GPT step alone (graph replay), batch {batch}, ms", f"{step_ms:.3f}")
-            return BatchScheduler(model, lock, lambda _weights: None, decoder=decoder,
-                                  step_runner=runner.step, vocoder_dtype=vocoder_dtype)
+            scheduler = BatchScheduler(model, lock, lambda _weights: None, decoder=decoder,
+                                       step_runner=runner.step, vocoder_dtype=vocoder_dtype)
+            if lookahead is not None:
+                scheduler.lookahead = lookahead
+            return scheduler
         return build
 
     variants: dict[str, Callable[[], BatchScheduler]] = {"ours": plain()}
     bf16 = torch.bfloat16
     if device.startswith("cuda"):
         precisions = (("", None, None), (" bf16", bf16, None), (" bf16 both", bf16, bf16))
-        # PyTorch's kernels; fused Triton ones at every batch size; those for one row only (auto)
+        # PyTorch's kernels; fused Triton ones at every batch size; those for one row only (auto). Each
+        # also as " sync": every step's tokens read back before the next step is queued (lookahead 0),
+        # what the engine did before it queued a step ahead.
         for label, kernels in (("graphs", "torch"), ("triton", "triton"), ("auto", "auto")):
             for suffix, dtype, vocoder_dtype in precisions:
-                name = f"ours+{label}{suffix}"
-                variants[name] = graphed(name, dtype, vocoder_dtype, kernels)
+                for sync in ("", " sync"):
+                    name = f"ours+{label}{suffix}{sync}"
+                    variants[name] = graphed(name, dtype, vocoder_dtype, kernels, 0 if sync else None)
     else:
         # "ours" multiplies by oneDNN-prepacked weights (the default); "ours addmm" is transformers'
         # own arithmetic (VOICEFORGE_CPU_MATMUL=reference), the one bit-identical to stock.

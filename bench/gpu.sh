@@ -11,7 +11,8 @@
 #   DEVICE=cpu SIZE=tiny MAX_TOKENS=24 bash bench/gpu.sh   # a dry run of the same steps on a CPU
 # It stops at once when an import fails (a wheel missing), rather than spend minutes on failing steps.
 # STEPS picks steps (default: cuda-tests,triton-step,decode; vocoder and compile are the others);
-# ONLY the variants of bench/decode.py (its --only; default: PyTorch's step against auto's, fp32 and bf16);
+# ONLY the variants of bench/decode.py (its --only; default: the engine's (auto) in fp32 and bf16, each
+# with a step queued ahead and reading each step back first, "sync");
 # CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs (tests/test_bench.py);
 # TRITON_CONFIGS the tilings of bench/triton_step.py, TILING the one decode's fused variants use
 # (say, the best of those: STEPS=decode TILING=to_row_length=1); DECODE_S decode's cap in seconds;
@@ -31,7 +32,7 @@ DECODE_S=${DECODE_S:-230}
 if [ "$DEVICE" = cpu ]; then
   ONLY=${ONLY-}
 else
-  ONLY=${ONLY-ours+graphs,ours+auto,ours+graphs bf16 both,ours+auto bf16 both}
+  ONLY=${ONLY-ours+auto sync,ours+auto,ours+auto bf16 both sync,ours+auto bf16 both}
 fi
 # the defaults; attention's loop to each row's length; with it, half the output columns a one-row
 # program computes (twice the programs: the output projection and the MLP's second, 1,024 columns,

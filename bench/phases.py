@@ -23,7 +23,9 @@ PHASES = {
     "_step_runner": "GPT step",
     "choose": "sampling",
     "_vocode": "vocoder",
-    "_step": "bookkeeping",
+    "_deliver_audio": "vocoder",
+    "_queue_step": "bookkeeping",
+    "_read_steps": "bookkeeping",
     "_retire": "bookkeeping",
 }
 

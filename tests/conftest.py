@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from tests.support.checkpoint import build_checkpoint
+from tests.support.stepping import stepping_ahead
 from voiceforge import create_app
 from voiceforge.config import DEFAULTS
 from voiceforge.services.engine import Engine, EngineSettings
@@ -41,6 +42,13 @@ def shared_engine(checkpoint_dir: Path) -> Engine:
     """One engine for every app built with the default test settings, so the model loads once a session."""
     settings = Settings.from_config({**DEFAULTS, "DATA_DIR": "unused", "MODEL_DIR": str(checkpoint_dir)})
     return Engine(EngineSettings.from_settings(settings))
+
+
+@pytest.fixture(params=[0, 1], ids=["each-step-read", "a-step-ahead"])
+def lookahead(request: pytest.FixtureRequest, shared_engine: Engine) -> Iterator[int]:
+    """The shared engine's decoder read back step by step, then one step ahead (tests/support/stepping.py)."""
+    with stepping_ahead(shared_engine.decoder(), request.param):
+        yield request.param
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ CUDA is present (a GPU machine), and skip cleanly elsewhere.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from tests.support.checkpoint import build_checkpoint
+from tests.support.stepping import stepping_ahead
 from voiceforge.decoding.matmul import PackedMatmul, ReferenceMatmul
 from voiceforge.decoding.sampling import SamplingTable
 from voiceforge.decoding.scheduler import Utterance
@@ -86,7 +89,7 @@ def test_greedy_tokens_equal_stock_over_texts_voices_and_languages(
 
 
 def test_a_sequence_decoded_in_a_batch_gives_the_tokens_and_audio_it_gives_alone(
-        shared_engine: Engine, voices) -> None:
+        shared_engine: Engine, voices, lookahead: int) -> None:
     text, latents = "The same sentence, alone and in company.", voices[0]
     (alone,) = shared_engine.speak([text], "en", latents, GREEDY)
     alone_audio = alone.audio()
@@ -101,7 +104,53 @@ def test_a_sequence_decoded_in_a_batch_gives_the_tokens_and_audio_it_gives_alone
     assert np.abs(together_audio - alone_audio).max() < 1e-6
 
 
-def test_sequences_join_and_leave_at_step_boundaries(long_engine: Engine, voices) -> None:
+@pytest.fixture(params=[0, 1], ids=["each-step-read", "a-step-ahead"])
+def long_lookahead(request: pytest.FixtureRequest, long_engine: Engine) -> Iterator[int]:
+    with stepping_ahead(long_engine.decoder(), request.param):
+        yield request.param
+
+
+def test_a_step_ahead_changes_no_token_and_no_sample(shared_engine: Engine, voices) -> None:
+    """On a GPU the decoder queues each step before reading the last one's tokens back, so that the GPU
+    works while the host does the scheduler's work. Sequences joining and leaving a batch at different
+    steps (so rows move as others end), streamed or not, at several speeds, get the same tokens and the
+    same audio as when each step is read back first."""
+    scheduler = shared_engine.decoder()
+    requests = [(f"Sentence number {n} of a crowd.", voices[n % len(voices)], 0.8 + 0.1 * (n % 4), n % 3 == 0)
+                for n in range(11)]  # more than the decoder's 8 rows: some join as others leave
+    unread_at_each_step: dict[int, list[int]] = {}
+    spoken: dict[int, list[tuple[list[int], np.ndarray]]] = {}
+    real_step = scheduler._step_runner
+    for lookahead in (0, 1):
+        unread = unread_at_each_step[lookahead] = []
+
+        def counting(*args: object, unread: list[int] = unread) -> object:
+            unread.append(len(scheduler._queued_steps))  # steps queued and not read back yet
+            return real_step(*args)
+
+        scheduler._step_runner = counting
+        try:
+            with stepping_ahead(scheduler, lookahead):
+                utterances = []
+                for text, latents, speed, streaming in requests:  # two steps apart, so rows end apart
+                    steps = scheduler.steps
+                    utterances += shared_engine.speak([text], "en", latents, GREEDY, speed=speed,
+                                                      streaming=streaming)
+                    while scheduler.steps < steps + 2 and not utterances[0].tokens[20:]:
+                        time.sleep(0.001)
+                spoken[lookahead] = [(utterance.tokens, utterance.audio()) for utterance in utterances]
+        finally:
+            scheduler._step_runner = real_step
+    for (tokens, audio), (ahead_tokens, ahead_audio) in zip(spoken[0], spoken[1], strict=True):
+        assert ahead_tokens == tokens
+        assert ahead_audio.shape == audio.shape and np.abs(ahead_audio - audio).max() < 1e-6
+    assert max(unread_at_each_step[0]) == 0
+    # One step ahead: most steps are queued while the last one is unread.
+    assert max(unread_at_each_step[1]) == 1 and statistics.mean(unread_at_each_step[1]) > 0.8
+
+
+def test_sequences_join_and_leave_at_step_boundaries(long_engine: Engine, voices,
+                                                      long_lookahead: int) -> None:
     decoder = long_engine.decoder()
     steps_before = decoder.steps
     (first,) = long_engine.speak(["A first sentence starts alone."], "en", voices[0], GREEDY,
@@ -117,7 +166,8 @@ def test_sequences_join_and_leave_at_step_boundaries(long_engine: Engine, voices
     assert first.tokens == stock_tokens(long_engine, "A first sentence starts alone.", "en", voices[0])
 
 
-def test_a_cancelled_sequence_leaves_the_batch_at_the_next_step(long_engine: Engine, voices) -> None:
+def test_a_cancelled_sequence_leaves_the_batch_at_the_next_step(long_engine: Engine, voices,
+                                                                long_lookahead: int) -> None:
     decoder = long_engine.decoder()
     (doomed,) = long_engine.speak(["Nobody listens to the end of this."], "en", voices[0], GREEDY,
                                   streaming=True)
@@ -290,7 +340,7 @@ def test_the_gpu_step_arithmetic_computes_the_cpu_steps_formulas(shared_engine: 
 @pytest.mark.parametrize(("sampling", "poison"), [("varied", float("nan")), ("greedy", float("nan")),
                                                   ("greedy", float("-inf"))])
 def test_a_row_whose_scores_turn_nan_mid_sequence_ends_alone(shared_engine: Engine, voices, sampling: str,
-                                                            poison: float) -> None:
+                                                            poison: float, lookahead: int) -> None:
     """NaN or infinite scores in one row (a damaged fine-tuned weight), sampled or greedy, neither break
     the batch's shared draw nor pass for tokens: that sequence ends with an error and the others go on."""
     text = "Innocent bystanders keep talking."
@@ -374,7 +424,8 @@ def fine_tuned_weights(engine: Engine, directory: Path) -> str:
     return str(export_gpt(directory / "checkpoint.pth", directory / "gpt.pth").path)
 
 
-def test_fine_tuned_weights_decode_only_with_their_own(shared_engine: Engine, voices, tmp_path: Path) -> None:
+def test_fine_tuned_weights_decode_only_with_their_own(shared_engine: Engine, voices, tmp_path: Path,
+                                                      lookahead: int) -> None:
     weights = fine_tuned_weights(shared_engine, tmp_path)
     text, latents = "Whose weights speak this?", voices[0]
     (base_alone,) = shared_engine.speak([text], "en", latents, GREEDY)

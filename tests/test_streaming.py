@@ -235,7 +235,7 @@ def test_behind_gunicorn_first_bytes_come_early_and_a_disconnect_frees_the_engin
 
 
 def test_a_failure_after_the_first_byte_ends_the_stream_and_is_logged(
-        client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, lookahead: int) -> None:
     from voiceforge.decoding import scheduler
 
     real = scheduler.vocode

@@ -11,6 +11,13 @@ weights change, and a waiting sequence of other weights stops newer ones from jo
 waits for ever. A sequence whose own inputs fail (at its prefill, or NaN scores later) ends alone
 with the error; a failure of the batch's shared work (its weights, a step, the vocoder) ends every
 sequence in the batch.
+
+On a GPU the thread keeps one step queued ahead (`lookahead`): it queues step N+1 before it reads
+step N's tokens back, so the GPU computes while the host does the scheduler's work, where waiting
+for each step left the GPU idle for it. That works because a step needs no token from the host:
+each row's next input token stays on the device, written there by the step before, and its
+positions only grow by one a step. A row whose stop token the host has not read yet is stepped once
+more, and that step's result is dropped. Vocoded audio is read back the same way, one turn later.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +36,7 @@ import torch
 from voiceforge.decoding.gpt import GptDecoder, StepOutput
 from voiceforge.decoding.hifigan import TrimmedGenerator
 from voiceforge.decoding.sampling import SamplingTable
+from voiceforge.decoding.transfers import Readback, to_device
 from voiceforge.decoding.vocoder import Window, WindowedVocoding, vocode
 
 if TYPE_CHECKING:
@@ -85,13 +94,37 @@ class Utterance:
 
 @dataclass(eq=False)
 class _Live:
-    """An utterance in a cache row: where its next key/value goes and its vocoder state."""
+    """An utterance in a cache row: where its next key/value goes and its vocoder state.
+
+    `chosen` and `cache_length` count the steps queued, read back or not; `utterance.tokens` holds
+    the tokens read back. `vocoding` is None once its last window is taken (or it ended otherwise).
+    """
 
     utterance: Utterance
-    vocoding: WindowedVocoding
+    vocoding: WindowedVocoding | None
     cache_length: int  # positions filled in its cache row
-    last_token: int = 0
-    finished: bool = False
+    chosen: int = 1  # tokens chosen: the prefill's, and one for each step queued for it
+    finished: bool = False  # the host knows it has ended: no more of its tokens count
+
+
+@dataclass(eq=False)
+class _QueuedStep:
+    """A step queued on the device: its rows in order, which of them it advanced (the others were
+    stepped only to keep the batch packed), and each row's token and whether its scores were finite."""
+
+    rows: list[_Live]
+    advanced: list[bool]
+    results: Readback  # (2, rows): chosen token, finite (1) or not (0)
+
+
+@dataclass(eq=False)
+class _QueuedAudio:
+    """Vocoder windows queued on the device, whose samples go to their utterances once read back."""
+
+    utterances: list[Utterance]
+    windows: list[Window]
+    last: list[bool]  # whether it is its utterance's last window
+    samples: Readback
 
 
 class BatchScheduler:
@@ -128,6 +161,14 @@ class BatchScheduler:
         # step writes all rows' in one copy, and a window reads a row's as one slice.
         self.latents = torch.zeros(self.rows, self.decoder.max_new_tokens + 1, self.decoder.dim,
                                    device=self.decoder.device)
+        # Every row's next input token, written by the step (or admission) that chose it: it never
+        # goes through the host, so a step can be queued before the last one's tokens are read back.
+        self.next_tokens = torch.zeros(self.rows, dtype=torch.long, device=self.decoder.device)
+        # Steps queued ahead of reading their results: 1 on a GPU (its work overlaps the host's); 0 on a
+        # CPU, where a step runs on the calling thread, so one ahead would only add a wasted step.
+        self.lookahead = 1 if self.decoder.device.type == "cuda" else 0
+        self._queued_steps: deque[_QueuedStep] = deque()
+        self._queued_audio: list[_QueuedAudio] = []
         self._model_lock = model_lock
         self._use_weights = use_weights
         self._waiting: list[Utterance] = []
@@ -202,17 +243,24 @@ class BatchScheduler:
                         self._admit(joining[:group])  # a sequence's own failure here ends only that one
                         del joining[:group]
                     self._drop_cancelled()
-                    if self._live:
-                        self._step()
-                        self._vocode()
+                    queued = self._queue_step()
+                    # Read back every step but the `lookahead` newest, or all of them when none was
+                    # queued (the rows left have all their tokens chosen).
+                    self._read_steps(keep=self.lookahead if queued else 0)
+                    self._vocode()
                     self._retire()
+                    if not self._live:  # nothing more to overlap with: the last audio goes out now
+                        self._read_steps(keep=0)
+                        self._deliver_audio()
             except BaseException as error:  # the batch's shared work failed: every sequence in it ends
                 # (except those already ended: cancelled, failed alone, or all their audio out)
-                stranded = [live.utterance for live in self._live if live.vocoding is not None] + joining
+                stranded = self._owed_audio() + joining
                 log.exception("decoding failed; ending %d utterance(s)", len(stranded))
                 for utterance in stranded:
                     _end(utterance, error)
                 self._live = []  # every row is free again; their caches are simply overwritten
+                self._queued_steps.clear()
+                self._queued_audio = []
         self._fail_all(RuntimeError("the decoder was closed"))
 
     def _take_joining(self) -> list[Utterance]:
@@ -287,8 +335,10 @@ class BatchScheduler:
         picked = torch.tensor(admitted, device=device)
         rows = torch.arange(first, first + len(admitted), device=device)
         sample = any(not ready[index].settings.greedy for index in admitted)
-        tokens = self.table.choose(output.logits[picked], rows, sample=sample).tolist()
+        chosen = self.table.choose(output.logits[picked], rows, sample=sample)
+        self.next_tokens[rows] = chosen
         self.latents[rows, 0] = output.latents[picked].float()
+        tokens = chosen.tolist()
         for index, token in zip(admitted, tokens, strict=True):
             utterance = ready[index]
             vocoding = WindowedVocoding(self.model, utterance.speaker.to(device), utterance.speed,
@@ -298,9 +348,8 @@ class BatchScheduler:
             self._live.append(live)
 
     def _record(self, live: _Live, token: int) -> None:
-        """The sequence's next token (its latent is already in `self.latents`)."""
+        """The sequence's next token, read back (its latent is already in `self.latents`)."""
         live.utterance.tokens.append(token)
-        live.last_token = token
         live.finished = (token == self.decoder.stop_token
                          or len(live.utterance.tokens) >= self.decoder.max_new_tokens)
 
@@ -309,20 +358,22 @@ class BatchScheduler:
             if live.utterance.cancelled and not live.finished:
                 live.finished = True
                 live.utterance._out.put(_DONE)
-                live.vocoding = None  # type: ignore[assignment] - nothing more to vocode
+                live.vocoding = None  # nothing more to vocode
 
-    def _step(self) -> None:
-        stepping = [live for live in self._live if not live.finished]
-        if not stepping:
-            return
-        # Finished rows (done this step, vocoded below) sit among live ones until _retire packs them.
-        device = self.decoder.device
-        lengths = [live.cache_length for live in self._live]
-        # Each row's last token, audio position and cache position, sent to the device in one copy.
-        tokens, audio_positions, cache_positions = torch.tensor(
-            [[live.last_token for live in self._live], [len(live.utterance.tokens) for live in self._live],
-             lengths], device=device)
-        output = self._step_runner(tokens, audio_positions, cache_positions, max(lengths) + 1)
+    def _queue_step(self) -> bool:
+        """Queue one step of every row (without waiting for the device); False if no row has a token to
+        choose: all have ended, or have every token up to the cap chosen in steps already queued."""
+        cap = self.decoder.max_new_tokens
+        advancing = [not live.finished and live.chosen < cap for live in self._live]
+        if not any(advancing):
+            return False
+        # Rows that do not advance (ended, or stepped only to keep the batch packed) sit among live ones
+        # until _retire packs them: they write past their own keys, values and latents, and are ignored.
+        n = len(self._live)
+        positions = [[live.chosen for live in self._live], [live.cache_length for live in self._live]]
+        audio_positions, cache_positions = to_device(positions, self.decoder.device)
+        tokens = self.next_tokens[:n]
+        output = self._step_runner(tokens, audio_positions, cache_positions, max(positions[1]) + 1)
         # A row with NaN or infinite scores ends alone. (A sum is not finite when a term is not, or when
         # it overflows, which needs scores near 1e35: one kernel, where isfinite().all() takes two.)
         # It would make the batch's shared draw fail for every row, so when sampling it draws from
@@ -331,41 +382,72 @@ class BatchScheduler:
         sample = any(not live.utterance.settings.greedy for live in self._live)
         logits = torch.where(finite[:, None], output.logits, 0.0) if sample else output.logits
         chosen = self.table.choose(logits, sample=sample)  # rows 0..n-1
+        tokens.copy_(chosen)  # the next step's input tokens (the step above has read these)
         # Each row's latent goes to its next place (a copy: a graph's outputs are overwritten by its
         # next replay); a row stepped only to keep the batch packed writes past its own latents.
-        self.latents[torch.arange(len(self._live), device=device), audio_positions] = output.latents.float()
-        chosen, usable = torch.stack([chosen, finite.long()]).tolist()  # one read back from the device
+        self.latents[torch.arange(n, device=self.decoder.device), audio_positions] = output.latents.float()
+        self._queued_steps.append(_QueuedStep(list(self._live), advancing,
+                                              Readback(torch.stack([chosen, finite.long()]))))
+        for live, advances in zip(self._live, advancing, strict=True):
+            if advances:
+                live.chosen += 1
+                live.cache_length += 1
         self.steps += 1
-        self.max_batch = max(self.max_batch, len(stepping))
-        for row, live in enumerate(self._live):
-            if live.finished:
-                continue  # its row was stepped only to keep the batch packed; the result is ignored
-            if not usable[row]:
-                log.error("a sequence's scores became NaN or infinite; it ends, the batch goes on")
-                live.finished = True
-                live.vocoding = None  # type: ignore[assignment] - nothing more to vocode
-                _end(live.utterance, FloatingPointError(NON_FINITE))
-                self.decoder.clear_row(row)
-                continue
-            live.cache_length += 1
-            self._record(live, chosen[row])
+        self.max_batch = max(self.max_batch, sum(advancing))
+        return True
+
+    def _read_steps(self, keep: int) -> None:
+        """Read back the tokens of the oldest queued steps, all but the newest `keep` (waiting for them)."""
+        while len(self._queued_steps) > keep:
+            step = self._queued_steps.popleft()
+            chosen, usable = step.results.wait().tolist()
+            for index, (live, advanced) in enumerate(zip(step.rows, step.advanced, strict=True)):
+                if not advanced or live.finished:
+                    continue  # stepped to keep the batch packed, or ended since: the result is ignored
+                if not usable[index]:
+                    log.error("a sequence's scores became NaN or infinite; it ends, the batch goes on")
+                    live.finished = True
+                    live.vocoding = None
+                    _end(live.utterance, FloatingPointError(NON_FINITE))
+                    self.decoder.clear_row(self._live.index(live))  # its row now, if _retire moved it
+                    continue
+                self._record(live, chosen[index])
 
     def _vocode(self) -> None:
+        """Queue the vocoder windows that are due, from any row; on a GPU their audio goes out next turn."""
+        self._deliver_audio()  # first: a window's audio sets where its sequence's next window starts
         windows: list[Window] = []
+        owners: dict[int, tuple[Utterance, bool]] = {}  # id(window): its utterance, whether its last
         for row, live in enumerate(self._live):
-            count = len(live.utterance.tokens)
-            if live.vocoding is not None and live.vocoding.ready(count, live.finished):
-                windows.append(live.vocoding.take(self.latents[row, :count], live.finished))
+            vocoding, count = live.vocoding, len(live.utterance.tokens)
+            if vocoding is None or not vocoding.ready(count, live.finished):
+                continue
+            window = vocoding.take(self.latents[row, :count], live.finished)
+            windows.append(window)
+            owners[id(window)] = (live.utterance, live.finished)
         if not windows:
             return
-        for window, wav in vocode(self.vocoder, windows):  # each piece goes out as soon as it is ready
-            live = next(live for live in self._live if live.vocoding is window.owner)
-            piece = window.owner.finish(window, wav)
-            if piece.size:
-                live.utterance._out.put(piece)
-            if live.finished:  # that was its last window
-                live.utterance._out.put(_DONE)
-                live.vocoding = None  # type: ignore[assignment]
+        for batch, samples in vocode(self.vocoder, windows):
+            utterances, last = zip(*(owners[id(window)] for window in batch), strict=True)
+            self._queued_audio.append(_QueuedAudio(list(utterances), batch, list(last), samples))
+        for live in self._live:
+            if live.finished:  # its last window is queued (a failure before here still owes it audio)
+                live.vocoding = None
+        if self.lookahead == 0:
+            self._deliver_audio()
+
+    def _deliver_audio(self) -> None:
+        """Send the queued windows' audio to their utterances, in the order they were queued."""
+        for audio in self._queued_audio:
+            wavs = audio.samples.wait().numpy()
+            for utterance, window, last, wav in zip(audio.utterances, audio.windows, audio.last, wavs,
+                                                    strict=True):
+                piece = window.owner.finish(window, wav)
+                if piece.size and not utterance.cancelled:
+                    utterance._out.put(piece)
+                if last:
+                    utterance._out.put(_DONE)
+        self._queued_audio = []
 
     def _retire(self) -> None:
         """Remove finished rows, moving the last live row into each hole so rows 0..n-1 stay packed."""
@@ -374,13 +456,20 @@ class BatchScheduler:
                 continue
             last = len(self._live) - 1
             if row != last:
+                # Queued after the steps in flight, so what they write into the last row moves too.
                 moved = self._live[last]
                 self.decoder.move_row(last, row, moved.cache_length)
                 self.table.move_row(last, row)
-                count = len(moved.utterance.tokens)
-                self.latents[row, :count] = self.latents[last, :count]
+                self.latents[row, :moved.chosen] = self.latents[last, :moved.chosen]
+                self.next_tokens[row] = self.next_tokens[last]
                 self._live[row] = moved
             self._live.pop()
+
+    def _owed_audio(self) -> list[Utterance]:
+        """Utterances with audio still to come: live ones with windows to take, and queued windows'."""
+        owed = [live.utterance for live in self._live if live.vocoding is not None]
+        owed += [utterance for audio in self._queued_audio for utterance in audio.utterances]
+        return list(dict.fromkeys(owed))  # each once, in order
 
     def _fail_all(self, error: BaseException) -> None:
         with self._condition:

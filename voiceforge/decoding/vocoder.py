@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from voiceforge.decoding.hifigan import TrimmedGenerator
+from voiceforge.decoding.transfers import Readback
 
 # Decoder frames of context vocoded on each side of a window (256 samples each; 8 keep the windowed
 # audio within one 16-bit step of a single pass over everything) and the cross-fade between windows.
@@ -99,9 +99,9 @@ class WindowedVocoding:
         return piece
 
 
-def vocode(generator: TrimmedGenerator, windows: list[Window]) -> Iterator[tuple[Window, np.ndarray]]:
-    """HiFiGAN over each window: (window, its float32 mono 24 kHz samples keep_from..vocoded_to) as
-    each batch is done.
+def vocode(generator: TrimmedGenerator, windows: list[Window]) -> list[tuple[list[Window], Readback]]:
+    """HiFiGAN over each window, queued on the device: for each batch, its windows and their float32
+    mono 24 kHz samples keep_from..vocoded_to, one row each, on their way to the host (Readback).
 
     Windows of equal shape and kept span share a batch, up to BATCH_FRAMES decoder frames.
     """
@@ -109,15 +109,16 @@ def vocode(generator: TrimmedGenerator, windows: list[Window]) -> Iterator[tuple
     for window in windows:
         groups[(*window.frames.shape, window.keep_from, window.vocoded_to)].append(window)
     budget = BATCH_FRAMES.get(windows[0].frames.device.type, 1) if windows else 1
+    batches = []
     for (*shape, keep_from, vocoded_to), group in groups.items():
         size = max(1, budget // shape[-1])
         for start in range(0, len(group), size):
             batch = group[start:start + size]
             frames = torch.cat([window.frames for window in batch])
             speakers = torch.cat([window.speaker for window in batch])
-            wavs = generator(frames, speakers, keep_from, vocoded_to).float().cpu().numpy()
-            for window, wav in zip(batch, wavs, strict=True):
-                yield window, wav.reshape(-1)
+            wavs = generator(frames, speakers, keep_from, vocoded_to).float().reshape(len(batch), -1)
+            batches.append((batch, Readback(wavs)))
+    return batches
 
 
 def decoder_frames(model: Any, gpt_latents: torch.Tensor, speed: float) -> torch.Tensor:
