@@ -236,15 +236,15 @@ def main() -> None:
         return lambda: BatchScheduler(model, lock, lambda _weights: None, vocoder_dtype=vocoder_dtype,
                                       decoder=GptDecoder(model, rows, dtype=dtype, cpu_matmul_kind=matmul))
 
-    def graphed(name: str, dtype, vocoder_dtype, kernels: str = "torch",
-                lookahead: int | None = None) -> Callable[[], BatchScheduler]:
+    def graphed(name: str, dtype, vocoder_dtype, kernels: str = "torch", lookahead: int | None = None,
+                tiling_text: str = args.tiling) -> Callable[[], BatchScheduler]:
         def build() -> BatchScheduler:
             from voiceforge.decoding.cuda_graphs import GraphedStep
             from voiceforge.decoding.cuda_step import choose_step
             from voiceforge.decoding.triton_step import Tiling
 
             decoder = GptDecoder(model, rows, dtype=dtype)
-            tiling = Tiling.parse(args.tiling) if args.tiling else None
+            tiling = Tiling.parse(tiling_text) if tiling_text else None
             step, lengths, _kernels = choose_step(decoder, kernels, tiling)  # as the engine builds it
             runner = GraphedStep(decoder, step=step, length_buckets=lengths)
             started = time.perf_counter()
@@ -262,6 +262,7 @@ def main() -> None:
         return build
 
     variants: dict[str, Callable[[], BatchScheduler]] = {"ours": plain()}
+    specs: dict[str, tuple] = {}  # a CUDA variant's graphed() arguments after its name
     bf16 = torch.bfloat16
     if device.startswith("cuda"):
         precisions = (("", None, None), (" bf16", bf16, None), (" bf16 both", bf16, bf16))
@@ -272,7 +273,8 @@ def main() -> None:
             for suffix, dtype, vocoder_dtype in precisions:
                 for sync in ("", " sync"):
                     name = f"ours+{label}{suffix}{sync}"
-                    variants[name] = graphed(name, dtype, vocoder_dtype, kernels, 0 if sync else None)
+                    specs[name] = (dtype, vocoder_dtype, kernels, 0 if sync else None)
+                    variants[name] = graphed(name, *specs[name])
     else:
         # "ours" multiplies by oneDNN-prepacked weights (the default); "ours addmm" is transformers'
         # own arithmetic (VOICEFORGE_CPU_MATMUL=reference), the one bit-identical to stock.
@@ -282,7 +284,13 @@ def main() -> None:
             variants["ours bf16 vocoder"] = plain(vocoder_dtype=bf16)
             variants["ours bf16 both"] = plain(dtype=bf16, vocoder_dtype=bf16)
     if args.only:
-        variants = {name: build for name, build in variants.items() if name in args.only.split(",")}
+        # "NAME @TILING": a CUDA variant with another tiling of the fused kernels, its fields separated by
+        # spaces ("ours+auto bf16 both @to_row_length=1 block_t=64"), beside the same with --tiling's.
+        tiled = [name for name in args.only.split(",") if " @" in name and name.split(" @")[0] in specs]
+        for name in tiled:
+            base, tiling_text = name.split(" @")
+            variants[name] = graphed(name, *specs[base], tiling_text=tiling_text.replace(" ", ","))
+        variants = {name: variants[name] for name in args.only.split(",") if name in variants}
     for name, build in variants.items():
         scheduler = on_passing_thread(build)
         ours_speak(scheduler, model, [(TEXTS[0], "en", voice)])

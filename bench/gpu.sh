@@ -2,8 +2,8 @@
 # Every GPU check of the decoding engine in one command, for a lent GPU machine (at most 10 minutes a
 # command there, 15 minutes of device time a session): the CUDA tests, then the benchmarks, each
 # capped so a slow one cannot eat the others' time. The default steps fit one 600 s command: about
-# 20 s of installing, then 120 + 60 + 130 + 230 s at most (an H200 took 56, 22, 74 and 108 s with
-# fewer variants). Figures and logs go to $OUT (the device tool sets it; default /tmp/voiceforge-gpu).
+# 20 s of installing, then 120 + 60 + 130 + 260 s at most (an H200 took 56, 22, 74 and 108 s with
+# fewer variants and tilings). Figures and logs go to $OUT (the device tool sets it; default /tmp/voiceforge-gpu).
 #
 # The machine has Python and PyTorch but not our other packages: carry them as wheels in .whl/
 # (git-ignored; `bash bench/gpu-wheels.sh` downloads them here) and run, from the repo root:
@@ -11,10 +11,11 @@
 #   DEVICE=cpu SIZE=tiny MAX_TOKENS=24 bash bench/gpu.sh   # a dry run of the same steps on a CPU
 # It stops at once when an import fails (a wheel missing), rather than spend minutes on failing steps.
 # STEPS picks steps (default: cuda-tests,triton-step,decode; vocoder and compile are the others);
-# ONLY the variants of bench/decode.py (its --only; default: the engine's (auto) in fp32 and bf16, each
-# with a step queued ahead and reading each step back first, "sync");
+# ONLY the variants of bench/decode.py (its --only; default: the engine's (auto) in fp32; in bf16 with
+# and without (sync) a step queued ahead, and with two other tilings of the fused kernels, "NAME @TILING");
 # CONCURRENCY, AGREEMENT, REPEATS and VOCODER_TOKENS shrink the runs (tests/test_bench.py);
-# TRITON_CONFIGS the tilings of bench/triton_step.py, TILING the one decode's fused variants use
+# TRITON_CONFIGS the tilings of bench/triton_step.py (TRITON_BATCHES its batch sizes), TILING the one
+# decode's fused variants use
 # (say, the best of those: STEPS=decode TILING=to_row_length=1); DECODE_S decode's cap in seconds;
 # PHASES=1 times decode.py's phases; TEN=1 adds its 10-sentence text (stock takes about 40 s on a GPU).
 set -uo pipefail
@@ -28,17 +29,21 @@ AGREEMENT=${AGREEMENT:-6}
 REPEATS=${REPEATS:-2}
 VOCODER_TOKENS=${VOCODER_TOKENS:-96}
 STEPS=${STEPS:-cuda-tests,triton-step,decode}
-DECODE_S=${DECODE_S:-230}
+DECODE_S=${DECODE_S:-260}
 if [ "$DEVICE" = cpu ]; then
   ONLY=${ONLY-}
 else
-  ONLY=${ONLY-ours+auto sync,ours+auto,ours+auto bf16 both sync,ours+auto bf16 both}
+  ONLY=${ONLY-ours+auto,ours+auto bf16 both sync,ours+auto bf16 both,ours+auto bf16 both @to_row_length=1,\
+ours+auto bf16 both @attention_splits=8 block_t=32}
 fi
-# the defaults; attention's loop to each row's length; with it, half the output columns a one-row
-# program computes (twice the programs: the output projection and the MLP's second, 1,024 columns,
-# run only 128 programs of 8 on a GPU of 132 SMs), and those reading 512 weight columns at a time
-TRITON_CONFIGS=${TRITON_CONFIGS:-default to_row_length=1 single_row_block_n=4,to_row_length=1 \
-single_row_block_n=4,single_row_block_k=512,to_row_length=1}
+# the defaults; attention's loop to each row's length; attention in 4 or 8 parts of each row's length
+# (flash-decoding: at one row a layer's attention is 16 programs, each walking its positions block by
+# block); with the loop to the row's length, half the output columns a one-row program computes (twice
+# the programs: the output projection and the MLP's second, 1,024 columns, run only 128 programs of 8
+# on a GPU of 132 SMs). At one row only (TRITON_BATCHES): auto runs the fused kernels for one row.
+TRITON_CONFIGS=${TRITON_CONFIGS:-default to_row_length=1 attention_splits=4,block_t=64 \
+attention_splits=8,block_t=32 single_row_block_n=4,to_row_length=1}
+TRITON_BATCHES=${TRITON_BATCHES:-1}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ "$DEVICE" = cpu ]; then
@@ -82,7 +87,7 @@ build_checkpoint(pathlib.Path('$CHECKPOINT'), size='$SIZE', max_audio_tokens=$MA
 speakers=('Ana Florence', 'Claribel Dervla', 'Damien Black', 'Zoe Z'))"
 # The step in fused Triton kernels against PyTorch's, graph replay (CUDA only).
 [ "$DEVICE" = cpu ] || step 130 triton-step "$PY" bench/triton_step.py --checkpoint "$CHECKPOINT" \
-  --configs "$TRITON_CONFIGS" --repeats 100
+  --configs "$TRITON_CONFIGS" --batches "$TRITON_BATCHES" --repeats 100
 ten=--no-ten-sentences
 [ -n "${TEN:-}" ] && ten=--ten-sentences
 step "$DECODE_S" decode "$PY" bench/decode.py --size "$SIZE" --max-tokens "$MAX_TOKENS" --device "$DEVICE" \

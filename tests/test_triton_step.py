@@ -47,8 +47,8 @@ def test_the_fused_kernels_give_the_steps_logits_and_cache_in_the_interpreter(ch
     assert all(result["argmax_same"] for result in results["step"].values())
     # Each kernel on inputs of a few units against float64 PyTorch: float32's rounding, no more.
     # five kernels, one row and three; default tiles, small ones, small ones with attention's loop
-    # bounded by each row's length instead of the cache's
-    assert len(results["kernels"]) == 30
+    # bounded by each row's length instead of the cache's, and small ones with attention in 4 parts
+    assert len(results["kernels"]) == 40
     assert all(error < 1e-6 for error in results["kernels"].values()), results["kernels"]
     # "auto": the fused kernels for one row, PyTorch's for more, over one cache as rows come and go.
     switching = results["switching"]
@@ -59,7 +59,7 @@ def test_the_fused_kernels_give_the_steps_logits_and_cache_in_the_interpreter(ch
 
 def test_every_kernel_launch_compiles_for_ampere_and_hopper_gpus(checkpoint_dir: Path) -> None:
     """What the interpreter cannot show: that the GPU compiler builds each launch of a step (float32 and
-    bf16; one row and four; attention's loop over the cache or over each row's length), for A100s
+    bf16; one row and four; attention's loop over the cache, over each row's length, or in parts), for A100s
     (compute capability 8.0) and H100s/H200s (9.0), with the ptxas Triton ships."""
     from tests.support.triton_compile import compile_launch, distinct, launches
     from voiceforge.decoding.triton_step import Tiling
@@ -69,10 +69,11 @@ def test_every_kernel_launch_compiles_for_ampere_and_hopper_gpus(checkpoint_dir:
     kinds = {}
     for dtype in (None, torch.bfloat16):
         for rows in (1, 4):
-            for tiling in (Tiling(), Tiling(to_row_length=1)):
+            for tiling in (Tiling(), Tiling(to_row_length=1), Tiling(attention_splits=8, block_t=32)):
                 kinds.update(distinct(launches(model, dtype, rows, tiling)))
-    # a step's four linear kernels at one row and at four, in two dtypes; attention's two loops in two
-    assert len(kinds) == 20
+    # a step's four linear kernels at one row and at four, in two dtypes; attention's three ways in two;
+    # the parts' combination (float32 whatever the dtype)
+    assert len(kinds) == 23
     for capability in (80, 90):
         for kernel, arguments in kinds.values():
             assert compile_launch(kernel, arguments, capability)

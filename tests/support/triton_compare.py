@@ -155,13 +155,7 @@ def kernels(model: Any, rows: int = 3, tiling: Any = None) -> dict[str, float]:
         results["qkv_query"] = error(query, qkv[:, :dim])
         results["qkv_cache"] = error(written.reshape(rows, 2 * dim), qkv[:, dim:])
         attended = torch.empty(rows, dim)
-        from voiceforge.decoding.triton_step import _attention_kernel
-
-        stride = cache.stride()
-        _attention_kernel[(rows, heads)](query, cache, positions, attended, head_dim ** -0.5, *stride[:4],
-                                         HEADS=heads, HEAD_DIM=head_dim, LENGTH=decoder.max_len,
-                                         BLOCK_T=fused.tiling.block_t,
-                                         TO_ROW_LENGTH=bool(fused.tiling.to_row_length))
+        fused._attention(query, cache, positions, attended, rows)
         expected = []
         for row in range(rows):
             keys = cache[0, row, :, :positions[row] + 1].double()  # (heads, length, hd)
@@ -180,8 +174,10 @@ def main() -> None:
     from voiceforge.decoding.triton_step import Tiling
 
     small = {"block_k": 32, "single_row_block_k": 16, "block_t": 8}  # every loop turns several times
+    # and attention in 4 parts of whole 8-position blocks: of a row at position 17, parts 0-7, 8-15,
+    # 16-23 and an empty one
     tilings = {"default": Tiling(), "small": Tiling(**small), "small, to the row's length":
-               Tiling(**small, to_row_length=1)}
+               Tiling(**small, to_row_length=1), "small, attention in 4": Tiling(**small, attention_splits=4)}
     errors = {f"{name}@{rows} {label}": value for rows in (1, 3) for label, tiling in tilings.items()
               for name, value in kernels(model, rows, tiling).items()}
     sys.stdout.write(json.dumps({"step": compare(model), "kernels": errors, "switching": switching(model)})

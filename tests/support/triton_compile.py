@@ -34,7 +34,8 @@ def launches(model: Any, dtype: torch.dtype | None, rows: int, tiling: Any = Non
                 recorded.append((self.kernel, {**dict(zip(names, args, strict=False)), **kwargs}))
             return launch
 
-    kernels = {name: getattr(triton_step, name) for name in ("_linear_kernel", "_attention_kernel")}
+    kernels = {name: getattr(triton_step, name) for name in ("_linear_kernel", "_attention_kernel",
+                                                             "_combine_kernel")}
     try:
         for name, kernel in kernels.items():
             setattr(triton_step, name, Recorder(kernel))

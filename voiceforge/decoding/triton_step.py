@@ -4,7 +4,8 @@ At the batch sizes a server sees, a step of XTTS's 30-layer GPT is bound by its 
 its arithmetic: replayed from CUDA graphs on an H200 its 433 kernels took 1.4 ms while reading the
 weights once takes about 0.4 ms in float32. Here each layer is
   1. ln_1 and the query/key/value projection, keys and values written straight into the cache;
-  2. attention of each row and head over its own cached positions (masked past the row's length);
+  2. attention of each row and head over its own cached positions (masked past the row's length),
+     optionally split over several programs and combined by a second kernel (Tiling.attention_splits);
   3. the attention's output projection, its bias and the residual;
   4. ln_2, the MLP's first projection and GELU (GPT-2's tanh form);
   5. the MLP's second projection, its bias and the residual.
@@ -47,6 +48,11 @@ class Tiling:
     # 1: attention loops over each row's own positions (a while loop), 0: over the cache's whole length
     # (up to about 1,000 positions for XTTS-v2), masked past the row's; 0 is what an H200 has timed.
     to_row_length: int = 0
+    # Programs that share one row's and head's attention (flash-decoding; a power of 2): each takes an
+    # equal part of the row's own positions, and a second kernel combines their softmaxes. With 1, one
+    # program walks them all: at one row a layer's attention is 16 programs on a GPU of 132 SMs, each
+    # waiting on memory block after block (13 us a layer in bf16 on an H200). Not timed yet, so 1.
+    attention_splits: int = 1
     num_warps: int = 4
     num_stages: int = 3
     # One row's matrix-vector products: more warps keep more loads in flight. On an H200 (graph replay,
@@ -136,11 +142,14 @@ def _linear_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ln_w_ptr, ln_b_ptr, cache_pt
 
 
 @triton.jit
-def _attention_kernel(q_ptr, cache_ptr, pos_ptr, out_ptr, scale, stride_kv, stride_row, stride_head,
-                      stride_pos, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LENGTH: tl.constexpr,
-                      BLOCK_T: tl.constexpr, TO_ROW_LENGTH: tl.constexpr):
+def _attention_kernel(q_ptr, cache_ptr, pos_ptr, out_ptr, parts_ptr, scale, stride_kv, stride_row,
+                      stride_head, stride_pos, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      LENGTH: tl.constexpr, BLOCK_T: tl.constexpr, TO_ROW_LENGTH: tl.constexpr,
+                      SPLITS: tl.constexpr):
     """One row's and head's query over its cached keys 0..pos (the row's own length), online softmax.
-    TO_ROW_LENGTH: loop over those positions only; otherwise over the cache's whole length, masked."""
+    TO_ROW_LENGTH: loop over those positions only; otherwise over the cache's whole length, masked.
+    SPLITS > 1: the grid's third axis cuts 0..pos into SPLITS parts (whole blocks of BLOCK_T), and each
+    program writes its part's running maximum, sum and output to parts_ptr for _combine_kernel."""
     row = tl.program_id(0)
     head = tl.program_id(1)
     d = tl.arange(0, HEAD_DIM)
@@ -150,17 +159,47 @@ def _attention_kernel(q_ptr, cache_ptr, pos_ptr, out_ptr, scale, stride_kv, stri
     best = tl.full((1,), float("-inf"), tl.float32)
     total = tl.zeros((1,), tl.float32)
     acc = tl.zeros((HEAD_DIM,), tl.float32)
-    if TO_ROW_LENGTH:
-        t0 = 0
-        while t0 <= pos:  # a while loop: `range` needs a bound Triton's interpreter can read
+    if SPLITS > 1:
+        split = tl.program_id(2)
+        share = ((pos + SPLITS) // SPLITS + BLOCK_T - 1) // BLOCK_T * BLOCK_T  # ceil((pos + 1) / SPLITS)
+        t0 = split * share
+        end = t0 + share
+        while (t0 < end) & (t0 <= pos):  # a part past pos leaves best -inf and total 0: weighed 0
             best, total, acc = _attend(q, keys, stride_kv, stride_pos, pos, t0, best, total, acc, scale,
                                        HEAD_DIM, LENGTH, BLOCK_T)
             t0 += BLOCK_T
+        part = parts_ptr + ((row * HEADS + head) * SPLITS + split) * (HEAD_DIM + 2)
+        tl.store(part + d, acc)
+        tl.store(part + HEAD_DIM + tl.arange(0, 1), best)
+        tl.store(part + HEAD_DIM + 1 + tl.arange(0, 1), total)
     else:
-        for t0 in range(0, LENGTH, BLOCK_T):  # positions past pos are masked, and their loads skipped
-            best, total, acc = _attend(q, keys, stride_kv, stride_pos, pos, t0, best, total, acc, scale,
-                                       HEAD_DIM, LENGTH, BLOCK_T)
-    tl.store(out_ptr + row * HEADS * HEAD_DIM + head * HEAD_DIM + d, acc / total)
+        if TO_ROW_LENGTH:
+            t0 = 0
+            while t0 <= pos:  # a while loop: `range` needs a bound Triton's interpreter can read
+                best, total, acc = _attend(q, keys, stride_kv, stride_pos, pos, t0, best, total, acc, scale,
+                                           HEAD_DIM, LENGTH, BLOCK_T)
+                t0 += BLOCK_T
+        else:
+            for t0 in range(0, LENGTH, BLOCK_T):  # positions past pos are masked, and their loads skipped
+                best, total, acc = _attend(q, keys, stride_kv, stride_pos, pos, t0, best, total, acc, scale,
+                                           HEAD_DIM, LENGTH, BLOCK_T)
+        tl.store(out_ptr + row * HEADS * HEAD_DIM + head * HEAD_DIM + d, acc / total)
+
+
+@triton.jit
+def _combine_kernel(parts_ptr, out_ptr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    """One row's and head's attention from its SPLITS parts: each part's output and sum rescaled to the
+    largest running maximum, as the online softmax would have rescaled them going on."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    d = tl.arange(0, HEAD_DIM)
+    part = parts_ptr + ((row * HEADS + head) * SPLITS + tl.arange(0, SPLITS)) * (HEAD_DIM + 2)
+    acc = tl.load(part[:, None] + d[None, :])
+    best = tl.load(part + HEAD_DIM)
+    total = tl.load(part + HEAD_DIM + 1)
+    weight = tl.exp(best - tl.max(best, 0))
+    tl.store(out_ptr + row * HEADS * HEAD_DIM + head * HEAD_DIM + d,
+             tl.sum(weight[:, None] * acc, 0) / tl.sum(weight * total, 0))
 
 
 @triton.jit
@@ -199,6 +238,13 @@ class TritonStep:
     def __init__(self, decoder: GptDecoder, tiling: Tiling | None = None) -> None:
         self.decoder = decoder
         self.tiling = tiling or Tiling()
+        splits = self.tiling.attention_splits
+        if splits < 1 or splits & (splits - 1):
+            msg = f"attention_splits must be a power of 2, not {splits}"
+            raise ValueError(msg)
+        # Each split attention program's part: its output, running maximum and sum (float32).
+        self._parts = torch.empty(decoder.rows, decoder.heads, splits, decoder.head_dim + 2,
+                                  device=decoder.device) if splits > 1 else None
         self.layers = [self._layer(block) for block in decoder._source.blocks]
         decoder.on_refresh.append(self.refresh)
 
@@ -241,16 +287,27 @@ class TritonStep:
         for index, layer in enumerate(self.layers):
             cache = decoder.cache[index]
             self._linear(x, layer.qkv, query, n, norm=layer.ln_1, cache=cache, positions=positions)
-            stride = cache.stride()
-            _attention_kernel[(n, decoder.heads)](
-                query, cache, positions, attended, decoder.head_dim ** -0.5, stride[0], stride[1], stride[2],
-                stride[3], HEADS=decoder.heads, HEAD_DIM=decoder.head_dim, LENGTH=decoder.max_len,
-                BLOCK_T=self.tiling.block_t, TO_ROW_LENGTH=bool(self.tiling.to_row_length),
-                num_warps=self.tiling.num_warps)
+            self._attention(query, cache, positions, attended, n)
             self._linear(attended, layer.proj, x, n, residual=True)
             self._linear(x, layer.fc, hidden, n, norm=layer.ln_2, gelu=True)
             self._linear(hidden, layer.out, x, n, residual=True)
         return decoder._head(x.to(decoder.dtype))
+
+    def _attention(self, query: torch.Tensor, cache: torch.Tensor, positions: torch.Tensor, out: torch.Tensor,
+                   rows: int) -> None:
+        """`out` (rows, dim): each row's and head's attention over a layer's cached positions 0..position."""
+        decoder, tiling = self.decoder, self.tiling
+        splits = tiling.attention_splits
+        stride = cache.stride()
+        parts = self._parts if self._parts is not None else out
+        _attention_kernel[(rows, decoder.heads, splits)](
+            query, cache, positions, out, parts, decoder.head_dim ** -0.5, stride[0], stride[1], stride[2],
+            stride[3], HEADS=decoder.heads, HEAD_DIM=decoder.head_dim, LENGTH=decoder.max_len,
+            BLOCK_T=tiling.block_t, TO_ROW_LENGTH=bool(tiling.to_row_length), SPLITS=splits,
+            num_warps=tiling.num_warps)
+        if splits > 1:
+            _combine_kernel[(rows, decoder.heads)](parts, out, HEADS=decoder.heads, HEAD_DIM=decoder.head_dim,
+                                                   SPLITS=splits)
 
     def _linear(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor,
                 rows: int, *, norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
