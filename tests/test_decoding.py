@@ -685,3 +685,27 @@ def test_on_cuda_bfloat16_decodes_speech(cuda_checkpoint: Path) -> None:
                                    vocoder_dtype="bfloat16"))
     assert engine.decoder().vocoder.dtype == torch.bfloat16
     assert_speaks_in_bfloat16(engine, next(iter(read_speakers(cuda_checkpoint).values())), cap=117)
+
+
+@cuda
+def test_on_cuda_a_step_ahead_gives_the_tokens_and_audio_of_reading_each_step_first(
+        cuda_checkpoint: Path) -> None:
+    """What the CPU cannot show: the GPU's asynchronous copies (positions up, tokens and audio back through
+    pinned memory) deliver what they should. Each sentence alone, so both ways run the same kernels."""
+    engine = Engine(EngineSettings(model_dir=str(cuda_checkpoint), model_name="unused", device="cuda",
+                                   queue_size=8, max_batch=8))
+    scheduler = engine.decoder()
+    assert scheduler.lookahead == 1  # the default on a GPU
+    voices = list(read_speakers(cuda_checkpoint).values())
+    spoken = {}
+    for lookahead in (0, 1):
+        with stepping_ahead(scheduler, lookahead):
+            spoken[lookahead] = []
+            for n, (language, text) in enumerate(every_text()[:4]):
+                (utterance,) = engine.speak([text], language, voices[n % len(voices)], GREEDY,
+                                            streaming=n % 2 == 0)
+                spoken[lookahead].append((utterance.audio(), utterance.tokens))
+    for (audio, tokens), (ahead_audio, ahead_tokens) in zip(spoken[0], spoken[1], strict=True):
+        assert ahead_tokens == tokens
+        assert ahead_audio.shape == audio.shape and np.abs(ahead_audio - audio).max() < 1e-4
+    scheduler.close()
