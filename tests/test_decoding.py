@@ -709,3 +709,47 @@ def test_on_cuda_a_step_ahead_gives_the_tokens_and_audio_of_reading_each_step_fi
         assert ahead_tokens == tokens
         assert ahead_audio.shape == audio.shape and np.abs(ahead_audio - audio).max() < 1e-4
     scheduler.close()
+
+
+def test_closing_the_decoder_ends_a_sequence_whose_last_audio_was_still_queued(checkpoint_dir: Path,
+                                                                               voices) -> None:
+    """One step ahead, a sequence's last window is read back a turn after it left its row. Closed in
+    between, the decoder must still end that sequence (with its error), or its listener waits for ever."""
+    engine = Engine(EngineSettings(model_dir=str(checkpoint_dir), model_name="unused", device="cpu",
+                                   queue_size=8))
+    scheduler = engine.decoder()
+    scheduler.lookahead = 1
+    retire = scheduler._retire
+    closed_with_audio_queued = threading.Event()
+
+    def retire_then_close() -> None:
+        retire()  # the decoding thread closes itself once a sequence that left has its last audio queued
+        if scheduler._live and any(any(audio.last) for audio in scheduler._queued_audio):
+            closed_with_audio_queued.set()
+            scheduler._closed = True
+
+    scheduler._retire = retire_then_close
+    texts = every_text()[:8]
+    utterances = engine.speak([texts[0][1]], "en", voices[0], GREEDY)
+    deadline = time.monotonic() + 10
+    while scheduler.steps < 2 and time.monotonic() < deadline:  # the first leaves while the others speak
+        time.sleep(0.001)
+    utterances += [engine.speak([text], language, voices[n % len(voices)], GREEDY)[0]
+                   for n, (language, text) in enumerate(texts[1:], start=1)]
+    outcomes: list[str] = []
+
+    def listen(utterance: Utterance) -> None:
+        try:
+            utterance.audio()
+            outcomes.append("spoken")
+        except RuntimeError as error:
+            outcomes.append(str(error))
+
+    listeners = [threading.Thread(target=listen, args=(utterance,), daemon=True) for utterance in utterances]
+    for listener in listeners:
+        listener.start()
+    for listener in listeners:
+        listener.join(timeout=60)
+    assert closed_with_audio_queued.is_set()
+    assert len(outcomes) == len(utterances), "a listener was left waiting"
+    assert "the decoder was closed" in outcomes

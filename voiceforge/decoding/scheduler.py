@@ -473,8 +473,10 @@ class BatchScheduler:
 
     def _fail_all(self, error: BaseException) -> None:
         with self._condition:
-            stranded = [live.utterance for live in self._live] + self._waiting
-            self._live, self._waiting = [], []
+            # Live ones, those whose last audio is queued (no longer live), and those waiting.
+            live = [live.utterance for live in self._live]
+            stranded = list(dict.fromkeys(live + self._owed_audio())) + self._waiting
+            self._live, self._waiting, self._queued_audio = [], [], []
         for utterance in stranded:
             _end(utterance, error)
 
