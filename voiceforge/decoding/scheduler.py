@@ -96,15 +96,20 @@ class Utterance:
 class _Live:
     """An utterance in a cache row: where its next key/value goes and its vocoder state.
 
-    `chosen` and `cache_length` count the steps queued, read back or not; `utterance.tokens` holds
-    the tokens read back. `vocoding` is None once its last window is taken (or it ended otherwise).
+    `chosen` counts the steps queued, read back or not; `utterance.tokens` holds the tokens read
+    back. `vocoding` is None once its last window is taken (or it ended otherwise).
     """
 
     utterance: Utterance
     vocoding: WindowedVocoding | None
-    cache_length: int  # positions filled in its cache row
+    prefix_length: int  # positions its prefill filled
     chosen: int = 1  # tokens chosen: the prefill's, and one for each step queued for it
     finished: bool = False  # the host knows it has ended: no more of its tokens count
+
+    @property
+    def cache_length(self) -> int:
+        """Positions filled in its cache row: the prefix, then the input token of each queued step."""
+        return self.prefix_length + self.chosen - 1
 
 
 @dataclass(eq=False)
@@ -391,7 +396,6 @@ class BatchScheduler:
         for live, advances in zip(self._live, advancing, strict=True):
             if advances:
                 live.chosen += 1
-                live.cache_length += 1
         self.steps += 1
         self.max_batch = max(self.max_batch, sum(advancing))
         return True
